@@ -1,0 +1,351 @@
+"""The ``cnnpipe`` command line: parse, call a stage, render its result (table or ``--json``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from cnnpipe.errors import EXIT_GATE, EXIT_INTERNAL, CnnpipeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Train, evaluate, export and verify small CNN image classifiers as versioned release bundles.",
+)
+out = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+T = TypeVar("T")
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Compile(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+class Split(str, Enum):
+    test = "test"
+    val = "val"
+
+
+class Format(str, Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+    safetensors = "safetensors"
+    all = "all"
+
+
+class StoreName(str, Enum):
+    models = "models"
+    exports = "exports"
+    data = "data"
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress goes to stderr).")]
+ModelRef = Annotated[str, typer.Argument(help="Model version: NAME, NAME@latest, NAME@vN, or a path.")]
+BundleRef = Annotated[str, typer.Argument(help="Export bundle: NAME, NAME@latest, NAME@vN, or a path.")]
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Dataset version to train on (NAME, NAME@vN or a path).")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Architecture to train (see the registry).")]
+NameOpt = Annotated[str | None, typer.Option("--name", help="Name of the model in the store (default: the architecture).")]
+EpochsOpt = Annotated[int, typer.Option(help="Training epochs.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", help="Training batch size.")]
+LrOpt = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for weights init and shuffling.")]
+DeviceOpt = Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")]
+CompileOpt = Annotated[Compile, typer.Option("--compile", help="torch.compile: auto compiles on CUDA only.")]
+FormatOpt = Annotated[list[Format], typer.Option("--format", "-f", help="Export format (repeatable).")]
+OpsetOpt = Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")]
+BatchSizesOpt = Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes to verify at.")]
+SamplesOpt = Annotated[int, typer.Option(help="Number of real test images to verify on.")]
+AtolOpt = Annotated[
+    float | None, typer.Option(help="Max abs logit difference for every format (default per format: see README).")
+]
+AgreementOpt = Annotated[float, typer.Option("--min-agreement", help="Minimum top-1 agreement with PyTorch (0-1).")]
+ProvidersOpt = Annotated[str, typer.Option(help="onnxruntime providers to verify: cpu, cuda or cpu,cuda.")]
+
+
+def _root(ctx: typer.Context) -> Path:
+    return ctx.obj["root"]
+
+
+def _plain(obj: Any) -> Any:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def _call(fn: Callable[[], T]) -> T:
+    """Run a stage; a user-fixable problem becomes one line on stderr and its exit code."""
+    try:
+        return fn()
+    except CnnpipeError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("[bold red]interrupted[/]; nothing partial was kept")
+        raise typer.Exit(130) from None
+    except Exception as e:  # a bug: say so in one line unless asked for the traceback
+        if os.environ.get("CNNPIPE_DEBUG"):
+            traceback.print_exc()
+        err.print(
+            f"[bold red]internal error:[/] {type(e).__name__}: {e} "
+            "(set CNNPIPE_DEBUG=1 for the traceback; please report it)",
+            highlight=False, soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_INTERNAL) from None
+
+
+def _emit(as_json: bool, result: Any, render: Callable[[Any], None]) -> None:
+    if as_json:
+        print(json.dumps(_plain(result), indent=2, default=str))
+    else:
+        render(result)
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise CnnpipeError(f"--batch-sizes must be comma-separated integers, not {text!r}") from None
+    return sizes
+
+
+def _providers(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    root: Annotated[
+        Path, typer.Option(envvar="CNNPIPE_ROOT", help="Folder holding the data/, models/ and exports/ stores.")
+    ] = Path("."),
+) -> None:
+    ctx.obj = {"root": root}
+
+
+@app.command()
+def download(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Dataset to prepare.")] = "mnist-sample",
+    as_json: JsonOpt = False,
+) -> None:
+    """Prepare a dataset into the data store (the default ships with cnnpipe: no network)."""
+    from cnnpipe.report import render_download
+    from cnnpipe.stages.download import download as run_download
+
+    result = _call(lambda: run_download(name, _root(ctx)))
+    _emit(as_json, result, lambda r: render_download(out, r))
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    model: ModelOpt = "lenet5",
+    dataset: DatasetOpt = "mnist-sample",
+    name: NameOpt = None,
+    epochs: EpochsOpt = 8,
+    batch_size: BatchOpt = 64,
+    lr: LrOpt = 1e-3,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    compile: CompileOpt = Compile.auto,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a network; the epoch with the best validation accuracy is kept."""
+    from cnnpipe.report import render_train
+
+    config = _train_config(model, dataset, name, epochs, batch_size, lr, seed, device, compile)
+    result = _train(ctx, config)
+    _emit(as_json, result, lambda r: render_train(out, r))
+
+
+def _train_config(*args: Any) -> Any:
+    from cnnpipe.stages.train import TrainConfig
+
+    model, dataset, name, epochs, batch_size, lr, seed, device, compile = args
+    return TrainConfig(
+        arch=model, dataset=dataset, name=name, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        device=device.value, compile=compile.value,
+    )
+
+
+def _train(ctx: typer.Context, config: Any) -> Any:
+    from cnnpipe.report import TrainProgress
+    from cnnpipe.stages.train import train as run_train
+
+    with TrainProgress(err) as progress:
+        return _call(lambda: run_train(config, _root(ctx), progress))
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    ref: ModelRef,
+    split: Annotated[Split, typer.Option(help="Split to evaluate on.")] = Split.test,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 1000,
+    device: DeviceOpt = Device.auto,
+    as_json: JsonOpt = False,
+) -> None:
+    """Overall and per-class accuracy of a model version; writes metrics.json into it."""
+    from cnnpipe.report import render_evaluate
+    from cnnpipe.stages.evaluate import evaluate as run_evaluate
+
+    result = _call(lambda: run_evaluate(ref, split.value, _root(ctx), batch_size, device.value))
+    _emit(as_json, result, lambda r: render_evaluate(out, r))
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    ref: ModelRef,
+    fmt: FormatOpt = [Format.all],  # noqa: B006  (typer needs a literal default)
+    opset: OpsetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export a model version to ONNX, TorchScript and safetensors, with metadata."""
+    from cnnpipe.report import render_export
+    from cnnpipe.stages.export import export as run_export
+
+    result = _call(lambda: run_export(ref, [f.value for f in fmt], _root(ctx), opset))
+    _emit(as_json, result, lambda r: render_export(out, r))
+
+
+@app.command()
+def verify(
+    ctx: typer.Context,
+    ref: BundleRef,
+    batch_sizes: BatchSizesOpt = "1,7,64",
+    samples: SamplesOpt = 512,
+    atol: AtolOpt = None,
+    min_agreement: AgreementOpt = 1.0,
+    providers: ProvidersOpt = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """Reload each export in its own runtime and compare with PyTorch; exit 1 on any breach."""
+    from cnnpipe.report import render_verify
+    from cnnpipe.stages.verify import verify as run_verify
+
+    result = _call(
+        lambda: run_verify(
+            ref, _root(ctx), _batch_sizes(batch_sizes), samples, atol, min_agreement, _providers(providers)
+        )
+    )
+    _emit(as_json, result, lambda r: render_verify(out, r))
+    if not result.passed:
+        err.print(f"[bold red]verify failed:[/] {result.bundle} (report: {result.report_path})", highlight=False)
+        raise typer.Exit(EXIT_GATE)
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    model: ModelOpt = "lenet5",
+    dataset: DatasetOpt = "mnist-sample",
+    name: NameOpt = None,
+    epochs: EpochsOpt = 8,
+    batch_size: BatchOpt = 64,
+    lr: LrOpt = 1e-3,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = Device.auto,
+    compile: CompileOpt = Compile.auto,
+    fmt: FormatOpt = [Format.all],  # noqa: B006
+    opset: OpsetOpt = None,
+    samples: SamplesOpt = 512,
+    atol: AtolOpt = None,
+    min_agreement: AgreementOpt = 1.0,
+    providers: ProvidersOpt = "cpu",
+    as_json: JsonOpt = False,
+) -> None:
+    """download → train → evaluate → export → verify; stops at the first failure with its exit code."""
+    from cnnpipe import report
+    from cnnpipe.stages.download import download as run_download
+    from cnnpipe.stages.evaluate import evaluate as run_evaluate
+    from cnnpipe.stages.export import export as run_export
+    from cnnpipe.stages.verify import verify as run_verify
+
+    root = _root(ctx)
+    config = _train_config(model, dataset, name, epochs, batch_size, lr, seed, device, compile)
+    _call(config.validate)
+    summary: dict[str, Any] = {}
+    if "/" not in dataset and "@" not in dataset:
+        summary["download"] = _call(lambda: run_download(dataset, root))
+        if not as_json:
+            report.render_download(out, summary["download"])
+    summary["train"] = _train(ctx, config)
+    if not as_json:
+        report.render_train(out, summary["train"])
+    ref = summary["train"].ref
+    summary["evaluate"] = _call(lambda: run_evaluate(ref, "test", root, device=device.value))
+    if not as_json:
+        report.render_evaluate(out, summary["evaluate"])
+    summary["export"] = _call(lambda: run_export(ref, [f.value for f in fmt], root, opset))
+    if not as_json:
+        report.render_export(out, summary["export"])
+    bundle = summary["export"].ref
+    summary["verify"] = _call(
+        lambda: run_verify(bundle, root, (1, 7, 64), samples, atol, min_agreement, _providers(providers))
+    )
+    if as_json:
+        print(json.dumps({k: _plain(v) for k, v in summary.items()}, indent=2, default=str))
+    else:
+        report.render_verify(out, summary["verify"])
+    if not summary["verify"].passed:
+        err.print(f"[bold red]verify failed:[/] {bundle}", highlight=False)
+        raise typer.Exit(EXIT_GATE)
+
+
+@app.command("ls")
+def list_stores(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List what the data, models and exports stores hold."""
+    from cnnpipe.report import render_ls
+    from cnnpipe.store import Workspace
+
+    ws = Workspace(_root(ctx))
+
+    def listing() -> dict[str, Any]:
+        return {
+            store.root.name: {
+                name: [{"version": v.number, "created": v.manifest["created"], **v.results} for v in store.versions(name)]
+                for name in store.names()
+            }
+            for store in (ws.data, ws.models, ws.exports)
+        }
+
+    result = _call(listing)
+    _emit(as_json, result, lambda r: render_ls(out, r))
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    ref: Annotated[str, typer.Argument(help="NAME, NAME@vN, NAME@latest or a path.")],
+    store: Annotated[StoreName, typer.Option(help="Which store NAME refers to.")] = StoreName.models,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one version's manifest: files, lineage, environment and results."""
+    from cnnpipe.report import render_show
+    from cnnpipe.store import Workspace
+
+    ws = Workspace(_root(ctx))
+    version = _call(lambda: getattr(ws, store.value).resolve(ref))
+    _emit(as_json, version.manifest, lambda m: render_show(out, version.path, m))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="cnnpipe")

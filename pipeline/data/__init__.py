@@ -1,0 +1,1 @@
+"""Datasets: specs of what cnnpipe can fetch, decoding, splitting and device-resident loading."""

@@ -1,0 +1,84 @@
+"""A trained network on disk: ``model.json`` (how to rebuild it) and safetensors weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from cnnpipe.errors import CnnpipeError
+from cnnpipe.nets import build, param_count
+from cnnpipe.store import Version
+
+MODEL_JSON = "model.json"
+WEIGHTS = "weights.safetensors"
+
+
+def describe(arch: str, name: str, model: nn.Module, dataset: Any) -> dict[str, Any]:
+    """The description a consumer needs to rebuild the network and feed it images."""
+    info = dataset.info
+    return {
+        "arch": arch,
+        "name": name,
+        "params": param_count(model),
+        "classes": list(dataset.classes),
+        "input": {
+            "layout": "NCHW",
+            "channels": info["channels"],
+            "height": info["height"],
+            "width": info["width"],
+            "dtype": "float32",
+            "pixel_range": [0.0, 1.0],
+            "mean": info["mean"],
+            "std": info["std"],
+            "normalize": "x = (pixel / 255 - mean) / std, per channel",
+        },
+        "dataset": {"ref": dataset.version.ref, "hash": dataset.dataset_hash},
+    }
+
+
+def build_from(desc: dict[str, Any]) -> nn.Module:
+    """A fresh network with the architecture ``desc`` describes (random weights)."""
+    inp = desc["input"]
+    return build(desc["arch"], inp["channels"], inp["height"], len(desc["classes"]))
+
+
+def load_weights(model: nn.Module, path: Any) -> None:
+    """Load safetensors weights into ``model``; every tensor must match by name and shape."""
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CnnpipeError(f"{path}: not a readable safetensors weights file ({e})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or extra or wrong:
+        raise CnnpipeError(
+            f"{path}: weights do not fit the architecture "
+            f"(missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {wrong[:3]})"
+        )
+    model.load_state_dict(state)
+
+
+def load_model(version: Version, weights: str = WEIGHTS) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a version's network in eval mode on the CPU, after re-checking its hashes."""
+    version.check()
+    desc = version.read_json(MODEL_JSON)
+    model = build_from(desc)
+    load_weights(model, version.file(weights))
+    return model.eval(), desc
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``; asking for absent CUDA is an error."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise CnnpipeError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
+    if choice not in ("cpu", "cuda"):
+        raise CnnpipeError(f"unknown device {choice!r}; use auto, cpu or cuda")
+    return torch.device(choice)

@@ -1,0 +1,73 @@
+"""Where an artifact came from: software versions, device, git state, command line."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import cnnpipe
+
+
+def _version(*dists: str) -> str | None:
+    for dist in dists:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> dict[str, Any]:
+    """Versions of Python and the libraries that shape a result, and the device."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "cnnpipe": cnnpipe.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "onnx": _version("onnx"),
+        "onnxscript": _version("onnxscript"),
+        "onnxruntime": _version("onnxruntime-gpu", "onnxruntime"),
+        "safetensors": _version("safetensors"),
+        "cuda": torch.version.cuda if cuda else None,
+        "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def git_state() -> dict[str, Any] | None:
+    """Commit and dirty flag of the git checkout cnnpipe runs from, if any."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def lineage(parents: list[Any], config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The lineage block of a manifest: parent versions, resolved config, code and argv."""
+    return {
+        "parents": [{"ref": p.ref, "manifest_sha256": p.manifest_sha256} for p in parents],
+        "config": config,
+        **extra,
+        "git": git_state(),
+        "argv": sys.argv,
+    }

@@ -1,0 +1,165 @@
+"""What people look at: plots, the training progress bar, and result tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Loss and accuracy per epoch, train and validation, side by side, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
+        ax.plot(epochs, [r[f"val_{key}"] for r in history], "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class TrainProgress:
+    """A rich progress bar per epoch with loss, accuracy and images/s (on stderr)."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.bar = Progress(
+            TextColumn("epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.4f}  {task.fields[ips]:,.0f} img/s"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task: Any = None
+
+    def __enter__(self) -> TrainProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        fields = {"epoch": f"{epoch}/{epochs}", "loss": 0.0, "acc": 0.0, "ips": 0.0}
+        if self.task is None:
+            self.task = self.bar.add_task("train", total=steps, **fields)
+        else:
+            self.bar.reset(self.task, total=steps, **fields)
+
+    def advance(self, steps: int, images: int, loss: float, accuracy: float) -> None:
+        elapsed = self.bar.tasks[0].elapsed or 1e-9
+        self.bar.update(self.task, advance=steps, loss=loss, acc=accuracy, ips=images / elapsed)
+
+    def end_epoch(self, record: dict[str, Any]) -> None:
+        self.console.print(
+            f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
+            f"  val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f}"
+            f"  {record['images_per_s']:,.0f} img/s"
+        )
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    """A rich table; floats are shown with 4 decimals."""
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, justify="left" if c == columns[0] else "right")
+    for row in rows:
+        t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    return t
+
+
+def render_download(console: Console, r: Any) -> None:
+    counts = ", ".join(f"{part} {sum(c.values()):,}" for part, c in r.counts.items())
+    verb = "already present as" if r.reused else "wrote"
+    console.print(f"download: {verb} [bold]{r.ref}[/] ({counts}) at {r.path}")
+    console.print(f"  dataset hash {r.dataset_hash}")
+
+
+def render_train(console: Console, r: Any) -> None:
+    compiled = f", compiled (first step {r.compile_s:.1f} s)" if r.compiled else ""
+    console.print(
+        f"train: wrote [bold]{r.ref}[/] at {r.path}: best epoch {r.best_epoch}, "
+        f"val accuracy {r.val_accuracy:.4f}, {r.params:,} params, {r.device}{compiled}, "
+        f"{r.train_s:.1f} s, {r.images_per_s:,.0f} img/s"
+    )
+
+
+def render_evaluate(console: Console, r: Any) -> None:
+    rows = sorted(r.per_class, key=lambda c: (c["accuracy"] is None, c["accuracy"] or 0.0))
+    console.print(
+        table(
+            f"{r.model} on {r.split} ({r.images:,} images), worst classes first",
+            ["class", "accuracy", "correct", "support"],
+            [[c["class"], "n/a" if c["accuracy"] is None else c["accuracy"], c["correct"], c["support"]] for c in rows],
+        )
+    )
+    console.print(f"evaluate: accuracy [bold]{r.accuracy:.4f}[/], loss {r.loss:.4f}; wrote {r.path}/metrics.json")
+
+
+def render_export(console: Console, r: Any) -> None:
+    opset = f" (ONNX opset {r.opset})" if r.opset else ""
+    console.print(f"export: wrote [bold]{r.ref}[/] from {r.model} at {r.path}: {', '.join(r.formats)}{opset}")
+
+
+def render_verify(console: Console, r: Any) -> None:
+    rows = [
+        [
+            f.format, f.runtime, "[green]pass[/]" if f.passed else "[red]FAIL[/]", f"{f.max_abs_diff:.1e}",
+            f"{f.p99_abs_diff:.1e}", f"{f.atol:.0e}", f"{f.top1_agreement:.2%}", f.accuracy,
+        ]
+        for f in r.formats
+    ]
+    console.print(
+        table(
+            f"{r.bundle} vs PyTorch ({r.model}) on {r.images} real test images, batch sizes "
+            f"{', '.join(map(str, r.batch_sizes))}; PyTorch accuracy {r.reference_accuracy:.4f}",
+            ["format", "runtime", "verdict", "max abs", "p99 abs", "atol", "top-1 agree", "accuracy"],
+            rows,
+        )
+    )
+    if r.integrity != "ok":
+        console.print(f"[red]integrity:[/] {r.integrity}", highlight=False)
+    for f in r.formats:
+        for reason in f.reasons:
+            console.print(f"[red]{f.format} ({f.runtime}):[/] {reason}", highlight=False)
+    verdict = "[green]passed[/]" if r.passed else "[red]FAILED[/]"
+    console.print(f"verify: {verdict}; report {r.report_path}")
+
+
+def render_ls(console: Console, listing: dict[str, Any]) -> None:
+    rows = []
+    for store, names in listing.items():
+        for name, versions in names.items():
+            for v in versions:
+                key = next((f"{k} {v[k]:.4f}" for k in ("val_accuracy",) if k in v), "")
+                rows.append([store, name, f"v{v['version']}", v["created"], key])
+    if not rows:
+        console.print("the stores are empty; start with `cnnpipe run`")
+        return
+    console.print(table("cnnpipe stores", ["store", "name", "version", "created", "result"], rows))
+
+
+def render_show(console: Console, path: Path, m: dict[str, Any]) -> None:
+    console.print(f"[bold]{m['name']}@v{m['version']}[/] ({m['stage']}) at {path}, created {m['created']}")
+    console.print(table("files", ["path", "role", "bytes", "sha256"], [
+        [f["path"], f["role"], f"{f['bytes']:,}", f["sha256"][:16] + "…"] for f in m["files"]
+    ]))
+    console.print("parents: " + (", ".join(p["ref"] for p in m["lineage"].get("parents", [])) or "none"))
+    console.print("results: " + json.dumps(m.get("results", {}))[:400], highlight=False)

@@ -1,0 +1,154 @@
+"""Stage 4: export a model version to ONNX, TorchScript and safetensors, with metadata."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+import cnnpipe
+from cnnpipe.errors import CnnpipeError
+from cnnpipe.modelfile import MODEL_JSON, WEIGHTS, load_model
+from cnnpipe.provenance import lineage
+from cnnpipe.store import Workspace, write_json
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+
+@dataclass
+class ExportResult:
+    """The export bundle written."""
+
+    ref: str
+    path: str
+    model: str
+    formats: list[str]
+    files: dict[str, str]
+    opset: int | None
+
+
+def metadata(desc: dict[str, Any], model_ref: str, weights_sha256: str) -> dict[str, str]:
+    """The str→str metadata every format carries: what a consumer needs to feed the model."""
+    inp = desc["input"]
+    return {
+        "model_name": desc["name"],
+        "model_version": model_ref.split("@")[1],
+        "arch": desc["arch"],
+        "classes": json.dumps(desc["classes"]),
+        "mean": json.dumps(inp["mean"]),
+        "std": json.dumps(inp["std"]),
+        "input_shape": json.dumps([inp["channels"], inp["height"], inp["width"]]),
+        "layout": inp["layout"],
+        "pixel_range": json.dumps(inp["pixel_range"]),
+        "normalize": inp["normalize"],
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
+        "weights_sha256": weights_sha256,
+        "cnnpipe_version": cnnpipe.__version__,
+        "torch_version": torch.__version__,
+    }
+
+
+def check_onnx_graph(path: Path) -> int:
+    """Full ONNX check, a symbolic batch axis, no live Dropout or training-mode BatchNorm; the opset."""
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise CnnpipeError(f"{path}: the ONNX checker rejects the graph ({e})") from None
+    graph = onnx.load(str(path), load_external_data=False)
+    batch = graph.graph.input[0].type.tensor_type.shape.dim[0]
+    if not batch.dim_param:
+        raise CnnpipeError(f"{path}: the batch axis is fixed at {batch.dim_value}, not dynamic")
+    for node in graph.graph.node:
+        if node.op_type == "Dropout":
+            raise CnnpipeError(f"{path}: the graph has a Dropout node {node.name!r}; export in eval mode")
+        if node.op_type == "BatchNormalization" and any(
+            a.name == "training_mode" and a.i == 1 for a in node.attribute
+        ):
+            raise CnnpipeError(f"{path}: BatchNormalization {node.name!r} runs in training mode")
+    return next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str], opset: int | None) -> int:
+    """ONNX through the dynamo exporter with a dynamic batch axis; returns the opset used."""
+    kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (example,), str(path), dynamo=True, external_data=False,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False, **kwargs,
+            )
+    except Exception as e:  # the exporter raises many types; all mean "no ONNX file"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CnnpipeError(f"ONNX export failed{f' at opset {opset}' if opset else ''}: {first}") from None
+    proto = onnx.load(str(path))
+    for key, value in meta.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+    return check_onnx_graph(path)
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]) -> None:
+    """A traced TorchScript module; the metadata rides along as the extra file ``cnnpipe.json``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, example)
+        torch.jit.save(traced, str(path), _extra_files={"cnnpipe.json": json.dumps(meta)})
+
+
+def export(
+    model_ref: str,
+    formats: list[str] | None = None,
+    root: Path = Path("."),
+    opset: int | None = None,
+) -> ExportResult:
+    """Export the evaluated weights of ``model_ref`` in eval mode to each of ``formats``."""
+    formats = list(FORMATS) if not formats or "all" in formats else formats
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise CnnpipeError(f"unknown export format {unknown[0]!r}; use {', '.join(FORMATS)} or all")
+    ws = Workspace(root)
+    version = ws.models.resolve(model_ref)
+    model, desc = load_model(version)
+    if any(m.training for m in model.modules()):
+        raise CnnpipeError("refusing to export: a module is still in training mode")
+    weights_sha256 = next(f["sha256"] for f in version.manifest["files"] if f["path"] == WEIGHTS)
+    meta = metadata(desc, version.ref, weights_sha256)
+    inp = desc["input"]
+    example = torch.randn(2, inp["channels"], inp["height"], inp["width"], generator=torch.Generator().manual_seed(0))
+    used_opset = None
+    with ws.exports.draft(version.name) as draft:
+        for fmt in formats:
+            path = draft.path / FILES[fmt]
+            if fmt == "onnx":
+                used_opset = export_onnx(model, example, path, meta, opset)
+            elif fmt == "torchscript":
+                export_torchscript(model, example, path, meta)
+            else:
+                save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata=meta)
+        write_json(draft.path / MODEL_JSON, desc | {"metadata": meta, "formats": formats, "onnx_opset": used_opset})
+        bundle = draft.commit(
+            stage="export",
+            roles={FILES[f]: f for f in formats} | {MODEL_JSON: "description"},
+            lineage=lineage([version], {"formats": formats, "opset": opset}),
+            results={"formats": formats, "onnx_opset": used_opset, "weights_sha256": weights_sha256},
+        )
+    return ExportResult(
+        ref=bundle.ref,
+        path=str(bundle.path),
+        model=version.ref,
+        formats=formats,
+        files={f: FILES[f] for f in formats},
+        opset=used_opset,
+    )

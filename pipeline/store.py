@@ -1,0 +1,327 @@
+"""Versioned, immutable artifact stores (datasets, models, exports).
+
+Protocol: a stage writes into a hidden temporary folder beside its target,
+then ``commit`` fsyncs every file, writes ``manifest.json`` last and renames
+the folder onto ``v<N>``. ``N`` is allocated under an ``fcntl.flock`` lock so
+concurrent writers never share a number; nothing is ever overwritten, and the
+``latest`` pointer is replaced atomically. A folder without a manifest is never
+read as a version.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cnnpipe.errors import CnnpipeError
+from cnnpipe.provenance import environment
+
+SCHEMA = "cnnpipe.manifest/1"
+MANIFEST = "manifest.json"
+LATEST = "latest"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_VERSION_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Return ``name`` if it is a safe artifact name, else raise a usage error."""
+    if not _NAME_RE.match(name) or ".." in name:
+        raise CnnpipeError(
+            f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' "
+            "(no '/', '..', spaces or control characters)"
+        )
+    return name
+
+
+def sha256_file(path: Path, fsync: bool = False) -> str:
+    """sha256 of a file's bytes; with ``fsync`` also flush it to disk."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+        if fsync:
+            os.fsync(f.fileno())
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON (the stores' one JSON style)."""
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def safe_member(base: Path, rel: str) -> Path:
+    """Resolve ``rel`` inside ``base``; refuse absolute paths, '..', and symlinks."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or ".." in parts:
+        raise CnnpipeError(f"{base}: manifest lists an unsafe path {rel!r}")
+    path = base.joinpath(*parts)
+    for p in [path, *path.parents]:
+        if p == base:
+            break
+        if p.is_symlink():
+            raise CnnpipeError(f"{p}: is a symbolic link; artifacts must hold plain files")
+    return path
+
+
+@dataclass(frozen=True)
+class Version:
+    """One committed, immutable version of an artifact."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def number(self) -> int:
+        return int(self.manifest["version"])
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.number}"
+
+    @property
+    def manifest_sha256(self) -> str:
+        return sha256_file(self.path / MANIFEST)
+
+    @property
+    def results(self) -> dict[str, Any]:
+        return self.manifest.get("results", {})
+
+    def file(self, rel: str) -> Path:
+        """Path of a file the manifest lists."""
+        if not any(f["path"] == rel for f in self.manifest["files"]):
+            raise CnnpipeError(f"{self.path}: has no file {rel!r} (the manifest does not list it)")
+        return safe_member(self.path, rel)
+
+    def read_json(self, rel: str) -> dict[str, Any]:
+        path = self.file(rel)
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise CnnpipeError(f"{path}: unreadable JSON ({e})") from None
+
+    def check(self) -> None:
+        """Re-hash every file the manifest lists; raise naming the first that differs."""
+        for entry in self.manifest["files"]:
+            path = safe_member(self.path, entry["path"])
+            if not path.is_file():
+                raise CnnpipeError(f"{path}: missing from {self.ref}; the version is damaged")
+            size = path.stat().st_size
+            if size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+                raise CnnpipeError(
+                    f"{path}: sha256 does not match the manifest of {self.ref} "
+                    f"({size} bytes, expected {entry['bytes']}); the file was changed or "
+                    "truncated: restore it or use another version"
+                )
+
+
+def load_version(path: Path, stage: str | None = None) -> Version:
+    """Read the version at ``path``; ``stage`` restricts which kind it must be."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file() or manifest_path.is_symlink():
+        raise CnnpipeError(f"{path}: not a cnnpipe version (no {MANIFEST})")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("schema") != SCHEMA:
+            raise ValueError(f"schema {manifest.get('schema')!r}, expected {SCHEMA!r}")
+        for key in ("stage", "name", "version", "files"):
+            if key not in manifest:
+                raise ValueError(f"missing key {key!r}")
+    except (OSError, ValueError) as e:
+        raise CnnpipeError(f"{manifest_path}: corrupt manifest ({e})") from None
+    if stage is not None and manifest["stage"] != stage:
+        raise CnnpipeError(f"{path}: is a {manifest['stage']} artifact, expected a {stage} artifact")
+    return Version(path=path, manifest=manifest)
+
+
+@dataclass
+class Draft:
+    """A version being written: a hidden temporary folder that becomes ``v<N>`` on commit."""
+
+    store: Store
+    name: str
+    path: Path
+    version: Version | None = field(default=None, init=False)
+
+    def commit(
+        self,
+        stage: str,
+        roles: dict[str, str],
+        lineage: dict[str, Any],
+        results: dict[str, Any],
+    ) -> Version:
+        """Hash and fsync every file, write the manifest last, rename onto the next ``v<N>``."""
+        files = []
+        for path in sorted(p for p in self.path.rglob("*") if p.is_file()):
+            rel = path.relative_to(self.path).as_posix()
+            files.append(
+                {
+                    "path": rel,
+                    "sha256": sha256_file(path, fsync=True),
+                    "bytes": path.stat().st_size,
+                    "role": roles.get(rel, "other"),
+                }
+            )
+        name_dir = self.path.parent
+        with self.store.lock(self.name):
+            number = self.store.next_number(self.name)
+            manifest = {
+                "schema": SCHEMA,
+                "stage": stage,
+                "name": self.name,
+                "version": number,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "files": files,
+                "lineage": lineage,
+                "environment": environment(),
+                "results": results,
+            }
+            manifest_path = self.path / MANIFEST
+            with open(manifest_path, "w") as f:
+                f.write(json.dumps(manifest, indent=2) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(self.path)
+            final = name_dir / f"v{number}"
+            os.rename(self.path, final)
+            _fsync_dir(name_dir)
+            self.store.set_latest(self.name, number)
+        self.version = Version(path=final, manifest=manifest)
+        return self.version
+
+
+class Store:
+    """One store folder (``data/``, ``models/`` or ``exports/``) of named, versioned artifacts."""
+
+    def __init__(self, root: Path, stage: str):
+        self.root = Path(root)
+        self.stage = stage
+
+    def _name_dir(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold the per-name lock that serializes version allocation."""
+        name_dir = self._name_dir(name)
+        name_dir.mkdir(parents=True, exist_ok=True)
+        with open(name_dir / ".lock", "a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def next_number(self, name: str) -> int:
+        """The next free version number (every ``v<N>`` folder counts, complete or not)."""
+        taken = [
+            int(m.group(1))
+            for p in self._name_dir(name).iterdir()
+            if (m := _VERSION_RE.match(p.name))
+        ]
+        return max(taken, default=0) + 1
+
+    def set_latest(self, name: str, number: int) -> None:
+        name_dir = self._name_dir(name)
+        tmp = name_dir / f".latest-{os.getpid()}"
+        tmp.write_text(f"v{number}\n")
+        os.replace(tmp, name_dir / LATEST)
+
+    @contextmanager
+    def draft(self, name: str) -> Iterator[Draft]:
+        """A temporary folder to write a version into; removed unless committed."""
+        name_dir = self._name_dir(name)
+        name_dir.mkdir(parents=True, exist_ok=True)
+        draft = Draft(self, name, Path(tempfile.mkdtemp(prefix=".tmp-", dir=name_dir)))
+        try:
+            yield draft
+        finally:
+            if draft.version is None:
+                shutil.rmtree(draft.path, ignore_errors=True)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+
+    def versions(self, name: str) -> list[Version]:
+        """Committed versions of ``name``, oldest first."""
+        name_dir = self._name_dir(name)
+        if not name_dir.is_dir():
+            return []
+        found = []
+        for p in name_dir.iterdir():
+            m = _VERSION_RE.match(p.name)
+            if m and p.is_dir() and not p.is_symlink() and (p / MANIFEST).is_file():
+                found.append((int(m.group(1)), p))
+        return [load_version(p, self.stage) for _, p in sorted(found)]
+
+    def latest(self, name: str) -> Version:
+        name_dir = self._name_dir(name)
+        pointer = name_dir / LATEST
+        if not pointer.is_file():
+            raise CnnpipeError(
+                f"no {self.stage} artifact named {name!r} in {self.root}; "
+                f"run the {self.stage} stage first or check the name (`cnnpipe ls`)"
+            )
+        return self.get(name, pointer.read_text().strip())
+
+    def get(self, name: str, version: str) -> Version:
+        m = _VERSION_RE.match(version)
+        if not m:
+            raise CnnpipeError(f"invalid version {version!r}: use v1, v2, … or latest")
+        path = self._name_dir(name) / version
+        if not (path / MANIFEST).is_file() or path.is_symlink():
+            raise CnnpipeError(f"{name}@{version} does not exist in {self.root} (see `cnnpipe ls`)")
+        return load_version(path, self.stage)
+
+    def resolve(self, ref: str) -> Version:
+        """Resolve ``NAME``, ``NAME@latest``, ``NAME@vN`` or a path to a version folder."""
+        if "/" in ref or ref.startswith("."):
+            return load_version(Path(ref), self.stage)
+        name, _, version = ref.partition("@")
+        check_name(name, f"{self.stage} name")
+        if version in ("", "latest"):
+            return self.latest(name)
+        return self.get(name, version)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The three stores under one root folder: ``data/``, ``models/`` and ``exports/``."""
+
+    root: Path
+
+    @property
+    def data(self) -> Store:
+        return Store(Path(self.root) / "data", "download")
+
+    @property
+    def models(self) -> Store:
+        return Store(Path(self.root) / "models", "train")
+
+    @property
+    def exports(self) -> Store:
+        return Store(Path(self.root) / "exports", "export")
