@@ -50,15 +50,16 @@ class TrainProgress:
         self.task: Any = None
 
     def __enter__(self) -> TrainProgress:
-        self.bar.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
+        if self.task is not None:
+            self.bar.stop()
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
         fields = {"epoch": f"{epoch}/{epochs}", "loss": 0.0, "acc": 0.0, "ips": 0.0}
         if self.task is None:
+            self.bar.start()
             self.task = self.bar.add_task("train", total=steps, **fields)
         else:
             self.bar.reset(self.task, total=steps, **fields)
@@ -75,9 +76,9 @@ class TrainProgress:
         )
 
 
-def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+def table(columns: list[str], rows: list[list[Any]]) -> Table:
     """A rich table; floats are shown with 4 decimals."""
-    t = Table(title=title)
+    t = Table()
     for c in columns:
         t.add_column(c, justify="left" if c == columns[0] else "right")
     for row in rows:
@@ -103,9 +104,9 @@ def render_train(console: Console, r: Any) -> None:
 
 def render_evaluate(console: Console, r: Any) -> None:
     rows = sorted(r.per_class, key=lambda c: (c["accuracy"] is None, c["accuracy"] or 0.0))
+    console.print(f"{r.model} on {r.split} ({r.images:,} images), worst classes first")
     console.print(
         table(
-            f"{r.model} on {r.split} ({r.images:,} images), worst classes first",
             ["class", "accuracy", "correct", "support"],
             [[c["class"], "n/a" if c["accuracy"] is None else c["accuracy"], c["correct"], c["support"]] for c in rows],
         )
@@ -127,9 +128,11 @@ def render_verify(console: Console, r: Any) -> None:
         for f in r.formats
     ]
     console.print(
+        f"{r.bundle} vs PyTorch ({r.model}) on {r.images} real test images, batch sizes "
+        f"{', '.join(map(str, r.batch_sizes))}; PyTorch accuracy {r.reference_accuracy:.4f}"
+    )
+    console.print(
         table(
-            f"{r.bundle} vs PyTorch ({r.model}) on {r.images} real test images, batch sizes "
-            f"{', '.join(map(str, r.batch_sizes))}; PyTorch accuracy {r.reference_accuracy:.4f}",
             ["format", "runtime", "verdict", "max abs", "p99 abs", "atol", "top-1 agree", "accuracy"],
             rows,
         )
@@ -153,12 +156,12 @@ def render_ls(console: Console, listing: dict[str, Any]) -> None:
     if not rows:
         console.print("the stores are empty; start with `cnnpipe run`")
         return
-    console.print(table("cnnpipe stores", ["store", "name", "version", "created", "result"], rows))
+    console.print(table(["store", "name", "version", "created", "result"], rows))
 
 
 def render_show(console: Console, path: Path, m: dict[str, Any]) -> None:
     console.print(f"[bold]{m['name']}@v{m['version']}[/] ({m['stage']}) at {path}, created {m['created']}")
-    console.print(table("files", ["path", "role", "bytes", "sha256"], [
+    console.print(table(["path", "role", "bytes", "sha256"], [
         [f["path"], f["role"], f"{f['bytes']:,}", f["sha256"][:16] + "…"] for f in m["files"]
     ]))
     console.print("parents: " + (", ".join(p["ref"] for p in m["lineage"].get("parents", [])) or "none"))

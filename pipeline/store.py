@@ -215,9 +215,11 @@ class Draft:
 class Store:
     """One store folder (``data/``, ``models/`` or ``exports/``) of named, versioned artifacts."""
 
-    def __init__(self, root: Path, stage: str):
+    def __init__(self, root: Path, stage: str, what: str, hint: str):
         self.root = Path(root)
         self.stage = stage
+        self.what = what
+        self.hint = hint
 
     def _name_dir(self, name: str) -> Path:
         return self.root / check_name(name)
@@ -283,8 +285,7 @@ class Store:
         pointer = name_dir / LATEST
         if not pointer.is_file():
             raise CnnpipeError(
-                f"no {self.stage} artifact named {name!r} in {self.root}; "
-                f"run the {self.stage} stage first or check the name (`cnnpipe ls`)"
+                f"no {self.what} named {name!r} in {self.root}/; {self.hint}, or see `cnnpipe ls`"
             )
         return self.get(name, pointer.read_text().strip())
 
@@ -302,7 +303,7 @@ class Store:
         if "/" in ref or ref.startswith("."):
             return load_version(Path(ref), self.stage)
         name, _, version = ref.partition("@")
-        check_name(name, f"{self.stage} name")
+        check_name(name, f"{self.what} name")
         if version in ("", "latest"):
             return self.latest(name)
         return self.get(name, version)
@@ -316,12 +317,12 @@ class Workspace:
 
     @property
     def data(self) -> Store:
-        return Store(Path(self.root) / "data", "download")
+        return Store(Path(self.root) / "data", "download", "dataset", "prepare it with `cnnpipe download NAME`")
 
     @property
     def models(self) -> Store:
-        return Store(Path(self.root) / "models", "train")
+        return Store(Path(self.root) / "models", "train", "model", "train one with `cnnpipe train`")
 
     @property
     def exports(self) -> Store:
-        return Store(Path(self.root) / "exports", "export")
+        return Store(Path(self.root) / "exports", "export", "export bundle", "make one with `cnnpipe export MODEL`")

@@ -79,7 +79,7 @@ def evaluate(
     inp = desc["input"]
     logits = batched_logits(model.to(dev), images, inp["mean"], inp["std"], batch_size, dev)
     result = metrics(logits, labels, desc["classes"])
-    store = Store(version.path / "eval", "evaluate")
+    store = Store(version.path / "eval", "evaluate", "evaluation", "run `cnnpipe evaluate`")
     with store.draft(split) as draft:
         write_json(draft.path / "metrics.json", {"model": version.ref, "split": split} | result)
         rows = [",".join(["true\\pred", *desc["classes"]])]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,11 +81,21 @@ def check_onnx_graph(path: Path) -> int:
     return next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx"))
 
 
+@contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """Silence the exporter's own log lines (its failures reach the user as one error line)."""
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str], opset: int | None) -> int:
     """ONNX through the dynamo exporter with a dynamic batch axis; returns the opset used."""
     kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet_logging():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model, (example,), str(path), dynamo=True, external_data=False,
@@ -96,7 +109,10 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[
     for key, value in meta.items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save(proto, str(path))
-    return check_onnx_graph(path)
+    used = check_onnx_graph(path)
+    if opset is not None and used != opset:
+        raise CnnpipeError(f"ONNX export failed at opset {opset}: the exporter could only produce opset {used}")
+    return used
 
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]) -> None:

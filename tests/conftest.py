@@ -1,0 +1,58 @@
+"""Shared helpers: the real CLI in a subprocess, and a store that has been through the pipeline."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def cnnpipe(root: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m cnnpipe --root ROOT ARGS...`` and return the finished process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNNPIPE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "cnnpipe", "--root", str(root), *args],
+        cwd=root, env=env | {"PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def cnnpipe_json(root: Path, *args: str) -> dict:
+    """Run a command with ``--json``; it must succeed and print one JSON document."""
+    proc = cnnpipe(root, *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    """One clear error: the exit code, the words, and no traceback."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+def tree_state(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes, to prove nothing changed."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def pipeline_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root that holds mnist-sample@v1, lenet5@v1 (2 epochs) and its export bundle lenet5@v1."""
+    root = tmp_path_factory.mktemp("pipeline")
+    proc = cnnpipe(root, "run", "--epochs", "2")
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+@pytest.fixture
+def root_copy(pipeline_root: Path, tmp_path: Path) -> Path:
+    """A private copy of ``pipeline_root`` that a test may damage."""
+    copy = tmp_path / "root"
+    shutil.copytree(pipeline_root, copy, symlinks=True)
+    return copy
