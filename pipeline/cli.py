@@ -39,6 +39,12 @@ class Compile(str, Enum):
     off = "off"
 
 
+class Loader(str, Enum):
+    auto = "auto"
+    device = "device"
+    stream = "stream"
+
+
 class Split(str, Enum):
     test = "test"
     val = "val"
@@ -69,6 +75,12 @@ LrOpt = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for weights init and shuffling.")]
 DeviceOpt = Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")]
 CompileOpt = Annotated[Compile, typer.Option("--compile", help="torch.compile: auto compiles on CUDA only.")]
+AugmentOpt = Annotated[bool, typer.Option(help="Use the dataset's augmentation (random crop, flips where valid).")]
+LoaderOpt = Annotated[Loader, typer.Option(help="device: the split on the device; stream: memory-mapped through a DataLoader; auto: device when it fits.")]
+WorkersOpt = Annotated[int, typer.Option(help="DataLoader workers when streaming.")]
+MirrorOpt = Annotated[
+    str | None, typer.Option(help="Base URL or folder to fetch from instead of the official URLs (also CNNPIPE_MIRROR).")
+]
 FormatOpt = Annotated[list[Format], typer.Option("--format", "-f", help="Export format (repeatable).")]
 OpsetOpt = Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")]
 BatchSizesOpt = Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes to verify at.")]
@@ -141,14 +153,40 @@ def _main(
 @app.command()
 def download(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Dataset to prepare.")] = "mnist-sample",
+    name: Annotated[str, typer.Argument(help="Dataset: mnist-sample (shipped), mnist, fashion-mnist, cifar10, or imagefolder.")] = "mnist-sample",
+    path: Annotated[Path | None, typer.Argument(help="With imagefolder: the folder of class sub-folders.")] = None,
+    mirror: MirrorOpt = None,
+    val_size: Annotated[int | None, typer.Option("--val-size", help="Validation images held out of train (standard datasets; default 5000).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the validation (and image folder) split.")] = 0,
+    refresh: Annotated[bool, typer.Option(help="Fetch again even if an intact version exists.")] = False,
+    plots: Annotated[bool, typer.Option(help="Write samples.png and classes.png into the version.")] = True,
+    as_name: Annotated[str | None, typer.Option("--name", help="With imagefolder: the dataset's name.")] = None,
+    size: Annotated[int, typer.Option(help="With imagefolder: images are resized to SIZE x SIZE.")] = 32,
+    channels: Annotated[int, typer.Option(help="With imagefolder: 1 (grayscale) or 3 (RGB).")] = 3,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="With imagefolder: validation share when the folder has no val/.")] = 0.1,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="With imagefolder: test share when the folder has no train/ and test/.")] = 0.2,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="With imagefolder: leave unreadable images out (listed) instead of failing.")] = False,
+    flip: Annotated[bool, typer.Option(help="With imagefolder: horizontal flips are valid augmentation.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Prepare a dataset into the data store (the default ships with cnnpipe: no network)."""
-    from cnnpipe.report import render_download
+    """Fetch a dataset (checksums checked) or import a folder of images into the data store."""
+    from cnnpipe.report import ByteProgress, render_download
     from cnnpipe.stages.download import download as run_download
+    from cnnpipe.stages.download import import_folder
 
-    result = _call(lambda: run_download(name, _root(ctx)))
+    def run_stage() -> Any:
+        if name == "imagefolder":
+            if path is None or as_name is None:
+                raise CnnpipeError("usage: cnnpipe download imagefolder PATH --name NAME")
+            return import_folder(
+                path, as_name, _root(ctx), size, channels, val_fraction, test_fraction, seed, skip_bad, flip, plots
+            )
+        if path is not None:
+            raise CnnpipeError(f"unexpected PATH {str(path)!r}: only imagefolder takes one")
+        with ByteProgress(err) as progress:
+            return run_download(name, _root(ctx), mirror, val_size, seed, refresh, plots, progress.update)
+
+    result = _call(run_stage)
     _emit(as_json, result, lambda r: render_download(out, r))
 
 
@@ -164,12 +202,15 @@ def train(
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     compile: CompileOpt = Compile.auto,
+    augment: AugmentOpt = True,
+    loader: LoaderOpt = Loader.auto,
+    workers: WorkersOpt = 2,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a network; the epoch with the best validation accuracy is kept."""
     from cnnpipe.report import render_train
 
-    config = _train_config(model, dataset, name, epochs, batch_size, lr, seed, device, compile)
+    config = _train_config(model, dataset, name, epochs, batch_size, lr, seed, device, compile, augment, loader, workers)
     result = _train(ctx, config)
     _emit(as_json, result, lambda r: render_train(out, r))
 
@@ -177,10 +218,10 @@ def train(
 def _train_config(*args: Any) -> Any:
     from cnnpipe.stages.train import TrainConfig
 
-    model, dataset, name, epochs, batch_size, lr, seed, device, compile = args
+    model, dataset, name, epochs, batch_size, lr, seed, device, compile, augment, loader, workers = args
     return TrainConfig(
         arch=model, dataset=dataset, name=name, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        device=device.value, compile=compile.value,
+        device=device.value, compile=compile.value, augment=augment, loader=loader.value, workers=workers,
     )
 
 
@@ -263,6 +304,10 @@ def run(
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     compile: CompileOpt = Compile.auto,
+    augment: AugmentOpt = True,
+    loader: LoaderOpt = Loader.auto,
+    workers: WorkersOpt = 2,
+    mirror: MirrorOpt = None,
     fmt: FormatOpt = [Format.all],  # noqa: B006
     opset: OpsetOpt = None,
     samples: SamplesOpt = 512,
@@ -273,17 +318,18 @@ def run(
 ) -> None:
     """download → train → evaluate → export → verify; stops at the first failure with its exit code."""
     from cnnpipe import report
+    from cnnpipe.data.catalog import CATALOG
     from cnnpipe.stages.download import download as run_download
     from cnnpipe.stages.evaluate import evaluate as run_evaluate
     from cnnpipe.stages.export import export as run_export
     from cnnpipe.stages.verify import verify as run_verify
 
     root = _root(ctx)
-    config = _train_config(model, dataset, name, epochs, batch_size, lr, seed, device, compile)
+    config = _train_config(model, dataset, name, epochs, batch_size, lr, seed, device, compile, augment, loader, workers)
     _call(config.validate)
     summary: dict[str, Any] = {}
-    if "/" not in dataset and "@" not in dataset:
-        summary["download"] = _call(lambda: run_download(dataset, root))
+    if dataset in CATALOG:  # a standard dataset: fetch (or reuse) it; an imported folder is already there
+        summary["download"] = _call(lambda: run_download(dataset, root, mirror))
         if not as_json:
             report.render_download(out, summary["download"])
     summary["train"] = _train(ctx, config)

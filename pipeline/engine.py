@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnpipe.data.batches import augment
 from cnnpipe.data.loading import normalize
 
 
@@ -33,46 +35,44 @@ class EpochStats:
 def train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     mean: list[float],
     std: list[float],
-    batch_size: int,
+    augmentation: dict[str, Any],
     generator: torch.Generator,
-    drop_last: bool,
     progress: Progress | None = None,
     report_every: int = 20,
 ) -> EpochStats:
-    """One pass over shuffled device-resident data; syncs with the device every ``report_every`` steps."""
+    """One pass over uint8 batches (augmented and normalized on their device); syncs every ``report_every`` steps."""
     model.train()
-    n = len(images)
-    order = torch.randperm(n, generator=generator).to(images.device)
-    stop = n - n % batch_size if drop_last else n
-    loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    loss_sum = correct = None
     seen = steps_since = 0
     start = time.perf_counter()
     first_step_s = 0.0
-    for i in range(0, stop, batch_size):
-        idx = order[i : i + batch_size]
-        x = normalize(images[idx], mean, std)
-        y = labels[idx]
+    for step, (images, y) in enumerate(batches):
+        x = normalize(augment(images, augmentation["crop_padding"], augmentation["flip"], generator), mean, std)
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
+        batch_loss = loss.detach() * len(y)
+        batch_correct = (logits.argmax(1) == y).sum()
+        loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
+        correct = batch_correct if correct is None else correct + batch_correct
         seen += len(y)
         steps_since += 1
-        if i == 0:
+        if step == 0:
             first_step_s = time.perf_counter() - start
-        if progress is not None and (steps_since == report_every or i + batch_size >= stop):
+        if progress is not None and steps_since == report_every:
             progress.advance(steps_since, seen, loss_sum.item() / seen, correct.item() / seen)
             steps_since = 0
-    total = loss_sum.item() / max(seen, 1)
-    return EpochStats(total, correct.item() / max(seen, 1), seen, time.perf_counter() - start, first_step_s)
+    if seen == 0 or loss_sum is None or correct is None:
+        return EpochStats(float("nan"), 0.0, 0, time.perf_counter() - start, first_step_s)
+    total_loss, total_correct = loss_sum.item() / seen, correct.item() / seen
+    if progress is not None and steps_since:
+        progress.advance(steps_since, seen, total_loss, total_correct)
+    return EpochStats(total_loss, total_correct, seen, time.perf_counter() - start, first_step_s)
 
 
 @torch.no_grad()

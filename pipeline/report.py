@@ -6,18 +6,73 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Loss and accuracy per epoch, train and validation, side by side, as a PNG."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_samples(split: tuple[Any, Any], classes: list[str], path: Path, title: str, per_class: int = 8) -> None:
+    """A grid with one row per class of its first training images, as the seeds' ``show_dataset``."""
+    plt = _pyplot()
+    images, labels = split
+    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.9 + 0.5), squeeze=False)
+    for row, name in enumerate(classes):
+        picks = np.flatnonzero(np.asarray(labels) == row)[:per_class]
+        for col in range(per_class):
+            ax = axes[row][col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col < len(picks):
+                img = images[picks[col]]
+                ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255)
+            if col == 0:
+                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"{title}: training samples per class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def plot_class_counts(counts: dict[str, dict[str, int]], path: Path, title: str) -> None:
+    """Images per class in each split, as grouped bars."""
+    plt = _pyplot()
+    splits = list(counts)
+    classes = list(next(iter(counts.values())))
+    width = 0.8 / len(splits)
+    fig, ax = plt.subplots(figsize=(max(6, len(classes) * 0.6), 4))
+    for k, split in enumerate(splits):
+        xs = [i + (k - (len(splits) - 1) / 2) * width for i in range(len(classes))]
+        ax.bar(xs, [counts[split][c] for c in classes], width, label=split)
+    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 10 else 0, ha="right")
+    ax.set_ylabel("images")
+    ax.set_title(f"{title}: class distribution")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Loss and accuracy per epoch, train and validation, side by side, as a PNG."""
+    plt = _pyplot()
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
@@ -33,6 +88,31 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+class ByteProgress:
+    """A rich progress bar per downloaded file (on stderr); pass ``update`` as ``on_bytes``."""
+
+    def __init__(self, console: Console):
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            console=console, transient=True, disable=not console.is_terminal,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> ByteProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.tasks:
+            self.bar.stop()
+
+    def update(self, fname: str, done: int, total: int | None) -> None:
+        if not self.tasks:
+            self.bar.start()
+        if fname not in self.tasks:
+            self.tasks[fname] = self.bar.add_task(fname, total=total)
+        self.bar.update(self.tasks[fname], completed=done)
+
+
 class TrainProgress:
     """A rich progress bar per epoch with loss, accuracy and images/s (on stderr)."""
 
@@ -46,6 +126,7 @@ class TrainProgress:
             TimeElapsedColumn(),
             console=console,
             transient=True,
+            disable=not console.is_terminal,
         )
         self.task: Any = None
 
@@ -90,7 +171,9 @@ def render_download(console: Console, r: Any) -> None:
     counts = ", ".join(f"{part} {sum(c.values()):,}" for part, c in r.counts.items())
     verb = "already present as" if r.reused else "wrote"
     console.print(f"download: {verb} [bold]{r.ref}[/] ({counts}) at {r.path}")
-    console.print(f"  dataset hash {r.dataset_hash}")
+    console.print(f"  dataset hash {r.dataset_hash}; mean {r.mean}, std {r.std}", highlight=False)
+    for failure in r.skipped:
+        console.print(f"  [yellow]skipped[/] {failure}", highlight=False)
 
 
 def render_train(console: Console, r: Any) -> None:

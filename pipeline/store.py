@@ -280,6 +280,10 @@ class Store:
                 found.append((int(m.group(1)), p))
         return [load_version(p, self.stage) for _, p in sorted(found)]
 
+    def has(self, name: str) -> bool:
+        """Whether ``name`` has a ``latest`` version."""
+        return (self._name_dir(name) / LATEST).is_file()
+
     def latest(self, name: str) -> Version:
         name_dir = self._name_dir(name)
         pointer = name_dir / LATEST

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
 
 def cnnpipe(root: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m cnnpipe --root ROOT ARGS...`` and return the finished process."""

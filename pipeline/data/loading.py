@@ -1,28 +1,34 @@
-"""A prepared dataset version in memory: uint8 tensors per split, normalized in batches."""
+"""A prepared dataset version: decoded uint8 images and int64 labels per split.
+
+Images are stored once, decoded, as ``splits/<split>-images.npy`` (uint8 N×C×H×W) and
+``splits/<split>-labels.npy`` (int64), so no image is decoded again while training.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.store import Version
 
-TENSORS = "tensors.safetensors"
 INFO = "dataset.json"
+
+
+def split_files(split: str) -> tuple[str, str]:
+    """The images and labels file of ``split`` inside a dataset version."""
+    return f"splits/{split}-images.npy", f"splits/{split}-labels.npy"
 
 
 @dataclass
 class Dataset:
-    """A dataset version: description plus uint8 NCHW images and int64 labels per split."""
+    """A dataset version: its description plus uint8 images and int64 labels per split."""
 
     version: Version
     info: dict[str, Any]
-    tensors: dict[str, torch.Tensor]
 
     @property
     def classes(self) -> list[str]:
@@ -32,23 +38,35 @@ class Dataset:
     def dataset_hash(self) -> str:
         return self.version.results["dataset_hash"]
 
-    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (uint8, N×C×H×W) and labels (int64) of one split."""
-        if f"x_{name}" not in self.tensors:
+    def _files(self, name: str) -> tuple[Any, Any]:
+        if name not in self.info["counts"]:
             raise CnnpipeError(
                 f"dataset {self.version.ref} has no split {name!r}; it has {', '.join(self.info['counts'])}"
             )
-        return self.tensors[f"x_{name}"], self.tensors[f"y_{name}"]
+        return tuple(self.version.file(rel) for rel in split_files(name))
+
+    def arrays(self, name: str, mmap: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Images (uint8 N×C×H×W; memory-mapped with ``mmap``) and int64 labels of one split."""
+        images_path, labels_path = self._files(name)
+        try:
+            images = np.load(images_path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            labels = np.load(labels_path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise CnnpipeError(f"{self.version.path}: unreadable split {name!r} ({e})") from None
+        if images.dtype != np.uint8 or images.ndim != 4 or labels.dtype != np.int64 or len(images) != len(labels):
+            raise CnnpipeError(f"{self.version.path}: split {name!r} has malformed arrays")
+        return images, labels
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (uint8 N×C×H×W) and labels (int64) of one split, in memory."""
+        images, labels = self.arrays(name)
+        return torch.from_numpy(images), torch.from_numpy(labels)
 
 
 def load_dataset(version: Version) -> Dataset:
-    """Load a dataset version after re-checking every file's sha256."""
+    """Open a dataset version after re-checking every file's sha256."""
     version.check()
-    try:
-        tensors = load_file(version.file(TENSORS))
-    except (SafetensorError, OSError) as e:
-        raise CnnpipeError(f"{version.file(TENSORS)}: unreadable tensors ({e})") from None
-    return Dataset(version=version, info=version.read_json(INFO), tensors=tensors)
+    return Dataset(version=version, info=version.read_json(INFO))
 
 
 def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:

@@ -1,20 +1,24 @@
-"""Stage 1: prepare a dataset by name into the data store."""
+"""Stage 1: fetch a dataset by name, or import a folder of images, into the data store."""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from safetensors.torch import save_file
 
-from cnnpipe.data.catalog import get_spec
-from cnnpipe.data.loading import INFO, TENSORS
+from cnnpipe.data.catalog import CATALOG, FetchOptions, Prepared, get_spec, hold_out_val
+from cnnpipe.data.fetch import OnBytes
+from cnnpipe.data.imagefolder import decode_all, scan
+from cnnpipe.data.loading import INFO, split_files
+from cnnpipe.data.split import stratified_split
+from cnnpipe.errors import CnnpipeError
 from cnnpipe.provenance import lineage
-from cnnpipe.store import Workspace, sha256_file, write_json
+from cnnpipe.report import plot_class_counts, plot_samples
+from cnnpipe.store import Draft, Version, Workspace, check_name, sha256_file, write_json
 
 
 @dataclass
@@ -28,6 +32,7 @@ class DownloadResult:
     counts: dict[str, dict[str, int]]
     mean: list[float]
     std: list[float]
+    skipped: list[str] = field(default_factory=list)
 
 
 def _content_hash(folder: Path) -> str:
@@ -38,60 +43,167 @@ def _content_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def download(name: str = "mnist-sample", root: Path = Path(".")) -> DownloadResult:
-    """Prepare dataset ``name`` as a new version, or return the latest if identical."""
+def _result(version: Version, reused: bool, skipped: list[str] | None = None) -> DownloadResult:
+    r = version.results
+    return DownloadResult(
+        ref=version.ref, path=str(version.path), dataset_hash=r["dataset_hash"], reused=reused,
+        counts=r["counts"], mean=r["mean"], std=r["std"], skipped=skipped or [],
+    )
+
+
+def _commit(
+    draft: Draft, prepared: Prepared, info: dict[str, Any], config: dict[str, Any], plots: bool
+) -> tuple[Version, bool]:
+    """Write splits, description and plots into ``draft``; commit unless identical to the latest."""
+    x_train = prepared.splits["train"][0]
+    scaled = x_train.reshape(len(x_train), x_train.shape[1], -1).astype(np.float64) / 255.0
+    mean = scaled.mean(axis=(0, 2)).tolist()
+    std = scaled.std(axis=(0, 2)).tolist()
+    classes = prepared.classes
+    counts = {
+        part: dict(zip(classes, map(int, np.bincount(prepared.splits[part][1], minlength=len(classes)))))
+        for part in ("train", "val", "test")
+        if part in prepared.splits
+    }
+    (draft.path / "splits").mkdir()
+    for part, (x, y) in prepared.splits.items():
+        images_rel, labels_rel = split_files(part)
+        np.save(draft.path / images_rel, np.ascontiguousarray(x, dtype=np.uint8))
+        np.save(draft.path / labels_rel, np.ascontiguousarray(y, dtype=np.int64))
+    info = info | {"classes": classes, "mean": mean, "std": std, "counts": counts, "source": prepared.source}
+    write_json(draft.path / INFO, info)
+    (draft.path / "split.json").write_text(json.dumps(prepared.split) + "\n")
+    if prepared.inventory is not None:
+        (draft.path / "sources.json").write_text(json.dumps(prepared.inventory) + "\n")
+    if plots:
+        plot_samples(prepared.splits["train"], classes, draft.path / "samples.png", info["name"])
+        plot_class_counts(counts, draft.path / "classes.png", info["name"])
+    dataset_hash = _content_hash(draft.path)
+    store = draft.store
+    existing = store.versions(draft.name)
+    if existing and existing[-1].results.get("dataset_hash") == dataset_hash:
+        return existing[-1], True
+    roles = {
+        INFO: "description", "split.json": "split", "sources.json": "inventory",
+        "samples.png": "plot", "classes.png": "plot",
+    }
+    for p in draft.path.rglob("*"):
+        rel = p.relative_to(draft.path).as_posix()
+        if rel.startswith("splits/"):
+            roles[rel] = "tensors"
+        elif rel.startswith("raw/"):
+            roles[rel] = "raw"
+    version = draft.commit(
+        stage="download",
+        roles=roles,
+        lineage=lineage([], config, seed=prepared.split.get("seed")),
+        results={"dataset_hash": dataset_hash, "counts": counts, "mean": mean, "std": std},
+    )
+    return version, False
+
+
+def download(
+    name: str = "mnist-sample",
+    root: Path = Path("."),
+    mirror: str | None = None,
+    val_size: int | None = None,
+    seed: int = 0,
+    refresh: bool = False,
+    plots: bool = True,
+    on_bytes: OnBytes | None = None,
+) -> DownloadResult:
+    """Fetch dataset ``name`` (checksums checked whatever the source) into a new version.
+
+    Without ``refresh``, an intact latest version made with the same options is reused
+    without touching the network; an identical re-fetch also reuses it.
+    """
     spec = get_spec(name)
     store = Workspace(root).data
+    config = {"name": name, "val_size": val_size, "seed": seed}
+    if not refresh and store.has(name):
+        latest = store.latest(name)
+        if latest.manifest["lineage"].get("config") == config:
+            latest.check()
+            return _result(latest, reused=True)
     with store.draft(name) as draft:
-        prepared = spec.prepare(draft.path / "raw")
-        x_train = torch.from_numpy(prepared.splits["train"][0]).float() / 255.0
-        mean = x_train.mean(dim=(0, 2, 3)).tolist()
-        std = x_train.std(dim=(0, 2, 3)).tolist()
-        counts = {
-            part: {c: int(n) for c, n in zip(prepared.classes, np.bincount(y, minlength=len(prepared.classes)))}
-            for part, (_, y) in prepared.splits.items()
+        prepared = spec.prepare(draft.path / "raw", FetchOptions(mirror, val_size, seed, on_bytes))
+        info = {
+            "name": name, "summary": spec.summary, "license": spec.license,
+            "channels": spec.channels, "height": spec.size, "width": spec.size, "augment": spec.augment,
         }
-        tensors = {}
-        for part, (x, y) in prepared.splits.items():
-            tensors[f"x_{part}"] = torch.from_numpy(np.ascontiguousarray(x))
-            tensors[f"y_{part}"] = torch.from_numpy(np.ascontiguousarray(y))
-        save_file(tensors, draft.path / TENSORS)
-        info: dict[str, Any] = {
-            "name": name,
-            "summary": spec.summary,
-            "license": spec.license,
-            "classes": prepared.classes,
-            "channels": spec.channels,
-            "height": spec.size,
-            "width": spec.size,
-            "flip": spec.flip,
-            "mean": mean,
-            "std": std,
-            "counts": counts,
-            "source": prepared.source,
-        }
-        write_json(draft.path / INFO, info)
-        write_json(draft.path / "split.json", prepared.split)
-        dataset_hash = _content_hash(draft.path)
-        existing = store.versions(name)
-        if existing and existing[-1].results.get("dataset_hash") == dataset_hash:
-            version, reused = existing[-1], True
-        else:
-            roles = {TENSORS: "tensors", INFO: "description", "split.json": "split"}
-            roles |= {f"raw/{p.name}": "raw" for p in (draft.path / "raw").iterdir()}
-            version = draft.commit(
-                stage="download",
-                roles=roles,
-                lineage=lineage([], {"name": name}, seed=prepared.split.get("seed")),
-                results={"dataset_hash": dataset_hash, "counts": counts, "mean": mean, "std": std},
-            )
-            reused = False
-    return DownloadResult(
-        ref=version.ref,
-        path=str(version.path),
-        dataset_hash=dataset_hash,
-        reused=reused,
-        counts=counts,
-        mean=mean,
-        std=std,
+        version, reused = _commit(draft, prepared, info, config, plots)
+    return _result(version, reused)
+
+
+def import_folder(
+    path: Path,
+    name: str,
+    root: Path = Path("."),
+    size: int = 32,
+    channels: int = 3,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    skip_bad: bool = False,
+    flip: bool = True,
+    plots: bool = True,
+) -> DownloadResult:
+    """Import ``PATH/<class>/*`` (or ``PATH/{train,val,test}/<class>/*``) as dataset ``name``.
+
+    Every image is decoded and checked before anything is written: unreadable files fail
+    the import, naming them, unless ``skip_bad`` (then they are listed and left out).
+    """
+    check_name(name, "dataset name")
+    if name in CATALOG:
+        raise CnnpipeError(f"{name!r} is a standard dataset's name; choose another --name")
+    if size < 8 or channels not in (1, 3):
+        raise CnnpipeError(f"--size must be at least 8 and --channels 1 or 3 (got {size}, {channels})")
+    if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise CnnpipeError("--val-fraction and --test-fraction must be fractions that leave images to train on")
+    found = scan(path.resolve())
+    decoded = {split: decode_all(files, size, channels) for split, files in found.files.items()}
+    failures = [f for d in decoded.values() for f in d.failures]
+    if failures and not skip_bad:
+        shown = "; ".join(failures[:5]) + (f"; and {len(failures) - 5} more" if len(failures) > 5 else "")
+        raise CnnpipeError(f"{len(failures)} unreadable image(s): {shown}. Fix or remove them, or pass --skip-bad")
+    sources = {
+        split or "all": {str(p.relative_to(found.root)): sha for p, sha in zip(d.paths, d.sha256)}
+        for split, d in decoded.items()
+    }
+    if None in decoded:
+        d = decoded[None]
+        n = len(d.labels)
+        n_test = round(n * test_fraction)
+        n_val = round(n * val_fraction)
+        parts = stratified_split(d.labels, {"val": n_val, "test": n_test, "train": n - n_val - n_test}, seed)
+        splits = {p: (d.images[i], d.labels[i]) for p, i in parts.items() if len(i)}
+        split = {"method": "stratified", "seed": seed, "sizes": {p: len(i) for p, i in parts.items()},
+                 "indices": {p: i.tolist() for p, i in parts.items()}}
+    else:
+        splits = {s: (d.images, d.labels) for s, d in decoded.items() if s is not None}
+        split = {"method": "folders", "sizes": {s: len(v[1]) for s, v in splits.items()}}
+        if "val" not in splits:
+            n_val = max(1, round(len(splits["train"][1]) * val_fraction))
+            splits, split = hold_out_val(splits, n_val, seed)
+    for part, (_, y) in splits.items():
+        if len(y) == 0:
+            raise CnnpipeError(f"{path}: the {part} split has no readable images")
+    prepared = Prepared(
+        splits=splits,
+        classes=found.classes,
+        source={"path": str(path.resolve()), "layout": found.layout, "skipped": failures},
+        split=split,
+        inventory={"sha256_by_split": sources},
     )
+    config = {"name": name, "path": str(path.resolve()), "size": size, "channels": channels,
+              "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed, "skip_bad": skip_bad}
+    info = {
+        "name": name, "summary": f"image folder {path.name} ({found.layout})", "license": "the folder owner's",
+        "channels": channels, "height": size, "width": size,
+        "augment": {"crop_padding": max(1, size // 8), "flip": flip},
+    }
+    store = Workspace(root).data
+    with store.draft(name) as draft:
+        version, reused = _commit(draft, prepared, info, config, plots)
+    return _result(version, reused, failures)
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from cnnpipe.data.batches import DeviceBatches, StreamBatches, batch_order
 from cnnpipe.data.loading import load_dataset
 from cnnpipe.engine import Progress, batched_logits, train_epoch
 from cnnpipe.errors import CnnpipeError
@@ -36,6 +38,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     compile: str = "auto"
+    augment: bool = True
+    loader: str = "auto"
+    workers: int = 2
     eval_batch_size: int = 1000
 
     def validate(self) -> None:
@@ -50,6 +55,10 @@ class TrainConfig:
             raise CnnpipeError(f"--lr must be a positive number, not {self.lr}")
         if self.compile not in ("auto", "on", "off"):
             raise CnnpipeError(f"--compile must be auto, on or off, not {self.compile!r}")
+        if self.loader not in ("auto", "device", "stream"):
+            raise CnnpipeError(f"--loader must be auto, device or stream, not {self.loader!r}")
+        if self.workers < 0:
+            raise CnnpipeError(f"--workers must be 0 or more, not {self.workers}")
 
 
 @dataclass
@@ -70,6 +79,24 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _train_source(dataset: Any, config: TrainConfig, device: torch.device) -> DeviceBatches | StreamBatches:
+    """The training split on the device when it fits (or ``--loader device``), else streamed."""
+    images, labels = dataset.arrays("train", mmap=True)
+    stream = config.loader == "stream" or (config.loader == "auto" and not fits_in_memory(images.nbytes, device))
+    if stream:
+        return StreamBatches(images, labels, device, config.workers)
+    return DeviceBatches(images, labels, device)
+
+
+def fits_in_memory(nbytes: int, device: torch.device) -> bool:
+    """Whether ``nbytes`` takes at most a quarter of the device's free memory."""
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return nbytes <= free // 4
+
+
 def train(config: TrainConfig, root: Path = Path("."), progress: Progress | None = None) -> TrainResult:
     """Train ``config.arch`` on ``config.dataset`` and commit the best-on-validation weights."""
     config.validate()
@@ -85,7 +112,12 @@ def train(config: TrainConfig, root: Path = Path("."), progress: Progress | None
     step_model = torch.compile(model) if compiled else model
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = torch.Generator().manual_seed(config.seed)
-    x_train, y_train = (t.to(device) for t in dataset.split("train"))
+    train_source = _train_source(dataset, config, device)
+    if len(train_source) < config.batch_size and compiled:
+        raise CnnpipeError(
+            f"--batch-size {config.batch_size} is larger than the training split ({len(train_source)} images)"
+        )
+    augmentation = info["augment"] if config.augment else {"crop_padding": 0, "flip": False}
     x_val, y_val = dataset.split("val")
     mean, std = info["mean"], info["std"]
 
@@ -94,12 +126,11 @@ def train(config: TrainConfig, root: Path = Path("."), progress: Progress | None
     compile_s = train_s = 0.0
     images = 0
     for epoch in range(1, config.epochs + 1):
+        order = batch_order(len(train_source), config.batch_size, compiled, generator)
         if progress is not None:
-            steps = len(x_train) // config.batch_size if compiled else math.ceil(len(x_train) / config.batch_size)
-            progress.start_epoch(epoch, config.epochs, steps)
+            progress.start_epoch(epoch, config.epochs, len(order))
         stats = train_epoch(
-            step_model, optimizer, x_train, y_train, mean, std, config.batch_size, generator,
-            drop_last=compiled, progress=progress,
+            step_model, optimizer, train_source.batches(order), mean, std, augmentation, generator, progress
         )
         if not math.isfinite(stats.loss):
             raise CnnpipeError(
@@ -137,7 +168,10 @@ def train(config: TrainConfig, root: Path = Path("."), progress: Progress | None
             }
 
     model_desc = describe(config.arch, name, model, dataset)
-    resolved = asdict(config) | {"name": name, "device": device.type, "compile": compiled}
+    resolved = asdict(config) | {
+        "name": name, "device": device.type, "compile": compiled, "augmentation": augmentation,
+        "loader": type(train_source).__name__,
+    }
     with ws.models.draft(name) as draft:
         save_file(best["state"], draft.path / WEIGHTS, metadata={"arch": config.arch})
         write_json(draft.path / MODEL_JSON, model_desc)

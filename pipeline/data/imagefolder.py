@@ -1,0 +1,111 @@
+"""A user's folder of images: ``PATH/<class>/*`` or ``PATH/{train,val,test}/<class>/*``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cnnpipe.errors import CnnpipeError
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+SPLIT_DIRS = ("train", "val", "test")
+
+
+@dataclass
+class Scan:
+    """What a folder holds: its layout, class names and the files per split (None: to be split)."""
+
+    root: Path
+    layout: str
+    classes: list[str]
+    files: dict[str | None, list[tuple[Path, int]]]
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith(".")
+    )
+
+
+def scan(path: Path) -> Scan:
+    """Find the classes and image files; ``train/`` and ``test/`` sub-folders mark a pre-split layout."""
+    if not path.is_dir():
+        raise CnnpipeError(f"{path}: no such folder; give a folder of class sub-folders of images")
+    top = _class_dirs(path)
+    presplit = "train" in top and "test" in top
+    if presplit:
+        classes = _class_dirs(path / "train")
+        roots: dict[str | None, Path] = {s: path / s for s in SPLIT_DIRS if (path / s).is_dir()}
+    else:
+        classes = top
+        roots = {None: path}
+    if len(classes) < 2:
+        raise CnnpipeError(f"{path}: found {len(classes)} class folder(s); an image folder needs at least 2")
+    files: dict[str | None, list[tuple[Path, int]]] = {}
+    for split, root in roots.items():
+        extra = sorted(set(_class_dirs(root)) - set(classes))
+        if extra:
+            raise CnnpipeError(f"{root}: class folder(s) {extra} are not in {path / 'train'}")
+        files[split] = [(f, i) for i, c in enumerate(classes) if (root / c).is_dir() for f in _images(root / c)]
+        if not files[split]:
+            raise CnnpipeError(f"{root}: no images ({', '.join(sorted(EXTENSIONS))}) in its class folders")
+    return Scan(path, "train/val/test folders" if presplit else "class folders", classes, files)
+
+
+def load_image(path: Path, size: int, channels: int) -> np.ndarray:
+    """Decode any mode (L, RGB, RGBA, P, …) to uint8 C×size×size."""
+    with Image.open(path) as img:
+        img.load()
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        img = img.convert("L" if channels == 1 else "RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def _decode(item: tuple[Path, int, int]) -> tuple[np.ndarray | None, str | None, str]:
+    path, size, channels = item
+    try:
+        data = path.read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        return load_image(path, size, channels), None, sha
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        return None, f"{path}: {type(e).__name__}: {e}", ""
+
+
+@dataclass
+class Decoded:
+    """The readable images of a file list, their labels, paths and sha256s, and the failures."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[Path]
+    sha256: list[str]
+    failures: list[str]
+
+
+def decode_all(files: list[tuple[Path, int]], size: int, channels: int, workers: int | None = None) -> Decoded:
+    """Decode every file in threads (Pillow releases the GIL while decoding)."""
+    items = [(p, size, channels) for p, _ in files]
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        results = list(pool.map(_decode, items, chunksize=64))
+    keep = [i for i, (img, _, _) in enumerate(results) if img is not None]
+    return Decoded(
+        images=np.stack([results[i][0] for i in keep]) if keep else np.zeros((0, channels, size, size), np.uint8),
+        labels=np.array([files[i][1] for i in keep], dtype=np.int64),
+        paths=[files[i][0] for i in keep],
+        sha256=[results[i][2] for i in keep],
+        failures=[err for _, err, _ in results if err is not None],
+    )
