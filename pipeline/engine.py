@@ -51,7 +51,7 @@ def train_epoch(
     first_step_s = 0.0
     for step, (images, y) in enumerate(batches):
         x = normalize(augment(images, augmentation["crop_padding"], augmentation["flip"], generator), mean, std)
-        logits = model(x)
+        logits = model(x.contiguous(memory_format=torch.channels_last))
         loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -89,5 +89,5 @@ def batched_logits(
     out = []
     for i in range(0, len(images), batch_size):
         x = normalize(images[i : i + batch_size].to(device, non_blocking=True), mean, std)
-        out.append(model(x).float().cpu())
+        out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(out) if out else torch.empty(0)

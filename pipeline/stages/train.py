@@ -108,9 +108,10 @@ def train(config: TrainConfig, root: Path = Path("."), progress: Progress | None
     info = dataset.info
 
     torch.manual_seed(config.seed)
-    model = build(config.arch, info["channels"], info["height"], len(dataset.classes)).to(device)
+    model = build(config.arch, info["channels"], info["height"], len(dataset.classes))
+    model = model.to(device, memory_format=torch.channels_last)
     step_model = torch.compile(model) if compiled else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
     generator = torch.Generator().manual_seed(config.seed)
     train_source = _train_source(dataset, config, device)
     if len(train_source) < config.batch_size and compiled:
@@ -164,7 +165,7 @@ def train(config: TrainConfig, root: Path = Path("."), progress: Progress | None
                 "epoch": epoch,
                 "val_accuracy": val_acc,
                 "val_loss": val_loss,
-                "state": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                "state": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()},
             }
 
     model_desc = describe(config.arch, name, model, dataset)

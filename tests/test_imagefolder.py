@@ -1,0 +1,96 @@
+"""Image folders: mixed sizes and modes, a corrupt file, both layouts, and training on them."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import SHARED, assert_clean_error, cnnpipe, cnnpipe_json
+
+MODES = ["L", "RGB", "RGBA", "P"]
+
+
+def _make_folder(folder: Path, classes: tuple[str, ...] = ("cat", "dog", "fox"), per_class: int = 12) -> None:
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(classes):
+        (folder / name).mkdir(parents=True)
+        for i in range(per_class):
+            size = (int(rng.integers(12, 80)), int(rng.integers(12, 80)))
+            rgb = np.full((size[1], size[0], 3), 60 * c + 20, np.uint8) + rng.integers(0, 20, (size[1], size[0], 3), dtype=np.uint8)
+            img = Image.fromarray(rgb).convert(MODES[i % 4])
+            img.save(folder / name / f"{i:03d}.{['png', 'jpg', 'bmp', 'webp'][i % 4] if MODES[i % 4] in ('L', 'RGB') else 'png'}")
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    root = tmp_path / "pets"
+    _make_folder(root)
+    (root / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (root / "dog" / "notes.txt").write_text("not an image extension: ignored")
+    return root
+
+
+def test_a_corrupt_image_fails_the_import_by_path_and_writes_nothing(folder: Path, tmp_path: Path):
+    root = tmp_path / "store"
+    root.mkdir()
+    proc = cnnpipe(root, "download", "imagefolder", str(folder), "--name", "pets")
+    assert_clean_error(proc, 2, "1 unreadable image(s)", "broken.jpg", "--skip-bad")
+    assert not (root / "data" / "pets").exists() or not list((root / "data" / "pets").glob("v*"))
+
+
+def test_skip_bad_imports_every_mode_and_size_then_trains(folder: Path, tmp_path: Path):
+    root = tmp_path / "store"
+    root.mkdir()
+    result = cnnpipe_json(root, "download", "imagefolder", str(folder), "--name", "pets", "--skip-bad", "--size", "24")
+    assert len(result["skipped"]) == 1 and "broken.jpg" in result["skipped"][0]
+    assert {k: sum(v.values()) for k, v in result["counts"].items()} == {"train": 25, "val": 4, "test": 7}
+    version = root / "data/pets/v1"
+    info = json.loads((version / "dataset.json").read_text())
+    assert info["classes"] == ["cat", "dog", "fox"] and (info["channels"], info["height"]) == (3, 24)
+    assert info["source"]["layout"] == "class folders"
+    images = np.load(version / "splits/train-images.npy")
+    assert images.shape == (25, 3, 24, 24) and images.dtype == np.uint8
+    labels = np.load(version / "splits/train-labels.npy")
+    for c in range(3):  # each class was drawn around its own grey level: decoding kept it
+        assert abs(images[labels == c].mean() - (60 * c + 29)) < 6
+    inventory = json.loads((version / "sources.json").read_text())["sha256_by_split"]["all"]
+    assert len(inventory) == 36 and all(len(sha) == 64 for sha in inventory.values())
+
+    trained = cnnpipe_json(root, "train", "--dataset", "pets", "--epochs", "1", "--batch-size", "8")
+    assert trained["ref"] == "lenet5@v1"
+    manifest = json.loads((root / "models/lenet5/v1/manifest.json").read_text())
+    assert manifest["lineage"]["dataset_hash"] == result["dataset_hash"]
+    assert json.loads((root / "models/lenet5/v1/model.json").read_text())["input"]["channels"] == 3
+
+
+def test_train_and_test_subfolders_are_kept_and_val_is_held_out_of_train(tmp_path: Path):
+    src = tmp_path / "split"
+    _make_folder(src / "train", per_class=10)
+    _make_folder(src / "test", per_class=4)
+    root = tmp_path / "store"
+    root.mkdir()
+    result = cnnpipe_json(root, "download", "imagefolder", str(src), "--name", "gray", "--channels", "1", "--size", "16")
+    assert {k: sum(v.values()) for k, v in result["counts"].items()} == {"train": 27, "val": 3, "test": 12}
+    assert np.load(root / "data/gray/v1/splits/test-images.npy").shape == (12, 1, 16, 16)
+
+
+CIFAR_JPEG = SHARED / "cifar10-jpeg.tar.gz"
+
+
+@pytest.mark.skipif(not CIFAR_JPEG.is_file(), reason="../shared/datasets/cifar10-jpeg.tar.gz is not here")
+def test_the_cifar10_jpeg_folder_imports_and_trains(tmp_path: Path):
+    with tarfile.open(CIFAR_JPEG) as tar:
+        tar.extractall(tmp_path / "src", filter="data")
+    root = tmp_path / "store"
+    root.mkdir()
+    result = cnnpipe_json(root, "download", "imagefolder", str(tmp_path / "src/cifar10-jpeg"), "--name", "cifar10-jpeg")
+    counts = {k: sum(v.values()) for k, v in result["counts"].items()}
+    assert counts == {"train": 45000, "val": 5000, "test": 10000}
+    assert result["counts"]["test"]["airplane"] == 1000
+    trained = cnnpipe_json(root, "train", "--dataset", "cifar10-jpeg", "--epochs", "1", "--batch-size", "256", "--lr", "3e-3")
+    assert trained["val_accuracy"] > 0.3  # one epoch of LeNet-5 on real CIFAR-10 is far above 10% chance
