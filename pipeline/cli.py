@@ -70,8 +70,22 @@ DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Dataset versio
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Architecture to train (see the registry).")]
 NameOpt = Annotated[str | None, typer.Option("--name", help="Name of the model in the store (default: the architecture).")]
 EpochsOpt = Annotated[int, typer.Option(help="Training epochs.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", help="Training batch size.")]
-LrOpt = Annotated[float, typer.Option("--lr", help="Adam learning rate.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Training batch size (default: the network's recipe).")]
+OptimizerOpt = Annotated[str | None, typer.Option(help="adam, adamw or sgd (default: the network's recipe).")]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default: the recipe's).")]
+MomentumOpt = Annotated[float, typer.Option(help="SGD momentum.")]
+NesterovOpt = Annotated[bool, typer.Option(help="SGD with Nesterov momentum.")]
+WeightDecayOpt = Annotated[float | None, typer.Option("--weight-decay", help="Weight decay (default: the recipe's).")]
+ScheduleOpt = Annotated[str | None, typer.Option(help="none, step, cosine or onecycle (default: the recipe's).")]
+WarmupOpt = Annotated[float, typer.Option("--warmup-epochs", help="Linear learning-rate warm-up, in epochs.")]
+StepSizeOpt = Annotated[int | None, typer.Option("--step-size", help="step schedule: epochs between decays (default epochs/3).")]
+GammaOpt = Annotated[float, typer.Option(help="step schedule: decay factor.")]
+SmoothingOpt = Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy.")]
+ClipOpt = Annotated[float | None, typer.Option("--grad-clip", help="Clip the gradient norm to this value.")]
+PatienceOpt = Annotated[int | None, typer.Option(help="Stop after this many epochs without a better validation accuracy.")]
+CompileModeOpt = Annotated[str, typer.Option("--compile-mode", help="torch.compile mode: default, reduce-overhead (CUDA graphs) or max-autotune.")]
+PrecisionOpt = Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA), fp32 or bf16.")]
+DeterministicOpt = Annotated[bool, typer.Option(help="torch.use_deterministic_algorithms(True).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for weights init and shuffling.")]
 DeviceOpt = Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")]
 CompileOpt = Annotated[Compile, typer.Option("--compile", help="torch.compile: auto compiles on CUDA only.")]
@@ -197,40 +211,83 @@ def train(
     dataset: DatasetOpt = "mnist-sample",
     name: NameOpt = None,
     epochs: EpochsOpt = 8,
-    batch_size: BatchOpt = 64,
-    lr: LrOpt = 1e-3,
+    batch_size: BatchOpt = None,
+    optimizer: OptimizerOpt = None,
+    lr: LrOpt = None,
+    momentum: MomentumOpt = 0.9,
+    nesterov: NesterovOpt = False,
+    weight_decay: WeightDecayOpt = None,
+    schedule: ScheduleOpt = None,
+    warmup_epochs: WarmupOpt = 0.0,
+    step_size: StepSizeOpt = None,
+    gamma: GammaOpt = 0.1,
+    label_smoothing: SmoothingOpt = 0.0,
+    grad_clip: ClipOpt = None,
+    patience: PatienceOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     compile: CompileOpt = Compile.auto,
+    compile_mode: CompileModeOpt = "default",
+    precision: PrecisionOpt = "auto",
+    deterministic: DeterministicOpt = False,
     augment: AugmentOpt = True,
     loader: LoaderOpt = Loader.auto,
     workers: WorkersOpt = 2,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue an interrupted run: a model NAME (its newest run) or a run folder; its own options are used.")
+    ] = None,
+    nproc: Annotated[int, typer.Option(help="Train data-parallel on N processes (launches torchrun on 127.0.0.1).")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a network; the epoch with the best validation accuracy is kept."""
     from cnnpipe.report import render_train
 
-    config = _train_config(model, dataset, name, epochs, batch_size, lr, seed, device, compile, augment, loader, workers)
-    result = _train(ctx, config)
-    _emit(as_json, result, lambda r: render_train(out, r))
+    if nproc > 1:
+        raise typer.Exit(_launch_torchrun(nproc))
+    config = _train_config(locals())
+    result = _train(ctx, config, resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _emit(as_json, result, lambda r: render_train(out, r))
 
 
-def _train_config(*args: Any) -> Any:
+def _launch_torchrun(nproc: int) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes; returns its exit code."""
+    import socket
+    import subprocess
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            argv.append(arg)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+        "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "cnnpipe", *argv,
+    ]
+    return subprocess.run(command).returncode
+
+
+def _train_config(options: dict[str, Any]) -> Any:
     from cnnpipe.stages.train import TrainConfig
 
-    model, dataset, name, epochs, batch_size, lr, seed, device, compile, augment, loader, workers = args
-    return TrainConfig(
-        arch=model, dataset=dataset, name=name, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-        device=device.value, compile=compile.value, augment=augment, loader=loader.value, workers=workers,
-    )
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {"arch" if k == "model" else k: v.value if isinstance(v, Enum) else v for k, v in options.items()}
+    return TrainConfig(**{k: v for k, v in values.items() if k in names})
 
 
-def _train(ctx: typer.Context, config: Any) -> Any:
+def _train(ctx: typer.Context, config: Any, resume: str | None = None) -> Any:
     from cnnpipe.report import TrainProgress
     from cnnpipe.stages.train import train as run_train
 
+    show = int(os.environ.get("RANK", "0")) == 0
     with TrainProgress(err) as progress:
-        return _call(lambda: run_train(config, _root(ctx), progress))
+        return _call(lambda: run_train(config, _root(ctx), progress if show else None, resume))
 
 
 @app.command()
@@ -299,11 +356,25 @@ def run(
     dataset: DatasetOpt = "mnist-sample",
     name: NameOpt = None,
     epochs: EpochsOpt = 8,
-    batch_size: BatchOpt = 64,
-    lr: LrOpt = 1e-3,
+    batch_size: BatchOpt = None,
+    optimizer: OptimizerOpt = None,
+    lr: LrOpt = None,
+    momentum: MomentumOpt = 0.9,
+    nesterov: NesterovOpt = False,
+    weight_decay: WeightDecayOpt = None,
+    schedule: ScheduleOpt = None,
+    warmup_epochs: WarmupOpt = 0.0,
+    step_size: StepSizeOpt = None,
+    gamma: GammaOpt = 0.1,
+    label_smoothing: SmoothingOpt = 0.0,
+    grad_clip: ClipOpt = None,
+    patience: PatienceOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = Device.auto,
     compile: CompileOpt = Compile.auto,
+    compile_mode: CompileModeOpt = "default",
+    precision: PrecisionOpt = "auto",
+    deterministic: DeterministicOpt = False,
     augment: AugmentOpt = True,
     loader: LoaderOpt = Loader.auto,
     workers: WorkersOpt = 2,
@@ -325,8 +396,8 @@ def run(
     from cnnpipe.stages.verify import verify as run_verify
 
     root = _root(ctx)
-    config = _train_config(model, dataset, name, epochs, batch_size, lr, seed, device, compile, augment, loader, workers)
-    _call(config.validate)
+    config = _train_config(locals())
+    _call(config.resolved)
     summary: dict[str, Any] = {}
     if dataset in CATALOG:  # a standard dataset: fetch (or reuse) it; an imported folder is already there
         summary["download"] = _call(lambda: run_download(dataset, root, mirror))
@@ -353,6 +424,20 @@ def run(
     if not summary["verify"].passed:
         err.print(f"[bold red]verify failed:[/] {bundle}", highlight=False)
         raise typer.Exit(EXIT_GATE)
+
+
+@app.command()
+def models(
+    ctx: typer.Context,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Count parameters for this dataset's input (a standard name needs no download).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List every registered network with its parameter count for a dataset's input shape."""
+    from cnnpipe.report import render_models
+    from cnnpipe.stages.models import list_models
+
+    result = _call(lambda: list_models(dataset, _root(ctx)))
+    _emit(as_json, result, lambda r: render_models(out, r))
 
 
 @app.command("ls")

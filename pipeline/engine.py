@@ -41,9 +41,17 @@ def train_epoch(
     augmentation: dict[str, Any],
     generator: torch.Generator,
     progress: Progress | None = None,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+    label_smoothing: float = 0.0,
+    grad_clip: float | None = None,
+    bf16: bool = False,
     report_every: int = 20,
 ) -> EpochStats:
-    """One pass over uint8 batches (augmented and normalized on their device); syncs every ``report_every`` steps."""
+    """One pass over uint8 batches, augmented and normalized on their device.
+
+    The schedule steps once per batch; the loss and accuracy are summed on the device and
+    read back only every ``report_every`` steps, so the device is not synchronised per step.
+    """
     model.train()
     loss_sum = correct = None
     seen = steps_since = 0
@@ -51,11 +59,16 @@ def train_epoch(
     first_step_s = 0.0
     for step, (images, y) in enumerate(batches):
         x = normalize(augment(images, augmentation["crop_padding"], augmentation["flip"], generator), mean, std)
-        logits = model(x.contiguous(memory_format=torch.channels_last))
-        loss = F.cross_entropy(logits, y)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x.contiguous(memory_format=torch.channels_last))
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         batch_loss = loss.detach() * len(y)
         batch_correct = (logits.argmax(1) == y).sum()
         loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
@@ -83,11 +96,13 @@ def batched_logits(
     std: list[float],
     batch_size: int,
     device: torch.device,
+    bf16: bool = False,
 ) -> torch.Tensor:
     """float32 logits (on the CPU) for uint8 images, normalized batch by batch on ``device``."""
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         x = normalize(images[i : i + batch_size].to(device, non_blocking=True), mean, std)
-        out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
     return torch.cat(out) if out else torch.empty(0)

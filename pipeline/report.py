@@ -178,11 +178,29 @@ def render_download(console: Console, r: Any) -> None:
 
 def render_train(console: Console, r: Any) -> None:
     compiled = f", compiled (first step {r.compile_s:.1f} s)" if r.compiled else ""
+    notes = "".join(
+        [
+            f", stopped early after epoch {r.epochs_run}" if r.stopped_early else "",
+            f", resumed from {r.resumed_from}" if r.resumed_from else "",
+            f", {r.world_size} processes" if r.world_size > 1 else "",
+        ]
+    )
     console.print(
         f"train: wrote [bold]{r.ref}[/] at {r.path}: best epoch {r.best_epoch}, "
-        f"val accuracy {r.val_accuracy:.4f}, {r.params:,} params, {r.device}{compiled}, "
-        f"{r.train_s:.1f} s, {r.images_per_s:,.0f} img/s"
+        f"val accuracy {r.val_accuracy:.4f}, {r.params:,} params, {r.device} {r.precision}{compiled}, "
+        f"{r.train_s:.1f} s, {r.images_per_s:,.0f} img/s{notes}"
     )
+
+
+def render_models(console: Console, rows: list[dict[str, Any]]) -> None:
+    console.print(table(
+        ["model", "params", "input", "recipe", "source"],
+        [
+            [r["name"], f"{r['params']:,}" if r["params"] is not None else f"n/a: {r['error']}",
+             r["input"], f"{r['recipe']['optimizer']} {r['recipe']['lr']:g} {r['recipe']['schedule']}", r["source"]]
+            for r in rows
+        ],
+    ))
 
 
 def render_evaluate(console: Console, r: Any) -> None:

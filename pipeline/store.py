@@ -257,6 +257,9 @@ class Store:
         name_dir = self._name_dir(name)
         name_dir.mkdir(parents=True, exist_ok=True)
         draft = Draft(self, name, Path(tempfile.mkdtemp(prefix=".tmp-", dir=name_dir)))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(draft.path, 0o777 & ~umask)  # mkdtemp makes it private; a version is for every reader
         try:
             yield draft
         finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -11,10 +12,18 @@ from cnnpipe.errors import CnnpipeError
 
 Builder = Callable[[int, int, int], nn.Module]  # (channels, size, num_classes) -> module
 
+# Training defaults per family: the seeds' Adam for the small nets, SGD + cosine for the big ones.
+SMALL_NET_RECIPE: dict[str, Any] = {
+    "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "schedule": "none", "batch_size": 64,
+}
+SGD_RECIPE: dict[str, Any] = {
+    "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine", "batch_size": 128,
+}
+
 
 @dataclass(frozen=True)
 class NetSpec:
-    """A registered network: its builder, where it comes from and the input it was made for."""
+    """A registered network: its builder, the tutorial it comes from, its input and its recipe."""
 
     name: str
     builder: Builder
@@ -22,16 +31,19 @@ class NetSpec:
     channels: int
     size: int
     dataset: str
+    recipe: dict[str, Any]
 
 
 _REGISTRY: dict[str, NetSpec] = {}
 
 
-def register(name: str, *, source: str, channels: int, size: int, dataset: str) -> Callable[[Builder], Builder]:
+def register(
+    name: str, *, source: str, channels: int, size: int, dataset: str, recipe: dict[str, Any]
+) -> Callable[[Builder], Builder]:
     """Decorator: register ``builder(channels, size, num_classes)`` under ``name``."""
 
     def wrap(builder: Builder) -> Builder:
-        _REGISTRY[name] = NetSpec(name, builder, source, channels, size, dataset)
+        _REGISTRY[name] = NetSpec(name, builder, source, channels, size, dataset, recipe)
         return builder
 
     return wrap

@@ -1,69 +1,120 @@
-"""Stage 2: train a network on a dataset version; keep the epoch best on validation."""
+"""Stage 2: train a network on a dataset version; keep the epoch best on validation.
+
+A run checkpoints after every epoch into ``models/<name>/.runs/<run>/checkpoint.pt``
+(tensors and plain types only, read back with ``weights_only=True``); an interrupted or
+diverged run resumes from there with ``--resume``. The version is committed at the end
+and the run folder removed. Under ``torchrun`` every rank trains its shard of each batch
+(DDP: gloo on CPU, nccl on CUDA); only rank 0 writes anything.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from cnnpipe.data.batches import DeviceBatches, StreamBatches, batch_order
-from cnnpipe.data.loading import load_dataset
+from cnnpipe.data.loading import Dataset, load_dataset
 from cnnpipe.engine import Progress, batched_logits, train_epoch
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device
 from cnnpipe.nets import build, get_net
+from cnnpipe.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 from cnnpipe.provenance import environment, lineage
 from cnnpipe.report import plot_curves
 from cnnpipe.store import Workspace, check_name, write_json
 
+CHECKPOINT = "checkpoint.pt"
+RUN_CONFIG = "config.json"
+
 
 @dataclass
 class TrainConfig:
-    """Everything that decides a training run (recorded in ``train.json``)."""
+    """Everything that decides a training run (recorded, resolved, in ``train.json``).
+
+    ``None`` means the network's recipe: Adam 1e-3 for the small nets, SGD 0.1 with
+    weight decay 5e-4 and a cosine schedule for ``vgg11-bn`` and ``resnet18``.
+    """
 
     arch: str = "lenet5"
     dataset: str = "mnist-sample"
     name: str | None = None
     epochs: int = 8
-    batch_size: int = 64
-    lr: float = 1e-3
+    batch_size: int | None = None
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float | None = None
+    schedule: str | None = None
+    warmup_epochs: float = 0.0
+    step_size: int | None = None
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    patience: int | None = None
     seed: int = 0
     device: str = "auto"
     compile: str = "auto"
+    compile_mode: str = "default"
+    precision: str = "auto"
+    deterministic: bool = False
     augment: bool = True
     loader: str = "auto"
     workers: int = 2
     eval_batch_size: int = 1000
 
-    def validate(self) -> None:
-        """Raise a usage error for a value no run could use."""
-        get_net(self.arch)
-        check_name(self.name or self.arch, "model name")
-        if self.epochs < 1:
-            raise CnnpipeError(f"--epochs must be at least 1, not {self.epochs}")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise CnnpipeError(f"--batch-size must be at least 1, not {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise CnnpipeError(f"--lr must be a positive number, not {self.lr}")
-        if self.compile not in ("auto", "on", "off"):
-            raise CnnpipeError(f"--compile must be auto, on or off, not {self.compile!r}")
-        if self.loader not in ("auto", "device", "stream"):
-            raise CnnpipeError(f"--loader must be auto, device or stream, not {self.loader!r}")
-        if self.workers < 0:
-            raise CnnpipeError(f"--workers must be 0 or more, not {self.workers}")
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` filled from the network's recipe; raises on unusable values."""
+        recipe = get_net(self.arch).recipe
+        out = TrainConfig(**asdict(self))
+        out.name = self.name or self.arch
+        for key in ("batch_size", "optimizer", "lr", "weight_decay", "schedule"):
+            if getattr(out, key) is None:
+                setattr(out, key, recipe[key])
+        out.step_size = self.step_size or max(1, self.epochs // 3)
+        out._check()
+        return out
+
+    def _check(self) -> None:
+        check_name(self.name or "", "model name")
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}"),
+            (self.batch_size >= 1 and self.eval_batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, not {self.lr}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}"),
+            (self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}"),
+            (0 <= self.warmup_epochs < self.epochs, f"--warmup-epochs must be in [0, epochs), not {self.warmup_epochs}"),
+            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), not {self.label_smoothing}"),
+            (self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, not {self.grad_clip}"),
+            (self.patience is None or self.patience >= 1, f"--patience must be at least 1, not {self.patience}"),
+            (self.compile in ("auto", "on", "off"), f"--compile must be auto, on or off, not {self.compile!r}"),
+            (self.compile_mode in ("default", "reduce-overhead", "max-autotune"),
+             f"--compile-mode must be default, reduce-overhead or max-autotune, not {self.compile_mode!r}"),
+            (self.precision in ("auto", "fp32", "bf16"), f"--precision must be auto, fp32 or bf16, not {self.precision!r}"),
+            (self.loader in ("auto", "device", "stream"), f"--loader must be auto, device or stream, not {self.loader!r}"),
+            (self.workers >= 0, f"--workers must be 0 or more, not {self.workers}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CnnpipeError(message)
 
 
 @dataclass
 class TrainResult:
-    """The model version written and how training went."""
+    """The model version written and how training went (``ref`` is empty on ranks other than 0)."""
 
     ref: str
     path: str
@@ -73,19 +124,15 @@ class TrainResult:
     params: int
     device: str
     compiled: bool
+    precision: str
     compile_s: float
     train_s: float
     images_per_s: float
+    epochs_run: int
+    stopped_early: bool
+    resumed_from: str | None
+    world_size: int
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _train_source(dataset: Any, config: TrainConfig, device: torch.device) -> DeviceBatches | StreamBatches:
-    """The training split on the device when it fits (or ``--loader device``), else streamed."""
-    images, labels = dataset.arrays("train", mmap=True)
-    stream = config.loader == "stream" or (config.loader == "auto" and not fits_in_memory(images.nbytes, device))
-    if stream:
-        return StreamBatches(images, labels, device, config.workers)
-    return DeviceBatches(images, labels, device)
 
 
 def fits_in_memory(nbytes: int, device: torch.device) -> bool:
@@ -97,122 +144,267 @@ def fits_in_memory(nbytes: int, device: torch.device) -> bool:
     return nbytes <= free // 4
 
 
-def train(config: TrainConfig, root: Path = Path("."), progress: Progress | None = None) -> TrainResult:
-    """Train ``config.arch`` on ``config.dataset`` and commit the best-on-validation weights."""
-    config.validate()
+def _train_source(dataset: Dataset, config: TrainConfig, device: torch.device) -> DeviceBatches | StreamBatches:
+    """The training split on the device when it fits (or ``--loader device``), else streamed."""
+    images, labels = dataset.arrays("train", mmap=True)
+    stream = config.loader == "stream" or (config.loader == "auto" and not fits_in_memory(images.nbytes, device))
+    if stream:
+        return StreamBatches(images, labels, device, config.workers)
+    return DeviceBatches(images, labels, device)
+
+
+def eval_batch_size(n: int, limit: int) -> int:
+    """The largest batch size ≤ ``limit`` that divides ``n`` (no ragged batch to recompile for)."""
+    return next(b for b in range(min(n, limit), 0, -1) if n % b == 0)
+
+
+def _distributed(device_choice: str) -> tuple[int, int, torch.device | None]:
+    """Rank and world size under torchrun (initialising the process group), else (0, 1, None)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    cuda = torch.cuda.is_available() and device_choice != "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return dist.get_rank(), world, device
+
+
+def _save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
+    tmp = run_dir / f".{CHECKPOINT}.tmp"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, run_dir / CHECKPOINT)
+
+
+def find_run(root: Path, ref: str) -> Path:
+    """The run folder ``ref`` names: a path, or NAME (its newest interrupted run)."""
+    path = Path(ref)
+    if "/" not in ref:
+        runs = Workspace(root).models.root / check_name(ref, "model name") / ".runs"
+        found = sorted(p for p in runs.glob("*") if (p / CHECKPOINT).is_file()) if runs.is_dir() else []
+        if not found:
+            raise CnnpipeError(f"no interrupted training run of {ref!r} to resume (no checkpoint under {runs})")
+        path = found[-1]
+    if not (path / CHECKPOINT).is_file() or not (path / RUN_CONFIG).is_file():
+        raise CnnpipeError(f"{path}: not an interrupted training run (needs {CHECKPOINT} and {RUN_CONFIG})")
+    return path
+
+
+def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    """The config and last checkpoint of an interrupted run (weights only, no code)."""
+    try:
+        saved = json.loads((run_dir / RUN_CONFIG).read_text())
+        config = TrainConfig(**{f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved})
+        state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged or hostile checkpoint: refuse it, whatever went wrong
+        raise CnnpipeError(f"{run_dir / CHECKPOINT}: cannot resume from it ({type(e).__name__}: {e})") from None
+    return config, state
+
+
+def train(
+    config: TrainConfig,
+    root: Path = Path("."),
+    progress: Progress | None = None,
+    resume: str | None = None,
+) -> TrainResult:
+    """Train ``config.arch`` on ``config.dataset`` and commit the best-on-validation weights.
+
+    ``resume`` (a model name or a run folder) continues an interrupted run from its last
+    checkpoint with the run's own config; ``config`` is then ignored.
+    """
+    runs_before = set(_run_dirs(root))
+    try:
+        return _train(config, root, progress, resume)
+    except BaseException:
+        for run_dir in set(_run_dirs(root)) - runs_before:  # a run that never checkpointed
+            if not (run_dir / CHECKPOINT).exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+                _remove_if_empty(run_dir.parent)
+        raise
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    models = Workspace(root).models.root
+    return list(models.glob("*/.runs/*")) if models.is_dir() else []
+
+
+def _train(config: TrainConfig, root: Path, progress: Progress | None, resume: str | None) -> TrainResult:
+    run_dir: Path | None = None
+    state: dict[str, Any] | None = None
+    if resume is not None:
+        run_dir = find_run(root, resume)
+        config, state = load_run(run_dir)
+    cfg = config.resolved()
     ws = Workspace(root)
-    dataset = load_dataset(ws.data.resolve(config.dataset))
-    device = resolve_device(config.device)
-    compiled = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
-    name = config.name or config.arch
+    dataset = load_dataset(ws.data.resolve(cfg.dataset))
+    rank, world, dist_device = _distributed(cfg.device)
+    device = dist_device or resolve_device(cfg.device)
+    compiled = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if cfg.batch_size % world:
+        raise CnnpipeError(f"--batch-size {cfg.batch_size} must divide evenly over {world} processes")
     info = dataset.info
 
-    torch.manual_seed(config.seed)
-    model = build(config.arch, info["channels"], info["height"], len(dataset.classes))
+    torch.manual_seed(cfg.seed)
+    model = build(cfg.arch, info["channels"], info["height"], len(dataset.classes))
     model = model.to(device, memory_format=torch.channels_last)
-    step_model = torch.compile(model) if compiled else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=True)
-    generator = torch.Generator().manual_seed(config.seed)
-    train_source = _train_source(dataset, config, device)
-    if len(train_source) < config.batch_size and compiled:
-        raise CnnpipeError(
-            f"--batch-size {config.batch_size} is larger than the training split ({len(train_source)} images)"
-        )
-    augmentation = info["augment"] if config.augment else {"crop_padding": 0, "flip": False}
+    wrapped: torch.nn.Module = model
+    if world > 1:
+        wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    step_model = torch.compile(wrapped, mode=cfg.compile_mode) if compiled else wrapped
+    train_source = _train_source(dataset, cfg, device)
+    drop_last = compiled or world > 1
+    steps_per_epoch = len(train_source) // cfg.batch_size if drop_last else math.ceil(len(train_source) / cfg.batch_size)
+    if steps_per_epoch == 0:
+        raise CnnpipeError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(train_source)} images)")
+    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov)
+    schedule = make_schedule(
+        optimizer, cfg.schedule, cfg.lr, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.step_size, cfg.gamma
+    )
+    generator = torch.Generator().manual_seed(cfg.seed)
+    augmentation = info["augment"] if cfg.augment else {"crop_padding": 0, "flip": False}
     x_val, y_val = dataset.split("val")
     mean, std = info["mean"], info["std"]
+    val_batch = eval_batch_size(len(y_val), cfg.eval_batch_size)
 
     history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": 0, "val_accuracy": -1.0}
-    compile_s = train_s = 0.0
-    images = 0
-    for epoch in range(1, config.epochs + 1):
-        order = batch_order(len(train_source), config.batch_size, compiled, generator)
-        if progress is not None:
-            progress.start_epoch(epoch, config.epochs, len(order))
+    best: dict[str, Any] = {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("nan"), "state": None}
+    timings = {"compile_s": 0.0, "train_s": 0.0, "images": 0}
+    stale, start_epoch = 0, 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history, best, timings, stale = state["history"], state["best"], state["timings"], state["stale"]
+        start_epoch = state["epoch"] + 1
+    elif rank == 0:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        run_dir = ws.models.root / cfg.name / ".runs" / f"{stamp}-{os.getpid()}"
+        run_dir.mkdir(parents=True)
+        write_json(run_dir / RUN_CONFIG, asdict(config) | {"name": cfg.name})
+
+    stopped_early = False
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        order = batch_order(len(train_source), cfg.batch_size, drop_last, generator)
+        if world > 1:
+            order = [b[rank::world] for b in order]
+        if progress is not None and rank == 0:
+            progress.start_epoch(epoch, cfg.epochs, len(order))
         stats = train_epoch(
-            step_model, optimizer, train_source.batches(order), mean, std, augmentation, generator, progress
+            step_model, optimizer, train_source.batches(order), mean, std, augmentation, generator,
+            progress if rank == 0 else None, schedule=schedule, label_smoothing=cfg.label_smoothing,
+            grad_clip=cfg.grad_clip, bf16=bf16,
         )
         if not math.isfinite(stats.loss):
+            kept = f"the last good checkpoint (epoch {epoch - 1}) is in {run_dir}" if epoch > 1 else "no epoch finished"
             raise CnnpipeError(
-                f"training loss became {stats.loss} in epoch {epoch}; no version was written. "
-                "Lower --lr or check the data"
+                f"training loss became {stats.loss} in epoch {epoch}; no version was written and {kept}. "
+                "Lower --lr (or add --grad-clip) and train again"
             )
         if epoch == 1 and compiled:
-            compile_s = stats.first_step_s
-        train_s += stats.seconds - (compile_s if epoch == 1 else 0.0)
-        images += stats.images
+            timings["compile_s"] = stats.first_step_s
+        timings["train_s"] += stats.seconds - (timings["compile_s"] if epoch == 1 else 0.0)
+        timings["images"] += stats.images * world
         t0 = time.perf_counter()
-        logits = batched_logits(step_model, x_val, mean, std, config.eval_batch_size, device)
+        logits = batched_logits(step_model, x_val, mean, std, val_batch, device, bf16)
         val_loss = F.cross_entropy(logits, y_val).item()
         val_acc = (logits.argmax(1) == y_val).float().mean().item()
         record = {
-            "epoch": epoch,
-            "train_loss": stats.loss,
-            "train_accuracy": stats.accuracy,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_s": stats.seconds,
-            "val_s": time.perf_counter() - t0,
-            "images_per_s": stats.images / stats.seconds,
+            "epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
+            "val_loss": val_loss, "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
+            "train_s": stats.seconds, "val_s": time.perf_counter() - t0,
+            "images_per_s": stats.images * world / stats.seconds,
         }
         history.append(record)
-        if progress is not None:
+        if progress is not None and rank == 0:
             progress.end_epoch(record)
         if val_acc > best["val_accuracy"]:
-            best = {
-                "epoch": epoch,
-                "val_accuracy": val_acc,
-                "val_loss": val_loss,
-                "state": {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()},
-            }
+            weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+            best = {"epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss, "state": weights}
+            stale = 0
+        else:
+            stale += 1
+        if rank == 0 and run_dir is not None:
+            _save_checkpoint(run_dir, {
+                "epoch": epoch, "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": history, "best": best, "timings": timings, "stale": stale,
+            })
+        if cfg.patience is not None and stale >= cfg.patience:
+            stopped_early = True
+            break
 
-    model_desc = describe(config.arch, name, model, dataset)
-    resolved = asdict(config) | {
-        "name": name, "device": device.type, "compile": compiled, "augmentation": augmentation,
-        "loader": type(train_source).__name__,
+    result = TrainResult(
+        ref="", path="", best_epoch=best["epoch"], val_accuracy=best["val_accuracy"], val_loss=best["val_loss"],
+        params=sum(p.numel() for p in model.parameters()), device=device.type, compiled=compiled,
+        precision="bf16" if bf16 else "fp32", compile_s=timings["compile_s"], train_s=timings["train_s"],
+        images_per_s=timings["images"] / timings["train_s"] if timings["train_s"] > 0 else 0.0,
+        epochs_run=epoch, stopped_early=stopped_early, resumed_from=str(run_dir) if resume else None,
+        world_size=world, history=history,
+    )
+    if rank != 0:
+        dist.barrier()
+        return result
+    version = _commit(ws, cfg, dataset, model, best, history, timings, result)
+    if run_dir is not None:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        _remove_if_empty(run_dir.parent)
+    if world > 1:
+        dist.barrier()
+    result.ref, result.path = version.ref, str(version.path)
+    return result
+
+
+def _commit(
+    ws: Workspace, cfg: TrainConfig, dataset: Dataset, model: torch.nn.Module, best: dict[str, Any],
+    history: list[dict[str, Any]], timings: dict[str, Any], result: TrainResult,
+) -> Any:
+    """Write the best weights, description, records and curves as the next model version."""
+    name = cfg.name or cfg.arch
+    model_desc = describe(cfg.arch, name, model, dataset)
+    resolved = asdict(cfg) | {
+        "device": result.device, "compiled": result.compiled, "precision": result.precision,
+        "augmentation": dataset.info["augment"] if cfg.augment else None, "world_size": result.world_size,
     }
     with ws.models.draft(name) as draft:
-        save_file(best["state"], draft.path / WEIGHTS, metadata={"arch": config.arch})
+        save_file(best["state"], draft.path / WEIGHTS, metadata={"arch": cfg.arch})
         write_json(draft.path / MODEL_JSON, model_desc)
-        write_json(
-            draft.path / "train.json",
-            {
-                "config": resolved,
-                "best_epoch": best["epoch"],
-                "timings": {"compile_s": compile_s, "train_s": train_s, "images": images},
-                "environment": environment(),
-            },
-        )
+        write_json(draft.path / "train.json", {
+            "config": resolved, "best_epoch": best["epoch"], "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early, "resumed_from": result.resumed_from,
+            "timings": timings, "environment": environment(),
+        })
         (draft.path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
         plot_curves(history, draft.path / "curves.png", title=f"{name} on {dataset.version.ref}")
-        results = {
-            "best_epoch": best["epoch"],
-            "val_accuracy": best["val_accuracy"],
-            "val_loss": best["val_loss"],
-            "params": model_desc["params"],
-        }
-        version = draft.commit(
+        return draft.commit(
             stage="train",
             roles={
                 WEIGHTS: "weights", MODEL_JSON: "description", "train.json": "config",
                 "history.jsonl": "history", "curves.png": "plot",
             },
-            lineage=lineage([dataset.version], resolved, seed=config.seed, dataset_hash=dataset.dataset_hash),
-            results=results,
+            lineage=lineage([dataset.version], resolved, seed=cfg.seed, dataset_hash=dataset.dataset_hash),
+            results={
+                "best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
+                "params": model_desc["params"],
+            },
         )
-    return TrainResult(
-        ref=version.ref,
-        path=str(version.path),
-        best_epoch=best["epoch"],
-        val_accuracy=best["val_accuracy"],
-        val_loss=best["val_loss"],
-        params=model_desc["params"],
-        device=device.type,
-        compiled=compiled,
-        compile_s=compile_s,
-        train_s=train_s,
-        images_per_s=images / train_s if train_s > 0 else 0.0,
-        history=history,
-    )
