@@ -14,14 +14,19 @@ import pytest
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
 
+def cli_env() -> dict[str, str]:
+    """The environment for a cnnpipe subprocess: no CNNPIPE_ settings; one thread per xdist worker."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CNNPIPE_")}
+    if "PYTEST_XDIST_WORKER" in env:  # parallel workers share the cores
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env | {"PYTHONUNBUFFERED": "1"}
+
+
 def cnnpipe(root: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m cnnpipe --root ROOT ARGS...`` and return the finished process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CNNPIPE_")}
-    if "PYTEST_XDIST_WORKER" in env:  # parallel workers share the cores: one thread each
-        env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run(
         [sys.executable, "-m", "cnnpipe", "--root", str(root), *args],
-        cwd=root, env=env | {"PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=timeout,
+        cwd=root, env=cli_env(), capture_output=True, text=True, timeout=timeout,
     )
 
 

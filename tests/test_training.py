@@ -1,0 +1,123 @@
+"""Training options, schedules, early stopping, resume after SIGKILL, and DDP on 2 processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnpipe.optim import make_schedule
+from cnnpipe.stages.download import download
+from cnnpipe.stages.train import TrainConfig, train
+from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_json
+
+
+def _lrs(schedule: str, **kw) -> list[float]:
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = make_schedule(opt, schedule, 1.0, steps_per_epoch=10, epochs=4, **kw)
+    out = []
+    for _ in range(40):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_schedules_warm_up_then_decay_as_named():
+    cosine = _lrs("cosine", warmup_epochs=1, step_size=1, gamma=0.1)
+    assert cosine[0] == pytest.approx(0.1) and cosine[9] == pytest.approx(1.0)
+    assert cosine[10] == pytest.approx(1.0) and cosine[25] == pytest.approx(0.5 * (1 + math.cos(math.pi * 15 / 30)))
+    assert cosine[-1] < 0.01
+    step = _lrs("step", warmup_epochs=0, step_size=1, gamma=0.5)
+    assert step[0] == step[9] == 1.0 and step[10] == 0.5 and step[39] == 0.125
+    assert set(_lrs("none", warmup_epochs=0, step_size=1, gamma=0.1)) == {1.0}
+    onecycle = _lrs("onecycle", warmup_epochs=1, step_size=1, gamma=0.1)
+    assert max(onecycle) == pytest.approx(1.0) and onecycle.index(max(onecycle)) in (9, 10) and onecycle[-1] < 1e-3
+
+
+@pytest.fixture(scope="module")
+def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sample")
+    download("mnist-sample", root, plots=False)
+    return root
+
+
+def test_early_stopping_stops_when_validation_stops_improving(sample_root: Path):
+    result = train(TrainConfig(epochs=6, lr=1e-12, patience=2, name="stale"), sample_root)
+    assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+
+
+def test_options_are_resolved_and_recorded(sample_root: Path):
+    result = train(
+        TrainConfig(arch="cnn-small", epochs=1, optimizer="sgd", lr=0.05, nesterov=True, schedule="step",
+                    label_smoothing=0.1, grad_clip=1.0, name="recorded"),
+        sample_root,
+    )
+    recorded = json.loads((Path(result.path) / "train.json").read_text())["config"]
+    assert recorded["optimizer"] == "sgd" and recorded["nesterov"] and recorded["weight_decay"] == 0.0
+    assert recorded["batch_size"] == 64 and recorded["label_smoothing"] == 0.1 and recorded["precision"] == "fp32"
+    assert result.val_accuracy > 0.5
+
+
+def _weights(root: Path, name: str) -> bytes:
+    return (root / f"models/{name}/v1/weights.safetensors").read_bytes()
+
+
+def test_a_killed_run_resumes_to_the_same_weights(sample_root: Path, tmp_path: Path):
+    args = ["train", "--model", "dropout-cnn", "--epochs", "2", "--batch-size", "128", "--deterministic"]
+    assert cnnpipe(sample_root, *args, "--name", "whole").returncode == 0
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnpipe", "--root", str(sample_root), *args, "--name", "cut"],
+        env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    runs = sample_root / "models/cut/.runs"
+    deadline = time.monotonic() + 240
+    while not list(runs.glob("*/checkpoint.pt")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(runs.glob("*/checkpoint.pt")), "the run never checkpointed"
+    assert not (sample_root / "models/cut/v1").exists()
+
+    resumed = cnnpipe_json(sample_root, "train", "--resume", "cut")
+    assert resumed["ref"] == "cut@v1" and resumed["resumed_from"]
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert _weights(sample_root, "cut") == _weights(sample_root, "whole")
+    assert not list(runs.glob("*"))  # the finished run's folder is gone
+    assert_clean_error(cnnpipe(sample_root, "train", "--resume", "cut"), 2, "no interrupted training run")
+
+
+def test_a_hostile_checkpoint_is_refused(sample_root: Path, tmp_path: Path):
+    run = sample_root / "models/evil/.runs/x"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"arch": "lenet5", "name": "evil"}))
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    torch.save({"model": Exploit()}, run / "checkpoint.pt")
+    assert_clean_error(cnnpipe(sample_root, "train", "--resume", str(run)), 2, "cannot resume from it")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_two_processes_with_gloo_make_a_normal_model_version(sample_root: Path):
+    proc = cnnpipe(sample_root, "train", "--nproc", "2", "--epochs", "1", "--name", "ddp", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["ref"] == "ddp@v1" and result["world_size"] == 2 and result["val_accuracy"] > 0.8
+    manifest = json.loads((sample_root / "models/ddp/v1/manifest.json").read_text())
+    assert manifest["lineage"]["config"]["world_size"] == 2
+    assert sorted(p.name for p in (sample_root / "models/ddp").iterdir() if p.name.startswith("v")) == ["v1"]
+    evaluated = cnnpipe_json(sample_root, "evaluate", "ddp")
+    assert evaluated["accuracy"] > 0.8
