@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_GATE = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
@@ -12,9 +11,3 @@ class CnnpipeError(Exception):
     """A problem the user can fix: bad usage, bad input, a corrupt artifact (exit 2)."""
 
     exit_code = EXIT_USAGE
-
-
-class GateFailed(CnnpipeError):
-    """A release gate did not pass: parity, accuracy (exit 1)."""
-
-    exit_code = EXIT_GATE
