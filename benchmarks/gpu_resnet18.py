@@ -1,0 +1,107 @@
+"""ResNet18 on the CIFAR-10 JPEG folder: cnnpipe's compiled bf16 channels_last engine vs the seeds' loop.
+
+Part 1 (throughput): the seeds' loop (torchvision ImageFolder, RandomCrop+Flip+ToTensor+Normalize
+per sample, DataLoader with workers, eager fp32) against ``cnnpipe train`` (device-resident
+uint8, batched augmentation, torch.compile, bf16 autocast, channels_last); images/s after
+warm-up, same batch size, same process. Part 2 (time to accuracy): one full ``cnnpipe train``
+run, wall time including compilation, then the test accuracy from ``cnnpipe evaluate``.
+
+    tar xzf cifar10-jpeg.tar.gz -C /tmp
+    python benchmarks/gpu_resnet18.py --data /tmp/cifar10-jpeg --epochs 30
+
+``--limit N`` uses N training images per class (a smoke run, e.g. on a CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+
+from cnnpipe.nets import build
+from cnnpipe.stages.download import import_folder
+from cnnpipe.stages.evaluate import evaluate
+from cnnpipe.stages.train import TrainConfig, train
+
+
+def seeds_images_per_s(data: Path, batch: int, steps: int, device: torch.device, workers: int, limit: int | None) -> float:
+    """Eager fp32 ResNet18 fed by per-sample PIL transforms through a DataLoader."""
+    tf = transforms.Compose([
+        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    ])
+    folder = datasets.ImageFolder(str(data / "train"), tf)
+    if limit:
+        folder = Subset(folder, list(range(0, len(folder), max(1, len(folder) // (limit * 10)))))
+    loader = DataLoader(folder, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                        pin_memory=device.type == "cuda")
+    model = build("resnet18", 3, 32, 10).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    seen, start = 0, None
+    for i, (x, y) in enumerate(loader):
+        if i == 3:  # warm-up done
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start, seen = time.perf_counter(), 0
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        seen += len(y)
+        if i >= steps + 3:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - start) if start else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, required=True, help="the extracted cifar10-jpeg folder")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=0.2)
+    parser.add_argument("--steps", type=int, default=50, help="timed steps of the seeds' loop")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--limit", type=int, default=None)
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    root = Path(tempfile.mkdtemp(prefix="cnnpipe-bench-"))
+    src = args.data
+    if args.limit:  # a small copy of the folder for smoke runs
+        src = root / "subset"
+        for split in ("train", "test"):
+            for cls in sorted((args.data / split).iterdir()):
+                (src / split / cls.name).mkdir(parents=True)
+                for f in sorted(cls.iterdir())[: args.limit]:
+                    (src / split / cls.name / f.name).symlink_to(f.resolve())
+    t0 = time.perf_counter()
+    import_folder(src, "cifar10-jpeg", root)
+    import_s = time.perf_counter() - t0
+
+    seeds = seeds_images_per_s(args.data, args.batch_size, args.steps, device, args.workers, args.limit)
+    t0 = time.perf_counter()
+    result = train(TrainConfig(
+        arch="resnet18", dataset="cifar10-jpeg", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        optimizer="sgd", nesterov=True, schedule="onecycle", label_smoothing=0.1,
+    ), root)
+    wall = time.perf_counter() - t0
+    test = evaluate(result.ref, root=root)
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
+    print(f"ResNet18, CIFAR-10 JPEG folder, batch {args.batch_size}, device {name}, torch {torch.__version__}")
+    print(f"{'loop':<62} {'img/s':>10} {'ratio':>6}")
+    print(f"{'seeds (DataLoader, per-sample transforms, eager fp32)':<62} {seeds:>10,.0f} {1.0:>6.2f}")
+    label = f"cnnpipe ({'compiled' if result.compiled else 'eager'} {result.precision} channels_last)"
+    print(f"{label:<62} {result.images_per_s:>10,.0f} {result.images_per_s / seeds:>6.2f}")
+    print(f"import {import_s:.1f} s; train {args.epochs} epochs: wall {wall:.1f} s "
+          f"(compile {result.compile_s:.1f} s, training {result.train_s:.1f} s); test accuracy {test.accuracy:.4f}")
+
+
+if __name__ == "__main__":
+    main()
