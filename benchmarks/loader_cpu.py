@@ -1,4 +1,4 @@
-"""One epoch of LeNet-5 on 60,000 real 28x28 digits on the CPU: cnnpipe's loader vs the seeds' loop.
+"""One epoch of LeNet-5 (or ``--model``) on 60,000 real 28x28 digits on the CPU: cnnpipe's loader vs the seeds' loop.
 
 The seeds' loop: a map-style dataset of PIL images, ``ToTensor`` + ``Normalize`` per sample,
 ``DataLoader(batch_size=64, shuffle=True)``. cnnpipe's: the decoded uint8 split in memory,
@@ -79,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=2, help="epochs per loop; the best is reported")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the seeds' loop")
+    parser.add_argument("--model", default="lenet5", help="registered network (lenet5, simplenet, …)")
     args = parser.parse_args()
     shipped = resources.files("cnnpipe.data") / "mnist-sample"
     with resources.as_file(shipped / "t10k-images-idx3-ubyte.gz") as p:
@@ -93,17 +94,17 @@ def main() -> None:
     ours_load = min(engine_loader_only(source, gen) for _ in range(args.epochs))
 
     torch.manual_seed(0)
-    model = build("lenet5", 1, 28, 10)
+    model = build(args.model, 1, 28, 10)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     seed_s = min(seed_epoch(model, opt, loader) for _ in range(args.epochs))
     torch.manual_seed(0)
-    model = build("lenet5", 1, 28, 10).to(memory_format=torch.channels_last)
+    model = build(args.model, 1, 28, 10).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), 1e-3, fused=True)
     ours_s = min(engine_epoch(model, opt, source, gen) for _ in range(args.epochs))
 
     seeds = f"seeds' loop (DataLoader, ToTensor+Normalize per sample, {args.workers} workers)"
     ours = "cnnpipe (uint8 in memory, batched normalize, channels_last, fused Adam)"
-    print(f"LeNet-5 on {n:,} 28x28 images, batch 64, {torch.get_num_threads()} torch threads, best of {args.epochs}")
+    print(f"{args.model} on {n:,} 28x28 images, batch 64, {torch.get_num_threads()} torch threads, best of {args.epochs}")
     print(f"{'what':<10} {'loop':<80} {'s':>7} {'img/s':>10} {'ratio':>6}")
     for what, base, rows in (
         ("loading", seed_load, [(seeds, seed_load), (ours, ours_load)]),
