@@ -29,7 +29,7 @@ from cnnpipe.data.loading import Dataset, load_dataset
 from cnnpipe.engine import Progress, batched_logits, train_epoch
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device
-from cnnpipe.nets import build, get_net
+from cnnpipe.nets import build, get_net, param_count
 from cnnpipe.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 from cnnpipe.provenance import environment, lineage
 from cnnpipe.report import plot_curves
@@ -356,7 +356,7 @@ def _train(config: TrainConfig, root: Path, progress: Progress | None, resume: s
 
     result = TrainResult(
         ref="", path="", best_epoch=best["epoch"], val_accuracy=best["val_accuracy"], val_loss=best["val_loss"],
-        params=sum(p.numel() for p in model.parameters()), device=device.type, compiled=compiled,
+        params=param_count(model), device=device.type, compiled=compiled,
         precision="bf16" if bf16 else "fp32", compile_s=timings["compile_s"], train_s=timings["train_s"],
         images_per_s=timings["images"] / timings["train_s"] if timings["train_s"] > 0 else 0.0,
         epochs_run=epoch, stopped_early=stopped_early, resumed_from=str(run_dir) if resume else None,
