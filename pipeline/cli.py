@@ -104,6 +104,16 @@ AtolOpt = Annotated[
 ]
 AgreementOpt = Annotated[float, typer.Option("--min-agreement", help="Minimum top-1 agreement with PyTorch (0-1).")]
 ProvidersOpt = Annotated[str, typer.Option(help="onnxruntime providers to verify: cpu, cuda or cpu,cuda.")]
+MinAccuracyOpt = Annotated[
+    float | None, typer.Option("--min-accuracy", help="Gate: exit 1 when test accuracy is below this fraction.")
+]
+AgainstOpt = Annotated[
+    str | None, typer.Option(help="Model version to compare with on the same images (per-class differences).")
+]
+MaxRegressionOpt = Annotated[
+    float | None,
+    typer.Option("--max-regression", help="Gate with --against: exit 1 when accuracy drops by more than this many points, overall or for any class."),
+]
 
 
 def _root(ctx: typer.Context) -> Path:
@@ -295,16 +305,33 @@ def evaluate(
     ctx: typer.Context,
     ref: ModelRef,
     split: Annotated[Split, typer.Option(help="Split to evaluate on.")] = Split.test,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 1000,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 256,
     device: DeviceOpt = Device.auto,
+    against: AgainstOpt = None,
+    max_regression: MaxRegressionOpt = None,
+    min_accuracy: MinAccuracyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Overall and per-class accuracy of a model version; writes metrics.json into it."""
+    """Metrics, per-class table, plots and model card of a model version; optional gates exit 1."""
     from cnnpipe.report import render_evaluate
     from cnnpipe.stages.evaluate import evaluate as run_evaluate
 
-    result = _call(lambda: run_evaluate(ref, split.value, _root(ctx), batch_size, device.value))
+    result = _call(
+        lambda: run_evaluate(
+            ref, split.value, _root(ctx), batch_size, device.value, against, min_accuracy, max_regression
+        )
+    )
     _emit(as_json, result, lambda r: render_evaluate(out, r))
+    _gate_exit(result)
+
+
+def _gate_exit(result: Any) -> None:
+    """Exit 1 naming each failed evaluation gate."""
+    failed = [g for g in result.gates if not g["passed"]]
+    for g in failed:
+        err.print(f"[bold red]gate failed:[/] {g['gate']}: {g['detail']}", highlight=False)
+    if failed:
+        raise typer.Exit(EXIT_GATE)
 
 
 @app.command()
@@ -379,6 +406,9 @@ def run(
     loader: LoaderOpt = Loader.auto,
     workers: WorkersOpt = 2,
     mirror: MirrorOpt = None,
+    min_accuracy: MinAccuracyOpt = None,
+    against: AgainstOpt = None,
+    max_regression: MaxRegressionOpt = None,
     fmt: FormatOpt = [Format.all],  # noqa: B006
     opset: OpsetOpt = None,
     samples: SamplesOpt = 512,
@@ -395,9 +425,15 @@ def run(
     from cnnpipe.stages.export import export as run_export
     from cnnpipe.stages.verify import verify as run_verify
 
+    from cnnpipe.stages.evaluate import check_gate_options
+    from cnnpipe.store import Workspace
+
     root = _root(ctx)
     config = _train_config(locals())
     _call(config.resolved)
+    _call(lambda: check_gate_options(min_accuracy, against, max_regression))
+    if against is not None:  # pin it now: after training, NAME@latest is the new model itself
+        against = _call(lambda: Workspace(root).models.resolve(against).ref)
     summary: dict[str, Any] = {}
     if dataset in CATALOG:  # a standard dataset: fetch (or reuse) it; an imported folder is already there
         summary["download"] = _call(lambda: run_download(dataset, root, mirror))
@@ -407,9 +443,16 @@ def run(
     if not as_json:
         report.render_train(out, summary["train"])
     ref = summary["train"].ref
-    summary["evaluate"] = _call(lambda: run_evaluate(ref, "test", root, device=device.value))
+    summary["evaluate"] = _call(
+        lambda: run_evaluate(ref, "test", root, device=device.value, against=against,
+                             min_accuracy=min_accuracy, max_regression=max_regression)
+    )
     if not as_json:
         report.render_evaluate(out, summary["evaluate"])
+    if not summary["evaluate"].passed:
+        if as_json:
+            print(json.dumps({k: _plain(v) for k, v in summary.items()}, indent=2, default=str))
+        _gate_exit(summary["evaluate"])
     summary["export"] = _call(lambda: run_export(ref, [f.value for f in fmt], root, opset))
     if not as_json:
         report.render_export(out, summary["export"])

@@ -88,6 +88,83 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str) -> None:
+    """The confusion matrix as a heatmap, each row normalized to its class's support."""
+    plt = _pyplot()
+    counts = np.asarray(confusion, dtype=float)
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    k = len(classes)
+    size = min(4 + 0.45 * k, 14)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    shown = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), classes, rotation=45 if k > 5 else 0, ha="right" if k > 5 else "center")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_title(f"{title}: confusion matrix (rows normalized)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_per_class(per_class: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Per-class accuracy, precision and recall as bars, worst accuracy first."""
+    plt = _pyplot()
+    rows = sorted((c for c in per_class if c["support"]), key=lambda c: c["accuracy"])
+    ys = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.35 * len(rows)))
+    height = 0.27
+    for offset, key in ((-height, "accuracy"), (0.0, "precision"), (height, "f1")):
+        ax.barh(ys + offset, [c[key] or 0.0 for c in rows], height, label=key)
+    ax.set_yticks(ys, [c["class"] for c in rows])
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("score")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    ax.set_title(f"{title}: per class, worst accuracy first")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_misclassified(images: Any, errors: list[dict[str, Any]], classes: list[str], path: Path, title: str) -> None:
+    """A grid of the most confidently wrong images, each labelled true → predicted (confidence).
+
+    The grid is one mosaic image on one axes, so it renders in a fraction of the time
+    that one axes per image takes.
+    """
+    plt = _pyplot()
+    cols = 8
+    rows = max(1, -(-len(errors) // cols))
+    tiles = [np.asarray(images[e["index"]]) for e in errors]
+    c, h, w = tiles[0].shape if tiles else (1, 28, 28)
+    pad_top, pad = max(10, h // 2), 2
+    cell_h, cell_w = h + pad_top + pad, w + 2 * pad
+    mosaic = np.full((rows * cell_h, cols * cell_w, 3), 255, dtype=np.uint8)
+    fig, ax = plt.subplots(figsize=(cols * 1.5, rows * 1.75 + 0.5))
+    for k, (tile, e) in enumerate(zip(tiles, errors)):
+        top, left = (k // cols) * cell_h + pad_top, (k % cols) * cell_w + pad
+        mosaic[top : top + h, left : left + w] = tile.transpose(1, 2, 0) if c == 3 else tile[0][..., None]
+        ax.text(left + w / 2, top - 1, f"{classes[e['true']]} → {classes[e['predicted']]} ({e['confidence']:.0%})",
+                ha="center", va="bottom", fontsize=7, clip_on=True)
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.axis("off")
+    if not errors:
+        ax.text(0, 0, "no misclassified images", fontsize=10, va="top")
+    ax.set_title(f"{title}: most confident mistakes, true → predicted (confidence)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 class ByteProgress:
     """A rich progress bar per downloaded file (on stderr); pass ``update`` as ``on_bytes``."""
 
@@ -204,15 +281,26 @@ def render_models(console: Console, rows: list[dict[str, Any]]) -> None:
 
 
 def render_evaluate(console: Console, r: Any) -> None:
+    deltas = {c["class"]: c["delta_points"] for c in r.comparison["per_class"]} if r.comparison else None
     rows = sorted(r.per_class, key=lambda c: (c["accuracy"] is None, c["accuracy"] or 0.0))
-    console.print(f"{r.model} on {r.split} ({r.images:,} images), worst classes first")
+    against = f", change in points against {r.comparison['against']}" if r.comparison else ""
+    console.print(f"{r.model} on {r.split} ({r.images:,} images), worst classes first{against}")
+    columns = ["class", "support", "accuracy", "precision", "recall", "f1"] + (["Δ points"] if deltas else [])
+    console.print(table(columns, [
+        [c["class"], c["support"], *("n/a" if c[k] is None else c[k] for k in ("accuracy", "precision", "recall", "f1"))]
+        + ([f"{deltas[c['class']]:+.2f}" if deltas[c["class"]] is not None else "n/a"] if deltas else [])
+        for c in rows
+    ]))
+    top5 = f", top-5 {r.top5_accuracy:.4f}" if r.top5_accuracy is not None else ""
+    change = f" ({r.comparison['delta_points']:+.2f} points)" if r.comparison else ""
     console.print(
-        table(
-            ["class", "accuracy", "correct", "support"],
-            [[c["class"], "n/a" if c["accuracy"] is None else c["accuracy"], c["correct"], c["support"]] for c in rows],
-        )
+        f"evaluate: accuracy [bold]{r.accuracy:.4f}[/]{change}{top5}, macro F1 {r.macro['f1']:.4f}, "
+        f"loss {r.loss:.4f}, ECE {r.ece:.4f}; {r.seconds['inference']:.2f} s inference; wrote {r.path}",
+        highlight=False,
     )
-    console.print(f"evaluate: accuracy [bold]{r.accuracy:.4f}[/], loss {r.loss:.4f}; wrote {r.path}/metrics.json")
+    for g in r.gates:
+        verdict = "[green]pass[/]" if g["passed"] else "[red]FAIL[/]"
+        console.print(f"  gate {g['gate']}: {verdict}: {g['detail']}", highlight=False)
 
 
 def render_export(console: Console, r: Any) -> None:

@@ -1,73 +1,131 @@
-"""Stage 3: evaluate a model version on a split; overall and per-class metrics."""
+"""Stage 3: evaluate a model version on a split: metrics, plots, model card, optional gates.
+
+The evaluation is a version of its own inside the model version
+(``models/NAME/vN/eval/<split>/vK/``), so the model version stays immutable while
+every evaluation of it is kept.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from cnnpipe.card import model_card
 from cnnpipe.data.loading import load_dataset
 from cnnpipe.engine import batched_logits
 from cnnpipe.errors import CnnpipeError
+from cnnpipe.metrics import classification_metrics, compare, confident_errors
 from cnnpipe.modelfile import load_model, resolve_device
 from cnnpipe.provenance import lineage
-from cnnpipe.store import Store, Workspace, write_json
+from cnnpipe.report import plot_confusion, plot_misclassified, plot_per_class
+from cnnpipe.store import Store, Version, Workspace, write_json
+
+METRICS_SCHEMA = "cnnpipe.metrics/1"
+PLOT_FILES = ("confusion.png", "per_class.png", "misclassified.png")
 
 
 @dataclass
 class EvalResult:
-    """Metrics of one model version on one split, and where they were written."""
+    """Metrics of one model version on one split, its gates, and where they were written."""
 
     model: str
     split: str
     path: str
-    accuracy: float
-    loss: float
     images: int
+    accuracy: float | None
+    top5_accuracy: float | None
+    loss: float | None
+    ece: float | None
+    mean_confidence: float | None
+    macro: dict[str, float | None]
+    weighted: dict[str, float | None]
     per_class: list[dict[str, Any]]
     confusion: list[list[int]]
+    seconds: dict[str, float]
+    comparison: dict[str, Any] | None = None
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    passed: bool = True
 
 
-def metrics(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    """Accuracy, mean loss, per-class accuracy and the confusion matrix (rows: true class)."""
-    k = len(classes)
-    pred = logits.argmax(1)
-    confusion = torch.bincount(labels * k + pred, minlength=k * k).view(k, k)
-    support = confusion.sum(1)
-    correct = confusion.diag()
-    per_class = [
-        {
-            "class": c,
-            "support": int(support[i]),
-            "correct": int(correct[i]),
-            "accuracy": float(correct[i] / support[i]) if support[i] > 0 else None,
-        }
-        for i, c in enumerate(classes)
-    ]
-    return {
-        "accuracy": float(correct.sum() / max(len(labels), 1)),
-        "loss": float(F.cross_entropy(logits, labels)) if len(labels) else float("nan"),
-        "images": len(labels),
-        "per_class": per_class,
-        "confusion": confusion.tolist(),
-    }
+def eval_store(version: Version) -> Store:
+    """The store of a model version's evaluations, one name per split."""
+    return Store(version.path / "eval", "evaluate", "evaluation", "run `cnnpipe evaluate`")
+
+
+def gates(
+    metrics: dict[str, Any], comparison: dict[str, Any] | None, min_accuracy: float | None, max_regression: float | None
+) -> list[dict[str, Any]]:
+    """The accuracy floor and the regression limit (in points, overall or any class) as pass/fail records."""
+    found = []
+    if min_accuracy is not None:
+        found.append({
+            "gate": "min_accuracy", "limit": min_accuracy, "value": metrics["accuracy"],
+            "passed": metrics["accuracy"] is not None and metrics["accuracy"] >= min_accuracy,
+            "detail": f"accuracy {metrics['accuracy']:.4f}, floor {min_accuracy:.4f}",
+        })
+    if comparison is not None and max_regression is not None:
+        drops = [("overall", comparison["delta_points"])]
+        drops += [(f"class {r['class']}", r["delta_points"]) for r in comparison["per_class"]]
+        where, delta = min(((w, d) for w, d in drops if d is not None), key=lambda x: x[1], default=("overall", 0.0))
+        found.append({
+            "gate": "max_regression", "limit": max_regression, "value": -delta,
+            "passed": -delta <= max_regression,
+            "detail": f"largest drop {-delta:.2f} points ({where}) against {comparison['against']}, "
+                      f"limit {max_regression:.2f}",
+        })
+    return found
+
+
+def check_gate_options(
+    min_accuracy: float | None, against: str | None, max_regression: float | None, batch_size: int = 1
+) -> None:
+    """Refuse gate options that make no sense, before any work is done."""
+    if batch_size < 1:
+        raise CnnpipeError(f"--batch-size must be at least 1, not {batch_size}")
+    if min_accuracy is not None and not 0.0 <= min_accuracy <= 1.0:
+        raise CnnpipeError(f"--min-accuracy is a fraction between 0 and 1, not {min_accuracy}")
+    if max_regression is not None and (against is None or max_regression < 0):
+        raise CnnpipeError("--max-regression takes a number of points >= 0 and needs --against REF")
+
+
+def _baseline(ws: Workspace, ref: str, desc: dict[str, Any], images: torch.Tensor, labels: torch.Tensor,
+              batch_size: int, dev: torch.device) -> tuple[Version, dict[str, Any]]:
+    """Evaluate model ``ref`` on the same images, in memory: the comparison's other side."""
+    version = ws.models.resolve(ref)
+    model, base = load_model(version)
+    if base["classes"] != desc["classes"] or base["input"] != desc["input"]:
+        raise CnnpipeError(
+            f"cannot compare with {version.ref}: its classes or input ({base['input']['channels']}x"
+            f"{base['input']['height']}x{base['input']['width']}, {len(base['classes'])} classes) differ"
+        )
+    inp = base["input"]
+    logits = batched_logits(model.to(dev), images, inp["mean"], inp["std"], batch_size, dev)
+    return version, classification_metrics(logits, labels, base["classes"])
 
 
 def evaluate(
     model_ref: str,
     split: str = "test",
     root: Path = Path("."),
-    batch_size: int = 1000,
+    batch_size: int = 256,
     device: str = "auto",
+    against: str | None = None,
+    min_accuracy: float | None = None,
+    max_regression: float | None = None,
 ) -> EvalResult:
-    """Evaluate ``model_ref`` on ``split`` of the dataset it was trained on; write ``metrics.json``."""
+    """Evaluate ``model_ref`` on ``split`` of the dataset it was trained on and write the evaluation.
+
+    With ``against`` the other model version is evaluated on the same images and the
+    per-class differences recorded; ``min_accuracy`` and ``max_regression`` become gates
+    (see ``EvalResult.passed``). The evaluation is written whether or not a gate fails.
+    """
     if split not in ("test", "val"):
         raise CnnpipeError(f"--split must be test or val, not {split!r}")
-    if batch_size < 1:
-        raise CnnpipeError(f"--batch-size must be at least 1, not {batch_size}")
+    check_gate_options(min_accuracy, against, max_regression, batch_size)
     ws = Workspace(root)
     version = ws.models.resolve(model_ref)
     model, desc = load_model(version)
@@ -77,18 +135,53 @@ def evaluate(
     dev = resolve_device(device)
     images, labels = dataset.split(split)
     inp = desc["input"]
+    start = time.perf_counter()
     logits = batched_logits(model.to(dev), images, inp["mean"], inp["std"], batch_size, dev)
-    result = metrics(logits, labels, desc["classes"])
-    store = Store(version.path / "eval", "evaluate", "evaluation", "run `cnnpipe evaluate`")
-    with store.draft(split) as draft:
-        write_json(draft.path / "metrics.json", {"model": version.ref, "split": split} | result)
+    result = classification_metrics(logits, labels, desc["classes"])
+    inference_s = time.perf_counter() - start
+    parents = [version, dataset.version]
+    comparison = None
+    if against is not None:
+        baseline, base_metrics = _baseline(ws, against, desc, images, labels, batch_size, dev)
+        comparison = {"against": baseline.ref} | compare(result, base_metrics)
+        parents.append(baseline)
+    checks = gates(result, comparison, min_accuracy, max_regression)
+    errors = confident_errors(logits, labels)
+    title = f"{version.ref} on {split}"
+    with eval_store(version).draft(split) as draft:
+        plot_confusion(result["confusion"], desc["classes"], draft.path / "confusion.png", title)
+        plot_per_class(result["per_class"], draft.path / "per_class.png", title)
+        plot_misclassified(images, errors, desc["classes"], draft.path / "misclassified.png", title)
         rows = [",".join(["true\\pred", *desc["classes"]])]
         rows += [",".join([c, *map(str, r)]) for c, r in zip(desc["classes"], result["confusion"])]
         (draft.path / "confusion.csv").write_text("\n".join(rows) + "\n")
+        card = model_card(version.ref, desc, version.read_json("train.json"), result, split, list(PLOT_FILES))
+        (draft.path / "README.md").write_text(card)
+        write_json(draft.path / "metrics.json", {
+            "schema": METRICS_SCHEMA, "model": version.ref, "dataset": dataset.version.ref, "split": split,
+            **result, "misclassified": errors, "comparison": comparison, "gates": checks,
+        })
         written = draft.commit(
             stage="evaluate",
-            roles={"metrics.json": "metrics", "confusion.csv": "metrics"},
-            lineage=lineage([version, dataset.version], {"split": split, "batch_size": batch_size}),
-            results={"accuracy": result["accuracy"], "loss": result["loss"], "images": result["images"]},
+            roles={"metrics.json": "metrics", "confusion.csv": "metrics", "README.md": "model card"}
+            | {p: "plot" for p in PLOT_FILES},
+            lineage=lineage(parents, {"split": split, "batch_size": batch_size, "against": against,
+                                      "min_accuracy": min_accuracy, "max_regression": max_regression}),
+            results={"accuracy": result["accuracy"], "loss": result["loss"], "images": result["images"],
+                     "passed": all(g["passed"] for g in checks)},
         )
-    return EvalResult(model=version.ref, split=split, path=str(written.path), **result)
+    seconds = {"inference": round(inference_s, 4), "total": round(time.perf_counter() - start, 4)}
+    return EvalResult(
+        model=version.ref, split=split, path=str(written.path), seconds=seconds, comparison=comparison,
+        gates=checks, passed=all(g["passed"] for g in checks), **result,
+    )
+
+
+def latest_evaluation(version: Version, split: str = "test") -> Version | None:
+    """The newest evaluation of a model version on ``split``, re-checked; None if it has none."""
+    store = eval_store(version)
+    if not store.has(split):
+        return None
+    evaluation = store.latest(split)
+    evaluation.check()
+    return evaluation

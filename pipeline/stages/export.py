@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,10 +18,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 import cnnpipe
+from cnnpipe.card import model_card
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.modelfile import MODEL_JSON, WEIGHTS, load_model
 from cnnpipe.provenance import lineage
-from cnnpipe.store import Workspace, write_json
+from cnnpipe.stages.evaluate import PLOT_FILES, latest_evaluation
+from cnnpipe.store import Version, Workspace, write_json
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
@@ -123,6 +126,19 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, meta
         torch.jit.save(traced, str(path), _extra_files={"cnnpipe.json": json.dumps(meta)})
 
 
+def write_card(version: Version, desc: dict[str, Any], folder: Path) -> dict[str, str]:
+    """Copy the model's curves and its newest test evaluation (metrics, plots) into ``folder``
+    and write the model card beside them; returns the roles of the files written."""
+    evaluation = latest_evaluation(version, "test")
+    sources = {"curves.png": version} | ({p: evaluation for p in ("metrics.json", *PLOT_FILES)} if evaluation else {})
+    for rel, source in sources.items():
+        shutil.copyfile(source.file(rel), folder / rel)
+    metrics = evaluation.read_json("metrics.json") if evaluation else None
+    card = model_card(version.ref, desc, version.read_json("train.json"), metrics, "test", list(sources))
+    (folder / "README.md").write_text(card)
+    return {rel: "metrics" if rel.endswith(".json") else "plot" for rel in sources} | {"README.md": "model card"}
+
+
 def export(
     model_ref: str,
     formats: list[str] | None = None,
@@ -154,9 +170,10 @@ def export(
             else:
                 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata=meta)
         write_json(draft.path / MODEL_JSON, desc | {"metadata": meta, "formats": formats, "onnx_opset": used_opset})
+        card_roles = write_card(version, desc, draft.path)
         bundle = draft.commit(
             stage="export",
-            roles={FILES[f]: f for f in formats} | {MODEL_JSON: "description"},
+            roles={FILES[f]: f for f in formats} | {MODEL_JSON: "description"} | card_roles,
             lineage=lineage([version], {"formats": formats, "opset": opset}),
             results={"formats": formats, "onnx_opset": used_opset, "weights_sha256": weights_sha256},
         )

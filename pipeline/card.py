@@ -1,0 +1,196 @@
+"""The model card: ``README.md`` generated from a model version's own artifacts.
+
+It opens with Hugging Face model-card front matter (``model-index`` results), then
+describes the network, its training, its evaluation with the plots beside it, its
+limitations, and how to load each export format.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import cnnpipe
+from cnnpipe.nets import get_net
+
+PLOTS = {
+    "curves.png": "Training curves",
+    "confusion.png": "Confusion matrix",
+    "per_class.png": "Per-class scores",
+    "misclassified.png": "Most confident mistakes",
+}
+
+
+def _q(value: Any) -> str:
+    """A YAML scalar: JSON strings and numbers are valid YAML."""
+    return json.dumps(value)
+
+
+def _round(values: list[float]) -> list[float]:
+    return [round(v, 4) for v in values]
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def front_matter(desc: dict[str, Any], metrics: dict[str, Any] | None, split: str) -> str:
+    """Hugging Face model-card metadata with a ``model-index`` of the evaluation results."""
+    dataset = desc["dataset"]["ref"].split("@")[0]
+    lines = [
+        "---",
+        "library_name: cnnpipe",
+        "pipeline_tag: image-classification",
+        "tags: [image-classification, cnnpipe, pytorch, onnx, " + desc["arch"] + "]",
+        f"datasets: [{_q(dataset)}]",
+        "metrics: [accuracy, f1]",
+    ]
+    if metrics is not None:
+        results = [("accuracy", metrics["accuracy"], f"{split} accuracy"),
+                   ("f1", metrics["macro"]["f1"], f"{split} macro F1")]
+        if metrics["top5_accuracy"] is not None:
+            results.append(("top_5_accuracy", metrics["top5_accuracy"], f"{split} top-5 accuracy"))
+        lines += [
+            "model-index:",
+            f"- name: {_q(desc['name'])}",
+            "  results:",
+            "  - task:",
+            "      type: image-classification",
+            "      name: Image Classification",
+            "    dataset:",
+            f"      name: {_q(desc['dataset']['ref'])}",
+            f"      type: {_q(dataset)}",
+            f"      split: {split}",
+            "    metrics:",
+        ]
+        for kind, value, name in results:
+            lines += [f"    - type: {kind}", f"      value: {round(value, 6)}", f"      name: {_q(name)}"]
+    return "\n".join(lines + ["---", ""])
+
+
+def _load_snippets(desc: dict[str, Any]) -> str:
+    inp = desc["input"]
+    shape = f"(N, {inp['channels']}, {inp['height']}, {inp['width']})"
+    return f"""Every format takes float32 `{shape}` batches (NCHW) made as
+`x = (pixel / 255 - mean) / std` per channel, with mean {_round(inp['mean'])} and std {_round(inp['std'])},
+and returns one logit per class in the order of `classes` in `model.json`
+(`model.json` holds mean and std at full precision).
+
+ONNX (onnxruntime only, no torch needed):
+
+```python
+import json, onnxruntime as ort
+session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+meta = session.get_modelmeta().custom_metadata_map   # classes, mean, std, input_shape, ...
+classes = json.loads(meta["classes"])
+logits = session.run(["logits"], {{"input": x}})[0]
+```
+
+TorchScript:
+
+```python
+import torch
+model = torch.jit.load("model.torchscript.pt").eval()
+logits = model(torch.from_numpy(x))
+```
+
+safetensors (weights into a freshly built network):
+
+```python
+from cnnpipe.nets import build
+from safetensors.torch import load_file
+model = build({_q(desc['arch'])}, {inp['channels']}, {inp['height']}, {len(desc['classes'])}).eval()
+model.load_state_dict(load_file("model.safetensors"))
+```
+"""
+
+
+def model_card(
+    ref: str,
+    desc: dict[str, Any],
+    train: dict[str, Any],
+    metrics: dict[str, Any] | None,
+    split: str,
+    plots: list[str],
+) -> str:
+    """The card of model version ``ref``; ``plots`` are the image files beside it."""
+    spec = get_net(desc["arch"])
+    inp, cfg = desc["input"], train["config"]
+    classes = desc["classes"]
+    lines = [
+        front_matter(desc, metrics, split),
+        f"# {ref}",
+        "",
+        f"A `{desc['arch']}` image classifier for {len(classes)} classes, trained and packaged by "
+        f"cnnpipe {cnnpipe.__version__} on the dataset `{desc['dataset']['ref']}`.",
+        "",
+        "## Model",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| architecture | `{desc['arch']}`, from: {spec.source} |",
+        f"| parameters | {desc['params']:,} |",
+        f"| input | {inp['channels']}x{inp['height']}x{inp['width']} {inp['layout']} float32, "
+        f"pixels in [0, 1] normalized with mean {_round(inp['mean'])} and std {_round(inp['std'])} |",
+        f"| classes | {', '.join(classes)} |",
+        "",
+        "## Training",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| dataset | `{desc['dataset']['ref']}`, hash `{desc['dataset']['hash']}` |",
+        f"| optimizer | {cfg['optimizer']}, lr {cfg['lr']:g}, weight decay {cfg['weight_decay']:g}, "
+        f"schedule {cfg['schedule']}, batch {cfg['batch_size']} |",
+        f"| epochs | {train['epochs_run']} run, best on validation: {train['best_epoch']}"
+        f"{' (stopped early)' if train['stopped_early'] else ''} |",
+        f"| augmentation | {json.dumps(cfg['augmentation']) if cfg['augmentation'] else 'none'} |",
+        f"| seed | {cfg['seed']} ({'deterministic' if cfg['deterministic'] else 'not deterministic'}) |",
+        f"| device | {cfg['device']}, {cfg['precision']}{', compiled' if cfg['compiled'] else ''} |",
+        "",
+    ]
+    if metrics is None:
+        lines += ["## Evaluation", "", "Not evaluated yet: run `cnnpipe evaluate`.", ""]
+    else:
+        worst = sorted((c for c in metrics["per_class"] if c["support"]), key=lambda c: c["accuracy"])
+        lines += [
+            f"## Evaluation ({split} split, {metrics['images']:,} images)",
+            "",
+            "| metric | value |",
+            "| --- | ---: |",
+            f"| accuracy | {_fmt(metrics['accuracy'])} |",
+            f"| top-5 accuracy | {_fmt(metrics['top5_accuracy'])} |",
+            f"| macro precision / recall / F1 | {_fmt(metrics['macro']['precision'])} / "
+            f"{_fmt(metrics['macro']['recall'])} / {_fmt(metrics['macro']['f1'])} |",
+            f"| weighted F1 | {_fmt(metrics['weighted']['f1'])} |",
+            f"| mean cross-entropy | {_fmt(metrics['loss'])} |",
+            f"| expected calibration error (15 bins) | {_fmt(metrics['ece'])} |",
+            "",
+            "Per class, worst accuracy first:",
+            "",
+            "| class | support | accuracy | precision | recall | F1 |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {c['class']} | {c['support']} | {_fmt(c['accuracy'])} | {_fmt(c['precision'])} | "
+            f"{_fmt(c['recall'])} | {_fmt(c['f1'])} |"
+            for c in sorted(metrics["per_class"], key=lambda c: (c["accuracy"] is None, c["accuracy"] or 0.0))
+        ]
+        lines.append("")
+        lines += [f"![{PLOTS[p]}]({p})\n" for p in PLOTS if p in plots]
+        lines += [
+            "## Limitations",
+            "",
+            f"- These figures hold for the {split} split of `{desc['dataset']['ref']}` only "
+            f"({metrics['images']:,} images). Images from another source, camera or resolution may score lower.",
+            f"- The weakest class is `{worst[0]['class']}` at {worst[0]['accuracy']:.2%} accuracy."
+            if worst else "- No class had test images.",
+            f"- The model always answers one of its {len(classes)} classes, even for an image that "
+            "belongs to none of them.",
+            f"- Its confidences are off by {metrics['ece']:.2%} on average (ECE); do not read them as "
+            "probabilities without checking calibration.",
+            f"- Inputs must be resized to {inp['height']}x{inp['width']} with {inp['channels']} channel(s), "
+            "as the training images were.",
+            "",
+        ]
+    lines += ["## How to load each export", "", _load_snippets(desc)]
+    return "\n".join(lines)
