@@ -101,3 +101,4 @@ def test_run_compares_against_the_version_before_it_trains(root_copy: Path):
     proc = cnnpipe(root_copy, "run", "--epochs", "1", "--lr", "1e-5", "--against", "lenet5", "--max-regression", "1")
     assert_clean_error(proc, 1, "gate failed: max_regression", "against lenet5@v1")
     assert (root_copy / "models/lenet5/v2").is_dir() and not (root_copy / "exports/lenet5/v2").exists()
+    assert "worst classes first" in proc.stdout and "Δ points" in proc.stdout  # the per-class table
