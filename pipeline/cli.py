@@ -54,7 +54,13 @@ class Format(str, Enum):
     onnx = "onnx"
     torchscript = "torchscript"
     safetensors = "safetensors"
+    pt2 = "pt2"
     all = "all"
+
+
+class Layout(str, Enum):
+    flat = "flat"
+    triton = "triton"
 
 
 class StoreName(str, Enum):
@@ -97,12 +103,22 @@ MirrorOpt = Annotated[
 ]
 FormatOpt = Annotated[list[Format], typer.Option("--format", "-f", help="Export format (repeatable).")]
 OpsetOpt = Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")]
+Fp16Opt = Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (fp16 weights, float32 inputs and outputs).")]
+Int8Opt = Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (static quantization calibrated on training images).")]
+LayoutOpt = Annotated[Layout, typer.Option(help="triton: also write a Triton model repository under triton/.")]
+CalibrationOpt = Annotated[int, typer.Option("--calibration-images", help="Training images that calibrate --int8.")]
 BatchSizesOpt = Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes to verify at.")]
 SamplesOpt = Annotated[int, typer.Option(help="Number of real test images to verify on.")]
+FullOpt = Annotated[bool, typer.Option("--full", help="Verify on the whole test split instead of --samples images.")]
 AtolOpt = Annotated[
-    float | None, typer.Option(help="Max abs logit difference for every format (default per format: see README).")
+    float | None, typer.Option(help="Absolute logit tolerance for every format (default per format and provider: see README).")
 ]
-AgreementOpt = Annotated[float, typer.Option("--min-agreement", help="Minimum top-1 agreement with PyTorch (0-1).")]
+RtolOpt = Annotated[
+    float | None, typer.Option(help="Relative logit tolerance (times |reference logit|) for every format.")
+]
+AgreementOpt = Annotated[
+    float | None, typer.Option("--min-agreement", help="Minimum top-1 agreement with PyTorch (0-1) for every format.")
+]
 ProvidersOpt = Annotated[str, typer.Option(help="onnxruntime providers to verify: cpu, cuda or cpu,cuda.")]
 MinAccuracyOpt = Annotated[
     float | None, typer.Option("--min-accuracy", help="Gate: exit 1 when test accuracy is below this fraction.")
@@ -340,13 +356,19 @@ def export(
     ref: ModelRef,
     fmt: FormatOpt = [Format.all],  # noqa: B006  (typer needs a literal default)
     opset: OpsetOpt = None,
+    fp16: Fp16Opt = False,
+    int8: Int8Opt = False,
+    layout: LayoutOpt = Layout.flat,
+    calibration: CalibrationOpt = 256,
     as_json: JsonOpt = False,
 ) -> None:
-    """Export a model version to ONNX, TorchScript and safetensors, with metadata."""
+    """Export a model version to ONNX, TorchScript, safetensors and pt2, with metadata."""
     from cnnpipe.report import render_export
     from cnnpipe.stages.export import export as run_export
 
-    result = _call(lambda: run_export(ref, [f.value for f in fmt], _root(ctx), opset))
+    result = _call(
+        lambda: run_export(ref, [f.value for f in fmt], _root(ctx), opset, fp16, int8, layout.value, calibration)
+    )
     _emit(as_json, result, lambda r: render_export(out, r))
 
 
@@ -354,10 +376,12 @@ def export(
 def verify(
     ctx: typer.Context,
     ref: BundleRef,
-    batch_sizes: BatchSizesOpt = "1,7,64",
+    batch_sizes: BatchSizesOpt = "1,2,7,64",
     samples: SamplesOpt = 512,
+    full: FullOpt = False,
     atol: AtolOpt = None,
-    min_agreement: AgreementOpt = 1.0,
+    rtol: RtolOpt = None,
+    min_agreement: AgreementOpt = None,
     providers: ProvidersOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
@@ -367,7 +391,8 @@ def verify(
 
     result = _call(
         lambda: run_verify(
-            ref, _root(ctx), _batch_sizes(batch_sizes), samples, atol, min_agreement, _providers(providers)
+            ref, _root(ctx), _batch_sizes(batch_sizes), None if full else samples, atol, min_agreement,
+            _providers(providers), rtol,
         )
     )
     _emit(as_json, result, lambda r: render_verify(out, r))
@@ -411,9 +436,14 @@ def run(
     max_regression: MaxRegressionOpt = None,
     fmt: FormatOpt = [Format.all],  # noqa: B006
     opset: OpsetOpt = None,
+    fp16: Fp16Opt = False,
+    int8: Int8Opt = False,
+    layout: LayoutOpt = Layout.flat,
     samples: SamplesOpt = 512,
+    full: FullOpt = False,
     atol: AtolOpt = None,
-    min_agreement: AgreementOpt = 1.0,
+    rtol: RtolOpt = None,
+    min_agreement: AgreementOpt = None,
     providers: ProvidersOpt = "cpu",
     as_json: JsonOpt = False,
 ) -> None:
@@ -453,12 +483,13 @@ def run(
         if as_json:
             print(json.dumps({k: _plain(v) for k, v in summary.items()}, indent=2, default=str))
         _gate_exit(summary["evaluate"])
-    summary["export"] = _call(lambda: run_export(ref, [f.value for f in fmt], root, opset))
+    summary["export"] = _call(lambda: run_export(ref, [f.value for f in fmt], root, opset, fp16, int8, layout.value))
     if not as_json:
         report.render_export(out, summary["export"])
     bundle = summary["export"].ref
     summary["verify"] = _call(
-        lambda: run_verify(bundle, root, (1, 7, 64), samples, atol, min_agreement, _providers(providers))
+        lambda: run_verify(bundle, root, (1, 2, 7, 64), None if full else samples, atol, min_agreement,
+                           _providers(providers), rtol)
     )
     if as_json:
         print(json.dumps({k: _plain(v) for k, v in summary.items()}, indent=2, default=str))
@@ -467,6 +498,41 @@ def run(
     if not summary["verify"].passed:
         err.print(f"[bold red]verify failed:[/] {bundle}", highlight=False)
         raise typer.Exit(EXIT_GATE)
+
+
+@app.command()
+def predict(
+    ctx: typer.Context,
+    images: Annotated[list[Path], typer.Argument(help="Image files to classify.", show_default=False)],
+    bundle: Annotated[str, typer.Option("--bundle", "-b", help="Export bundle: NAME, NAME@vN or a path.")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show per image.")] = 3,
+    provider: Annotated[str, typer.Option(help="onnxruntime provider: cpu or cuda.")] = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images decoded and run per batch.")] = 256,
+    as_json: JsonOpt = False,
+) -> None:
+    """Classify image files with a bundle's ONNX model in onnxruntime (torch is not imported)."""
+    from cnnpipe.predict import predict as run_predict
+    from cnnpipe.report import render_predict
+
+    result = _call(lambda: run_predict(images, bundle, _root(ctx), top_k, provider, batch_size))
+    _emit(as_json, result, lambda r: render_predict(out, r))
+
+
+@app.command()
+def bench(
+    ctx: typer.Context,
+    ref: BundleRef,
+    batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,256",
+    seconds: Annotated[float, typer.Option(help="Time spent per runtime and batch size.")] = 2.0,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for every runtime (default: torch's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Latency (p50, p99) and throughput of each runtime of a bundle at each batch size."""
+    from cnnpipe.report import render_bench
+    from cnnpipe.stages.bench import bench as run_bench
+
+    result = _call(lambda: run_bench(ref, _root(ctx), _batch_sizes(batch_sizes), seconds, threads))
+    _emit(as_json, result, lambda r: render_bench(out, r))
 
 
 @app.command()

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -305,14 +306,20 @@ def render_evaluate(console: Console, r: Any) -> None:
 
 def render_export(console: Console, r: Any) -> None:
     opset = f" (ONNX opset {r.opset})" if r.opset else ""
-    console.print(f"export: wrote [bold]{r.ref}[/] from {r.model} at {r.path}: {', '.join(r.formats)}{opset}")
+    triton = f"; Triton repository {r.triton[0].rsplit('/', 1)[0]}/" if r.triton else ""
+    console.print(f"export: wrote [bold]{r.ref}[/] from {r.model} at {r.path}: {', '.join(r.formats)}{opset}{triton}")
+
+
+def _bound(tol: dict[str, Any]) -> str:
+    return "none" if tol["atol"] is None else f"{tol['atol']:.0e}/{tol['rtol']:.0e}"
 
 
 def render_verify(console: Console, r: Any) -> None:
     rows = [
         [
-            f.format, f.runtime, "[green]pass[/]" if f.passed else "[red]FAIL[/]", f"{f.max_abs_diff:.1e}",
-            f"{f.p99_abs_diff:.1e}", f"{f.atol:.0e}", f"{f.top1_agreement:.2%}", f.accuracy,
+            f.format, escape(f.runtime), "[green]pass[/]" if f.passed else "[red]FAIL[/]", f"{f.max_abs_diff:.1e}",
+            f"{f.p99_abs_diff:.1e}", _bound(f.tolerance), f"{f.top1_agreement:.2%}", len(f.flipped),
+            f.accuracy, f"{f.accuracy_delta_points:+.2f}",
         ]
         for f in r.formats
     ]
@@ -320,19 +327,38 @@ def render_verify(console: Console, r: Any) -> None:
         f"{r.bundle} vs PyTorch ({r.model}) on {r.images} real test images, batch sizes "
         f"{', '.join(map(str, r.batch_sizes))}; PyTorch accuracy {r.reference_accuracy:.4f}"
     )
-    console.print(
-        table(
-            ["format", "runtime", "verdict", "max abs", "p99 abs", "atol", "top-1 agree", "accuracy"],
-            rows,
-        )
-    )
+    console.print(table(
+        ["format", "runtime", "verdict", "max abs", "p99 abs", "atol/rtol", "top-1 agree", "flips", "accuracy", "Δ points"],
+        rows,
+    ))
     if r.integrity != "ok":
         console.print(f"[red]integrity:[/] {r.integrity}", highlight=False)
     for f in r.formats:
         for reason in f.reasons:
-            console.print(f"[red]{f.format} ({f.runtime}):[/] {reason}", highlight=False)
+            console.print(f"[red]{f.format} ({escape(f.runtime)}):[/] {escape(reason)}", highlight=False)
     verdict = "[green]passed[/]" if r.passed else "[red]FAILED[/]"
     console.print(f"verify: {verdict}; report {r.report_path}")
+
+
+def render_predict(console: Console, r: Any) -> None:
+    console.print(table(
+        ["image", "class", "probability", "next"],
+        [
+            [escape(p["path"]), p["top"][0]["class"], p["top"][0]["probability"],
+             ", ".join(f"{t['class']} {t['probability']:.3f}" for t in p["top"][1:])]
+            for p in r.predictions
+        ],
+    ))
+    console.print(f"predict: {r.images} images with {r.bundle} on {', '.join(r.providers)}", highlight=False)
+
+
+def render_bench(console: Console, r: Any) -> None:
+    console.print(f"{r.bundle}: input {'x'.join(map(str, r.input_shape))}, {r.threads} CPU threads")
+    console.print(table(
+        ["runtime", "batch", "calls", "p50 ms", "p99 ms", "images/s"],
+        [[row["runtime"], row["batch"], row["calls"], f"{row['p50_ms']:.3f}", f"{row['p99_ms']:.3f}",
+          f"{row['images_per_s']:,.0f}"] for row in r.rows],
+    ))
 
 
 def render_ls(console: Console, listing: dict[str, Any]) -> None:

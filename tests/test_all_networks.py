@@ -1,4 +1,4 @@
-"""Every registered network: one short epoch, all three exports, and a passing verify."""
+"""Every registered network: one short epoch, every export format, and a passing verify."""
 
 from __future__ import annotations
 
@@ -31,5 +31,5 @@ def test_network_trains_exports_and_verifies(tiny_root: Path, name: str):
     assert result["train"]["ref"] == f"{name}@v1"
     verdict = result["verify"]
     assert verdict["passed"], verdict
-    assert sorted(f["format"] for f in verdict["formats"]) == ["onnx", "safetensors", "torchscript"]
+    assert sorted(f["format"] for f in verdict["formats"]) == ["onnx", "pt2", "safetensors", "torchscript"]
     assert all(f["top1_agreement"] == 1.0 for f in verdict["formats"])

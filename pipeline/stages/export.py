@@ -1,4 +1,4 @@
-"""Stage 4: export a model version to ONNX, TorchScript and safetensors, with metadata."""
+"""Stage 4: export a model version to ONNX (and fp16/int8 variants), TorchScript, safetensors and pt2."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from safetensors.torch import save_file
@@ -19,14 +20,20 @@ from torch import nn
 
 import cnnpipe
 from cnnpipe.card import model_card
+from cnnpipe.data.loading import load_dataset, normalize
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.modelfile import MODEL_JSON, WEIGHTS, load_model
+from cnnpipe.onnx_variants import set_metadata, to_fp16, to_int8, triton_config, triton_repository
 from cnnpipe.provenance import lineage
 from cnnpipe.stages.evaluate import PLOT_FILES, latest_evaluation
 from cnnpipe.store import Version, Workspace, write_json
 
-FORMATS = ("onnx", "torchscript", "safetensors")
-FILES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
+FORMATS = ("onnx", "torchscript", "safetensors", "pt2")
+FILES = {
+    "onnx": "model.onnx", "onnx-fp16": "model.fp16.onnx", "onnx-int8": "model.int8.onnx",
+    "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors", "pt2": "model.pt2",
+}
+LAYOUTS = ("flat", "triton")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
@@ -40,6 +47,7 @@ class ExportResult:
     formats: list[str]
     files: dict[str, str]
     opset: int | None
+    triton: list[str]
 
 
 def metadata(desc: dict[str, Any], model_ref: str, weights_sha256: str) -> dict[str, str]:
@@ -59,6 +67,7 @@ def metadata(desc: dict[str, Any], model_ref: str, weights_sha256: str) -> dict[
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
         "weights_sha256": weights_sha256,
+        "precision": "fp32",
         "cnnpipe_version": cnnpipe.__version__,
         "torch_version": torch.__version__,
     }
@@ -95,7 +104,11 @@ def _quiet_logging() -> Iterator[None]:
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str], opset: int | None) -> int:
-    """ONNX through the dynamo exporter with a dynamic batch axis; returns the opset used."""
+    """ONNX through the dynamo exporter with a dynamic batch axis; returns the opset used.
+
+    The opset is added to ``meta`` (as ``onnx_opset``) before the metadata is embedded, so
+    the formats written after ONNX carry it too.
+    """
     kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
     try:
         with warnings.catch_warnings(), _quiet_logging():
@@ -108,14 +121,34 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[
     except Exception as e:  # the exporter raises many types; all mean "no ONNX file"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CnnpipeError(f"ONNX export failed{f' at opset {opset}' if opset else ''}: {first}") from None
-    proto = onnx.load(str(path))
-    for key, value in meta.items():
-        proto.metadata_props.add(key=key, value=value)
-    onnx.save(proto, str(path))
     used = check_onnx_graph(path)
     if opset is not None and used != opset:
         raise CnnpipeError(f"ONNX export failed at opset {opset}: the exporter could only produce opset {used}")
+    meta["onnx_opset"] = str(used)
+    proto = onnx.load(str(path))
+    set_metadata(proto, meta)
+    onnx.save(proto, str(path))
     return used
+
+
+def export_pt2(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]) -> None:
+    """A ``torch.export`` program with a dynamic batch axis; the metadata rides along as ``cnnpipe.json``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+            torch.export.save(program, str(path), extra_files={"cnnpipe.json": json.dumps(meta)})
+    except Exception as e:  # torch.export raises many types; all mean "no pt2 file"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CnnpipeError(f"pt2 export (torch.export) failed: {first}") from None
+
+
+def calibration_images(ws: Workspace, desc: dict[str, Any], count: int) -> np.ndarray:
+    """The first ``count`` training images of the model's own dataset, normalized, as float32 NCHW."""
+    dataset = load_dataset(ws.data.resolve(desc["dataset"]["ref"]))
+    images, _ = dataset.arrays("train", mmap=True)
+    batch = torch.from_numpy(np.array(images[:count]))
+    return normalize(batch, desc["input"]["mean"], desc["input"]["std"]).numpy()
 
 
 def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]) -> None:
@@ -144,12 +177,28 @@ def export(
     formats: list[str] | None = None,
     root: Path = Path("."),
     opset: int | None = None,
+    fp16: bool = False,
+    int8: bool = False,
+    layout: str = "flat",
+    calibration: int = 256,
 ) -> ExportResult:
-    """Export the evaluated weights of ``model_ref`` in eval mode to each of ``formats``."""
-    formats = list(FORMATS) if not formats or "all" in formats else formats
-    unknown = sorted(set(formats) - set(FORMATS))
+    """Export the evaluated weights of ``model_ref`` in eval mode to each of ``formats``.
+
+    ``fp16`` and ``int8`` add ONNX variants (int8: static quantization calibrated on the
+    first ``calibration`` training images); ``layout="triton"`` adds a Triton model
+    repository holding the ONNX file.
+    """
+    asked = set(FORMATS) if not formats or "all" in formats else set(formats)
+    unknown = sorted(asked - set(FORMATS))
     if unknown:
         raise CnnpipeError(f"unknown export format {unknown[0]!r}; use {', '.join(FORMATS)} or all")
+    if layout not in LAYOUTS:
+        raise CnnpipeError(f"unknown layout {layout!r}; use {' or '.join(LAYOUTS)}")
+    if (fp16 or int8 or layout == "triton") and "onnx" not in asked:
+        raise CnnpipeError("--fp16, --int8 and --layout triton derive from the ONNX file: add --format onnx")
+    if calibration < 1:
+        raise CnnpipeError(f"--calibration-images must be at least 1, not {calibration}")
+    ordered = [f for f in FORMATS if f in asked]  # ONNX first: its opset goes into every format's metadata
     ws = Workspace(root)
     version = ws.models.resolve(model_ref)
     model, desc = load_model(version)
@@ -159,29 +208,53 @@ def export(
     meta = metadata(desc, version.ref, weights_sha256)
     inp = desc["input"]
     example = torch.randn(2, inp["channels"], inp["height"], inp["width"], generator=torch.Generator().manual_seed(0))
-    used_opset = None
+    used_opset, written, triton = None, [], []
     with ws.exports.draft(version.name) as draft:
-        for fmt in formats:
+        for fmt in ordered:
             path = draft.path / FILES[fmt]
             if fmt == "onnx":
                 used_opset = export_onnx(model, example, path, meta, opset)
             elif fmt == "torchscript":
                 export_torchscript(model, example, path, meta)
+            elif fmt == "pt2":
+                export_pt2(model, example, path, meta)
             else:
                 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata=meta)
-        write_json(draft.path / MODEL_JSON, desc | {"metadata": meta, "formats": formats, "onnx_opset": used_opset})
+            written.append(fmt)
+        onnx_file, variants = draft.path / FILES["onnx"], {}
+        if fp16:
+            variants["onnx-fp16"] = {"precision": "fp16"}
+            to_fp16(onnx_file, draft.path / FILES["onnx-fp16"], meta | variants["onnx-fp16"])
+        if int8:
+            images = calibration_images(ws, desc, calibration)
+            variants["onnx-int8"] = {
+                "precision": "int8", "calibration": f"{len(images)} training images of {desc['dataset']['ref']}",
+            }
+            to_int8(onnx_file, draft.path / FILES["onnx-int8"], meta | variants["onnx-int8"], INPUT_NAME, images)
+        for variant in variants:
+            check_onnx_graph(draft.path / FILES[variant])
+        written += list(variants)
+        if layout == "triton":
+            config = triton_config(
+                desc["name"], INPUT_NAME, OUTPUT_NAME, [inp["channels"], inp["height"], inp["width"]],
+                len(desc["classes"]), max_batch=256,
+            )
+            triton = triton_repository(draft.path, desc["name"], version.number, onnx_file, config)
+        write_json(draft.path / MODEL_JSON, desc | {
+            "metadata": meta, "variants": variants, "formats": written, "files": {f: FILES[f] for f in written},
+            "onnx_opset": used_opset, "triton": triton,
+        })
         card_roles = write_card(version, desc, draft.path)
         bundle = draft.commit(
             stage="export",
-            roles={FILES[f]: f for f in formats} | {MODEL_JSON: "description"} | card_roles,
-            lineage=lineage([version], {"formats": formats, "opset": opset}),
-            results={"formats": formats, "onnx_opset": used_opset, "weights_sha256": weights_sha256},
+            roles={FILES[f]: f for f in written} | {MODEL_JSON: "description"} | card_roles
+            | {rel: "triton" for rel in triton},
+            lineage=lineage([version], {"formats": ordered, "opset": opset, "fp16": fp16, "int8": int8,
+                                        "layout": layout, "calibration": calibration if int8 else None}),
+            results={"formats": written, "onnx_opset": used_opset, "weights_sha256": weights_sha256,
+                     "triton": triton},
         )
     return ExportResult(
-        ref=bundle.ref,
-        path=str(bundle.path),
-        model=version.ref,
-        formats=formats,
-        files={f: FILES[f] for f in formats},
-        opset=used_opset,
+        ref=bundle.ref, path=str(bundle.path), model=version.ref, formats=written,
+        files={f: FILES[f] for f in written}, opset=used_opset, triton=triton,
     )

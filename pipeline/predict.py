@@ -1,0 +1,87 @@
+"""Classify image files with a bundle's ONNX model in onnxruntime: no torch on this path.
+
+Preprocessing comes only from the bundle's embedded metadata: channels and size
+(``input_shape``), ``mean`` and ``std``, and ``classes``. Images are decoded and run in
+batches, so memory stays flat however many files are given.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnpipe.data.imagefolder import decode_all
+from cnnpipe.errors import CnnpipeError
+from cnnpipe.onnx_session import PROVIDERS, onnx_session
+from cnnpipe.store import Workspace
+
+ONNX_FILE = "model.onnx"
+
+
+@dataclass
+class PredictResult:
+    """Top-k classes per image, and what produced them."""
+
+    bundle: str
+    providers: list[str]
+    images: int
+    predictions: list[dict[str, Any]]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def preprocess(images: np.ndarray, meta: dict[str, str]) -> np.ndarray:
+    """uint8 N×C×H×W to the float32 input the metadata describes: ``(pixel / 255 - mean) / std``."""
+    mean = np.asarray(json.loads(meta["mean"]), dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(json.loads(meta["std"]), dtype=np.float32).reshape(1, -1, 1, 1)
+    return (images.astype(np.float32) / np.float32(255.0) - mean) / std
+
+
+def predict(
+    paths: list[Path],
+    bundle_ref: str,
+    root: Path = Path("."),
+    top_k: int = 3,
+    provider: str = "cpu",
+    batch_size: int = 256,
+) -> PredictResult:
+    """Top-``top_k`` classes with probabilities for each image file, from the bundle's ONNX model."""
+    if not paths:
+        raise CnnpipeError("give at least one image file: cnnpipe predict IMAGE... --bundle REF")
+    if top_k < 1 or batch_size < 1:
+        raise CnnpipeError("--top-k and --batch-size must be at least 1")
+    if provider not in PROVIDERS:
+        raise CnnpipeError(f"unknown provider {provider!r}; use {', '.join(PROVIDERS)}")
+    missing = [str(p) for p in paths if not Path(p).is_file()]
+    if missing:
+        raise CnnpipeError(f"{missing[0]}: no such image file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    bundle = Workspace(root).exports.resolve(bundle_ref)
+    bundle.check()
+    session = onnx_session(bundle.file(ONNX_FILE), provider)
+    if session.get_providers()[0] != PROVIDERS[provider]:
+        raise CnnpipeError(f"{PROVIDERS[provider]} was asked for but onnxruntime runs on {session.get_providers()[0]}")
+    meta = session.get_modelmeta().custom_metadata_map
+    channels, height, width = json.loads(meta["input_shape"])
+    if height != width:
+        raise CnnpipeError(f"{bundle.ref}: input {height}x{width} is not square; predict resizes to squares only")
+    classes = json.loads(meta["classes"])
+    k = min(top_k, len(classes))
+    predictions = []
+    for start in range(0, len(paths), batch_size):
+        chunk = [Path(p) for p in paths[start : start + batch_size]]
+        decoded = decode_all([(p, 0) for p in chunk], height, channels)
+        if decoded.failures:
+            raise CnnpipeError(f"not a readable image: {decoded.failures[0]}")
+        probs = softmax(session.run(None, {meta["input_name"]: preprocess(decoded.images, meta)})[0])
+        for path, p in zip(chunk, probs):
+            order = np.argsort(-p, kind="stable")[:k]
+            predictions.append({"path": str(path), "top": [{"class": classes[i], "probability": float(p[i])} for i in order]})
+    return PredictResult(bundle=bundle.ref, providers=session.get_providers(), images=len(predictions), predictions=predictions)
