@@ -19,10 +19,10 @@ def test_run_twice_gives_v1_then_v2_and_leaves_v1_untouched(tmp_path: Path):
     verdict = first["verify"]
     assert verdict["passed"] and verdict["integrity"] == "ok"
     by_format = {f["format"]: f for f in verdict["formats"]}
-    assert set(by_format) == {"onnx", "torchscript", "safetensors"}
+    assert set(by_format) == {"onnx", "torchscript", "safetensors", "pt2"}
     assert by_format["onnx"]["max_abs_diff"] <= 1e-4
     assert all(f["top1_agreement"] == 1.0 for f in verdict["formats"])
-    assert set(by_format["onnx"]["by_batch_size"]) == {"1", "7", "64"}
+    assert set(by_format["onnx"]["by_batch_size"]) == {"1", "2", "7", "64"}
     v1 = {p: tree_state(tmp_path / p / "lenet5" / "v1") for p in ("models", "exports")}
 
     second = cnnpipe_json(tmp_path, "run")
@@ -97,7 +97,7 @@ def test_compile_on_trains_on_cpu_and_its_weights_export_and_verify(root_copy: P
 
 
 def test_verify_fails_closed_on_a_breach_and_on_a_changed_file(root_copy: Path):
-    strict = cnnpipe(root_copy, "verify", "lenet5", "--atol", "0", "--json")
+    strict = cnnpipe(root_copy, "verify", "lenet5", "--atol", "0", "--rtol", "0", "--json")
     assert strict.returncode == 1, strict.stderr
     report = json.loads(strict.stdout)
     assert not report["passed"] and any("atol" in r for f in report["formats"] for r in f["reasons"])
