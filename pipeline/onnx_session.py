@@ -15,7 +15,7 @@ def onnx_session(path: Path, provider: str, threads: int = 0) -> Any:
     """
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)  # a provider that cannot start is reported by the caller, not logged
+    ort.set_default_logger_severity(4)  # a provider that cannot start is reported by the caller, not logged
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads

@@ -1,0 +1,67 @@
+"""`cnnpipe bench` on this CPU for lenet5 (1x28x28) and resnet18 (3x32x32): PyTorch eager vs
+TorchScript vs onnxruntime, p50/p99 latency at batch 1 and throughput at a large batch.
+
+Each network is trained for one short epoch (the weights do not change the timing) on a
+small generated image folder of its input shape, exported, and benched through the real
+stages, all runtimes with the same thread count. Prints one table per network and the
+onnxruntime-vs-eager batch-1 p50 ratio.
+Usage: python benchmarks/runtimes_cpu.py [--seconds 3] [--threads N] [--batch 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cnnpipe.stages.bench import bench
+from cnnpipe.stages.download import import_folder
+from cnnpipe.stages.export import export
+from cnnpipe.stages.train import TrainConfig, train
+
+NETWORKS = {"lenet5": 1, "resnet18": 3}  # name: channels (lenet5 at 28x28, resnet18 at 32x32)
+
+
+def make_folder(root: Path, channels: int, size: int, per_class: int = 12) -> None:
+    rng = np.random.default_rng(0)
+    for label in range(10):
+        folder = root / str(label)
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (size, size, channels) if channels == 3 else (size, size), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="time per runtime and batch size")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--batch", type=int, default=256)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name, channels in NETWORKS.items():
+            size = 28 if name == "lenet5" else 32
+            make_folder(root / f"images-{name}", channels, size)
+            import_folder(root / f"images-{name}", f"data-{name}", root, size=size, channels=channels, plots=False)
+            trained = train(TrainConfig(arch=name, dataset=f"data-{name}", epochs=1, batch_size=16,
+                                        optimizer="adam", lr=1e-3, device="cpu"), root)
+            bundle = export(trained.ref, ["onnx", "torchscript", "safetensors"], root)
+            result = bench(bundle.ref, root, (1, args.batch), args.seconds, args.threads)
+            print(f"\n{name}: input {'x'.join(map(str, result.input_shape))}, {result.threads} threads, "
+                  f"torch {torch.__version__}")
+            print(f"{'runtime':<22} {'batch':>5} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8} {'images/s':>10}")
+            for r in result.rows:
+                print(f"{r['runtime']:<22} {r['batch']:>5} {r['calls']:>6} {r['p50_ms']:>8.3f} "
+                      f"{r['p99_ms']:>8.3f} {r['images_per_s']:>10,.0f}")
+            p50 = {r["runtime"]: r["p50_ms"] for r in result.rows if r["batch"] == 1}
+            print(f"batch-1 p50: onnxruntime is {p50['pytorch eager (cpu)'] / p50['onnxruntime (cpu)']:.2f}x "
+                  f"faster than PyTorch eager")
+
+
+if __name__ == "__main__":
+    main()
