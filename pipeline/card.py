@@ -94,6 +94,14 @@ model = torch.jit.load("model.torchscript.pt").eval()
 logits = model(torch.from_numpy(x))
 ```
 
+pt2 (`torch.export` program):
+
+```python
+import torch
+model = torch.export.load("model.pt2").module()
+logits = model(torch.from_numpy(x))
+```
+
 safetensors (weights into a freshly built network):
 
 ```python
@@ -102,6 +110,9 @@ from safetensors.torch import load_file
 model = build({_q(desc['arch'])}, {inp['channels']}, {inp['height']}, {len(desc['classes'])}).eval()
 model.load_state_dict(load_file("model.safetensors"))
 ```
+
+Image files straight from the bundle: `cnnpipe predict IMAGE... --bundle BUNDLE`, or cnnpipe's
+`examples/onnx_predict.py`, which needs only onnxruntime, numpy and Pillow.
 """
 
 
