@@ -132,6 +132,29 @@ MaxRegressionOpt = Annotated[
 ]
 
 
+def config_defaults(path: Path, params: list[Any]) -> dict[str, Any]:
+    """Read a TOML file of ``run`` options (``epochs = 8``, ``min-accuracy = 0.97``, ...) as
+    Click defaults; an unknown key or unreadable file is a usage error naming it."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise typer.BadParameter(f"{path}: not a readable TOML file ({e})") from None
+    by_flag = {opt.lstrip("-").replace("-", "_"): p.name for p in params for opt in p.opts if opt.startswith("--")}
+    by_flag.pop("config", None)
+    unknown = sorted(k for k in data if k.replace("-", "_") not in by_flag)
+    if unknown:
+        raise typer.BadParameter(f"{path}: unknown option {unknown[0]!r}; use the long names of `cnnpipe run --help`")
+    return {by_flag[k.replace("-", "_")]: v for k, v in data.items()}
+
+
+def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
+    if value is not None:
+        ctx.default_map = (ctx.default_map or {}) | config_defaults(value, ctx.command.params)
+    return value
+
+
 def _root(ctx: typer.Context) -> Path:
     return ctx.obj["root"]
 
@@ -446,6 +469,11 @@ def run(
     min_agreement: AgreementOpt = None,
     providers: ProvidersOpt = "cpu",
     as_json: JsonOpt = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="TOML file of these options (long names, e.g. epochs = 8); options on the command line win.",
+                     is_eager=True, callback=_load_config),
+    ] = None,
 ) -> None:
     """download → train → evaluate → export → verify; stops at the first failure with its exit code."""
     from cnnpipe import report

