@@ -156,6 +156,24 @@ def load_version(path: Path, stage: str | None = None) -> Version:
     return Version(path=path, manifest=manifest)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _remove_dead_drafts(name_dir: Path) -> None:
+    """Delete the hidden drafts of writers that died (killed mid-write); never read, only swept."""
+    for path in name_dir.glob(".tmp-*-*"):
+        pid = path.name.split("-")[1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @dataclass
 class Draft:
     """A version being written: a hidden temporary folder that becomes ``v<N>`` on commit."""
@@ -256,7 +274,8 @@ class Store:
         """A temporary folder to write a version into; removed unless committed."""
         name_dir = self._name_dir(name)
         name_dir.mkdir(parents=True, exist_ok=True)
-        draft = Draft(self, name, Path(tempfile.mkdtemp(prefix=".tmp-", dir=name_dir)))
+        _remove_dead_drafts(name_dir)
+        draft = Draft(self, name, Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=name_dir)))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(draft.path, 0o777 & ~umask)  # mkdtemp makes it private; a version is for every reader

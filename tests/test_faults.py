@@ -1,0 +1,101 @@
+"""Crash safety and concurrency: SIGKILL at random moments, and several writers on one store."""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cnnpipe.store import MANIFEST, Store, Workspace, load_version
+from conftest import cli_env, cnnpipe_json
+
+VERSION_DIR = re.compile(r"^v[0-9]+$")
+
+
+def start(root: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cnnpipe", "--root", str(root), *args],
+        cwd=root, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def stores(root: Path) -> list[Store]:
+    """The three stores and every model version's nested evaluation store."""
+    ws = Workspace(root)
+    found = [ws.data, ws.models, ws.exports]
+    for version_dir in sorted((root / "models").glob("*/v*")):
+        if (version_dir / "eval").is_dir():
+            found.append(Store(version_dir / "eval", "evaluate", "evaluation", ""))
+    return found
+
+
+def assert_store_consistent(root: Path) -> int:
+    """No visible partial version, ``latest`` names a complete one, every hash matches; returns versions seen."""
+    seen = 0
+    for store in stores(root):
+        for name in store.names():
+            name_dir = store.root / name
+            for path in name_dir.iterdir():
+                if VERSION_DIR.match(path.name):
+                    assert (path / MANIFEST).is_file(), f"partial version visible: {path}"
+                    load_version(path).check()
+                    seen += 1
+            if (name_dir / "latest").exists():
+                latest = store.latest(name)
+                assert (latest.path / MANIFEST).is_file()
+    return seen
+
+
+def test_sigkill_at_random_moments_never_leaves_a_partial_version(root_copy: Path):
+    rng = random.Random(20261122)
+    commands = [["train", "--epochs", "2", "--name", "lenet5"], ["export", "lenet5@v1"]]
+    kills, deadline = [], time.monotonic() + 150
+    for i in range(10):
+        if time.monotonic() > deadline:
+            break
+        command = commands[i % 2]
+        proc = start(root_copy, *command)
+        delay = rng.uniform(1.0, 9.0)
+        try:
+            proc.wait(timeout=delay)
+            outcome = f"finished (rc {proc.returncode})"
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            outcome = "killed"
+        kills.append((command[0], round(delay, 2), outcome))
+        assert proc.returncode in (0, -signal.SIGKILL), (kills, proc.stderr.read())
+        assert_store_consistent(root_copy)
+    assert any(k[2] == "killed" for k in kills), kills
+    # The next runs succeed and sweep the drafts the killed writers left.
+    trained = cnnpipe_json(root_copy, "train", "--epochs", "1", "--name", "lenet5")
+    exported = cnnpipe_json(root_copy, "export", trained["ref"], "--format", "onnx")
+    assert cnnpipe_json(root_copy, "verify", exported["ref"])["passed"]
+    assert not list((root_copy / "models/lenet5").glob(".tmp-*")), kills
+    assert not list((root_copy / "exports/lenet5").glob(".tmp-*")), kills
+    assert_store_consistent(root_copy)
+
+
+def test_concurrent_writers_get_distinct_versions_and_readers_never_see_a_partial_one(root_copy: Path):
+    writers = [start(root_copy, "train", "--epochs", "1", "--name", "lenet5", "--seed", str(s)) for s in (1, 2)]
+    writers += [start(root_copy, "export", "lenet5@v1", "--format", "onnx") for _ in range(3)]
+    reads = 0
+    while any(w.poll() is None for w in writers):
+        reads += assert_store_consistent(root_copy)  # a reader racing the writers
+        listing = subprocess.run(
+            [sys.executable, "-m", "cnnpipe", "--root", str(root_copy), "ls", "--json"],
+            env=cli_env(), capture_output=True, text=True, timeout=120,
+        )
+        assert listing.returncode == 0, listing.stderr
+    for w in writers:
+        assert w.returncode == 0, w.stderr.read()
+    ws = Workspace(root_copy)
+    assert [v.number for v in ws.models.versions("lenet5")] == [1, 2, 3]
+    assert [v.number for v in ws.exports.versions("lenet5")] == [1, 2, 3, 4]
+    for number in (2, 3, 4):
+        assert cnnpipe_json(root_copy, "verify", f"lenet5@v{number}", "--samples", "64")["passed"]
+    assert reads > 0
