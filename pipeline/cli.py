@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from cnnpipe.errors import EXIT_GATE, EXIT_INTERNAL, CnnpipeError
+from cnnpipe.errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
 
 app = typer.Typer(
     add_completion=False,
@@ -25,6 +26,7 @@ app = typer.Typer(
 out = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 T = TypeVar("T")
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
 class Device(str, Enum):
@@ -173,6 +175,15 @@ def _call(fn: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         err.print("[bold red]interrupted[/]; nothing partial was kept")
         raise typer.Exit(130) from None
+    except OSError as e:
+        if e.errno not in STORAGE_ERRORS:
+            raise
+        err.print(
+            f"[bold red]error:[/] cannot write: {e.strerror} ({e.filename or 'the store'}); "
+            "nothing partial was kept: free space or fix permissions, then run again",
+            highlight=False, soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_USAGE) from None
     except Exception as e:  # a bug: say so in one line unless asked for the traceback
         if os.environ.get("CNNPIPE_DEBUG"):
             traceback.print_exc()

@@ -65,13 +65,23 @@ def predict(
         raise CnnpipeError(f"{missing[0]}: no such image file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     bundle = Workspace(root).exports.resolve(bundle_ref)
     bundle.check()
-    session = onnx_session(bundle.file(ONNX_FILE), provider)
+    path = bundle.file(ONNX_FILE)
+    try:
+        session = onnx_session(path, provider)
+    except Exception as e:  # onnxruntime raises its own exception types for files it cannot load
+        raise CnnpipeError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
     if session.get_providers()[0] != PROVIDERS[provider]:
         raise CnnpipeError(f"{PROVIDERS[provider]} was asked for but onnxruntime runs on {session.get_providers()[0]}")
     meta = session.get_modelmeta().custom_metadata_map
     channels, height, width = json.loads(meta["input_shape"])
     if height != width:
         raise CnnpipeError(f"{bundle.ref}: input {height}x{width} is not square; predict resizes to squares only")
+    graph_shape = session.get_inputs()[0].shape[1:]
+    if graph_shape != [channels, height, width]:
+        raise CnnpipeError(
+            f"{path}: the graph takes input {graph_shape} but its metadata says {[channels, height, width]}; "
+            "the bundle is inconsistent: export it again"
+        )
     classes = json.loads(meta["classes"])
     k = min(top_k, len(classes))
     predictions = []

@@ -315,11 +315,14 @@ def _bound(tol: dict[str, Any]) -> str:
 
 
 def render_verify(console: Console, r: Any) -> None:
+    def shown(value: float | None, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
     rows = [
         [
-            f.format, escape(f.runtime), "[green]pass[/]" if f.passed else "[red]FAIL[/]", f"{f.max_abs_diff:.1e}",
-            f"{f.p99_abs_diff:.1e}", _bound(f.tolerance), f"{f.top1_agreement:.2%}", len(f.flipped),
-            f.accuracy, f"{f.accuracy_delta_points:+.2f}",
+            f.format, escape(f.runtime), "[green]pass[/]" if f.passed else "[red]FAIL[/]", shown(f.max_abs_diff, ".1e"),
+            shown(f.p99_abs_diff, ".1e"), _bound(f.tolerance), shown(f.top1_agreement, ".2%"), len(f.flipped),
+            shown(f.accuracy, ".4f"), shown(f.accuracy_delta_points, "+.2f"),
         ]
         for f in r.formats
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -43,6 +44,17 @@ def assert_clean_error(proc: subprocess.CompletedProcess, code: int, *needles: s
     assert "Traceback" not in proc.stderr + proc.stdout
     for needle in needles:
         assert needle in proc.stderr, proc.stderr
+
+
+def resign(version: Path, rel: str) -> None:
+    """Update a manifest entry after replacing a file, as a buggy or hostile writer would."""
+    manifest_path = version / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    data = (version / rel).read_bytes()
+    for entry in manifest["files"]:
+        if entry["path"] == rel:
+            entry["sha256"], entry["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+    manifest_path.write_text(json.dumps(manifest, indent=2))
 
 
 def tree_state(root: Path) -> dict[str, bytes]:

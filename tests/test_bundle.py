@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from cnnpipe.engine import batched_logits
 from cnnpipe.modelfile import load_model
 from cnnpipe.store import Workspace
-from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_json
+from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_json, resign
 from test_imagefolder import _make_folder
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "onnx_predict.py"
@@ -36,17 +35,6 @@ def write_pngs(root: Path, indices: list[int], folder: Path) -> list[Path]:
         Image.fromarray(images[i][0]).save(path)
         paths.append(path)
     return paths
-
-
-def resign(version: Path, rel: str) -> None:
-    """Update a manifest entry after replacing a file, as a buggy exporter would have written it."""
-    manifest_path = version / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    data = (version / rel).read_bytes()
-    for entry in manifest["files"]:
-        if entry["path"] == rel:
-            entry["sha256"], entry["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
-    manifest_path.write_text(json.dumps(manifest, indent=2))
 
 
 @pytest.fixture(scope="module")

@@ -76,10 +76,16 @@ def metadata(desc: dict[str, Any], model_ref: str, weights_sha256: str) -> dict[
 def check_onnx_graph(path: Path) -> int:
     """Full ONNX check, a symbolic batch axis, no live Dropout or training-mode BatchNorm; the opset."""
     try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise CnnpipeError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+    external = [t.name for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise CnnpipeError(f"{path}: tensor {external[0]!r} points to external data; a bundle's ONNX must be self-contained")
+    try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as e:
         raise CnnpipeError(f"{path}: the ONNX checker rejects the graph ({e})") from None
-    graph = onnx.load(str(path), load_external_data=False)
     batch = graph.graph.input[0].type.tensor_type.shape.dim[0]
     if not batch.dim_param:
         raise CnnpipeError(f"{path}: the batch axis is fixed at {batch.dim_value}, not dynamic")

@@ -70,15 +70,15 @@ class FormatReport:
     passed: bool
     reasons: list[str]
     tolerance: dict[str, float | None]
-    max_abs_diff: float
-    max_rel_diff: float
-    p99_abs_diff: float
-    top1_agreement: float
-    flipped: list[int]
-    accuracy: float
-    accuracy_delta_points: float
-    per_class_accuracy: dict[str, float | None]
-    by_batch_size: dict[str, dict[str, float]]
+    max_abs_diff: float | None = None
+    max_rel_diff: float | None = None
+    p99_abs_diff: float | None = None
+    top1_agreement: float | None = None
+    flipped: list[int] = field(default_factory=list)
+    accuracy: float | None = None
+    accuracy_delta_points: float | None = None
+    per_class_accuracy: dict[str, float | None] = field(default_factory=dict)
+    by_batch_size: dict[str, dict[str, float]] = field(default_factory=dict)
     providers: list[str] | None = None
 
 
@@ -116,13 +116,14 @@ def _per_class(pred: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict
 
 
 def _onnx_runner(path: Path, provider: str, meta: dict[str, str]) -> tuple[Runner, list[str], list[str]]:
-    problems = []
+    """A session on the ONNX file, after the graph check; raises CnnpipeError if it must not or cannot run."""
+    check_onnx_graph(path)
     try:
-        check_onnx_graph(path)
-    except CnnpipeError as e:
-        problems.append(str(e))
-    session = onnx_session(path, provider)
+        session = onnx_session(path, provider)
+    except Exception as e:  # onnxruntime raises its own exception types for files it cannot load
+        raise CnnpipeError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
     used = session.get_providers()
+    problems = []
     if used[0] != PROVIDERS[provider]:
         problems.append(f"{PROVIDERS[provider]} was asked for but the session runs on {used[0]}")
     if session.get_modelmeta().custom_metadata_map != meta:
@@ -318,9 +319,13 @@ def verify(
             if fmt.startswith("onnx"):
                 variant_meta = meta | desc.get("variants", {}).get(fmt, {})
                 for provider in providers:
-                    runner, used, problems = _onnx_runner(path, provider, variant_meta)
-                    report = check_format(fmt, f"onnxruntime[{provider}]", runner, **judge,
-                                          tol=tolerance(fmt, provider, **overrides), problems=problems)
+                    tol, runtime = tolerance(fmt, provider, **overrides), f"onnxruntime[{provider}]"
+                    try:
+                        runner, used, problems = _onnx_runner(path, provider, variant_meta)
+                    except CnnpipeError as e:  # not run at all: the format fails with the reason
+                        result.formats.append(FormatReport(fmt, runtime, False, [str(e)], asdict(tol)))
+                        continue
+                    report = check_format(fmt, runtime, runner, **judge, tol=tol, problems=problems)
                     report.providers = used
                     result.formats.append(report)
                 continue

@@ -1,0 +1,134 @@
+"""Hostile and broken input: one test per row of the README's table (the rows tested elsewhere say where).
+
+Where a test swaps a file inside a version it also re-signs the manifest, so the
+defence under test is the loader itself, not the sha256 check in front of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx.external_data_helper import set_external_data
+
+from conftest import assert_clean_error, cli_env, cnnpipe, resign, tree_state
+
+
+class RunsCode:
+    """A pickle that creates a marker file when it is unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_runs_code_offered_as_weights_is_refused(root_copy: Path, tmp_path: Path):
+    # (The same as a checkpoint: test_training.py::test_a_hostile_checkpoint_is_refused.)
+    marker = tmp_path / "pwned"
+    version = root_copy / "models/lenet5/v1"
+    (version / "weights.safetensors").write_bytes(pickle.dumps(RunsCode(marker)))
+    resign(version, "weights.safetensors")
+    before = tree_state(root_copy)
+    assert_clean_error(cnnpipe(root_copy, "evaluate", "lenet5"), 2, "not a readable safetensors weights file")
+    assert not marker.exists() and tree_state(root_copy) == before
+
+
+@pytest.mark.parametrize("header", ["oversized", "malformed"])
+def test_a_safetensors_file_with_a_bad_header_is_refused(root_copy: Path, header: str):
+    version = root_copy / "models/lenet5/v1"
+    body = b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}' + b"\0" * 4
+    data = struct.pack("<Q", 1 << 40) + body if header == "oversized" else struct.pack("<Q", 12) + b"{not json!!}"
+    (version / "weights.safetensors").write_bytes(data)
+    resign(version, "weights.safetensors")
+    before = tree_state(root_copy)
+    for command in (["evaluate", "lenet5"], ["export", "lenet5"]):
+        assert_clean_error(cnnpipe(root_copy, *command), 2, "not a readable safetensors weights file")
+    assert tree_state(root_copy) == before
+
+
+def test_an_onnx_file_with_external_data_outside_its_folder_is_refused(root_copy: Path):
+    bundle = root_copy / "exports/lenet5/v1"
+    proto = onnx.load(str(bundle / "model.onnx"))
+    set_external_data(proto.graph.initializer[0], location="../../../../../../etc/passwd")
+    proto.graph.initializer[0].ClearField("raw_data")
+    onnx.save(proto, str(bundle / "model.onnx"))
+    resign(bundle, "model.onnx")
+    verify = cnnpipe(root_copy, "verify", "lenet5", "--json")
+    assert verify.returncode == 1 and "Traceback" not in verify.stderr
+    onnx_report = next(f for f in json.loads(verify.stdout)["formats"] if f["format"] == "onnx")
+    assert "points to external data" in onnx_report["reasons"][0]
+    digit = root_copy / "digit.png"
+    digit.write_bytes((bundle / "confusion.png").read_bytes())
+    assert_clean_error(cnnpipe(root_copy, "predict", str(digit), "--bundle", "lenet5"), 2, "cannot load it")
+
+
+@pytest.mark.parametrize("name", ["../up", "a/b", "tab\there", "bell\x07", "nul\x01"])
+def test_names_with_dots_slashes_or_control_characters_are_refused(root_copy: Path, name: str):
+    before = tree_state(root_copy)
+    assert_clean_error(cnnpipe(root_copy, "train", "--name", name, "--epochs", "1"), 2, "invalid model name")
+    assert_clean_error(cnnpipe(root_copy, "evaluate", f"{name}@v1"), 2)
+    assert tree_state(root_copy) == before
+
+
+def test_a_symlink_in_a_store_pointing_outside_is_refused(root_copy: Path, tmp_path: Path):
+    outside = tmp_path / "outside.safetensors"
+    weights = root_copy / "models/lenet5/v1/weights.safetensors"
+    outside.write_bytes(weights.read_bytes())
+    weights.unlink()
+    weights.symlink_to(outside)  # same bytes, same hash: only the link is wrong
+    assert_clean_error(cnnpipe(root_copy, "evaluate", "lenet5"), 2, "is a symbolic link")
+    (root_copy / "models/evil").mkdir()
+    (root_copy / "models/evil/v1").symlink_to(root_copy / "models/lenet5/v1")
+    (root_copy / "models/evil/latest").write_text("v1\n")
+    assert_clean_error(cnnpipe(root_copy, "evaluate", "evil"), 2, "evil@v1 does not exist")
+
+
+def test_predict_refuses_a_bundle_whose_graph_and_metadata_disagree_on_the_input(root_copy: Path):
+    bundle = root_copy / "exports/lenet5/v1"
+    proto = onnx.load(str(bundle / "model.onnx"))
+    for prop in proto.metadata_props:
+        if prop.key == "input_shape":
+            prop.value = "[3, 28, 28]"
+    onnx.save(proto, str(bundle / "model.onnx"))
+    resign(bundle, "model.onnx")
+    digit = root_copy / "digit.png"
+    digit.write_bytes((bundle / "confusion.png").read_bytes())
+    assert_clean_error(
+        cnnpipe(root_copy, "predict", str(digit), "--bundle", "lenet5"), 2, "the graph takes input [1, 28, 28]"
+    )
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_behind(root_copy: Path, tmp_path: Path):
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import errno, os\n"
+        "def _full(fd):\n"
+        "    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "os.fsync = _full\n"
+    )
+    before = tree_state(root_copy)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnpipe", "--root", str(root_copy), "export", "lenet5"],
+        env=cli_env() | {"PYTHONPATH": str(hooks)}, capture_output=True, text=True, timeout=300,
+    )
+    assert_clean_error(proc, 2, "cannot write: No space left on device", "nothing partial was kept")
+    assert tree_state(root_copy) == before
+
+
+# Rows tested elsewhere:
+#   truncated or zero-byte weights   test_cli.py::test_corrupt_weights_are_refused_by_name
+#   a changed byte in a bundle       test_cli.py::test_verify_fails_closed_on_a_breach_and_on_a_changed_file
+#   an image that is not an image    test_bundle.py::test_predict_refuses_bad_images_in_one_line,
+#                                    test_imagefolder.py::test_a_corrupt_image_fails_the_import_by_path_and_writes_nothing
+#   NaN loss                         test_cli.py::test_a_failed_stage_leaves_no_version_behind
+#   a pickled checkpoint             test_training.py::test_a_hostile_checkpoint_is_refused
