@@ -1,7 +1,8 @@
 """Stage 5: reload every export from disk in its own runtime and prove parity with PyTorch.
 
-Images stay uint8 (memory-mapped) and are normalized chunk by chunk, so memory does not
-grow with the number of images verified; only the logits (N × classes) are kept.
+Images stay uint8 on disk: each chunk of 256 is read through a fresh memory map (unmapped
+again, so its pages leave this process) and normalized, so memory does not grow with the
+number of images verified; only the logits (N × classes) are kept.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from cnnpipe.onnx_session import PROVIDERS, onnx_session
 from cnnpipe.stages.export import FILES, INPUT_NAME, check_onnx_graph
 from cnnpipe.store import Version, Workspace
 
-CHUNK = 1024
+CHUNK = 256  # small activations: larger chunks let glibc's heap high-water creep up per chunk
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -169,19 +170,21 @@ def _safetensors_runner(path: Path, desc: dict[str, Any], meta: dict[str, str]) 
 
 
 class Images:
-    """uint8 test images, normalized chunk by chunk into float32 NCHW."""
+    """The first ``count`` uint8 test images, normalized chunk by chunk into float32 NCHW."""
 
-    def __init__(self, images: np.ndarray, mean: list[float], std: list[float]):
-        self.images, self.mean, self.std = images, mean, std
+    def __init__(self, open_images: Callable[[], np.ndarray], count: int, mean: list[float], std: list[float]):
+        self.open_images, self.count, self.mean, self.std = open_images, count, mean, std
 
     def __len__(self) -> int:
-        return len(self.images)
+        return self.count
 
     def chunks(self, batch: int) -> Any:
         """(start, float32 chunk) pairs; a chunk is a whole number of batches."""
         size = max(batch, CHUNK // batch * batch)
-        for start in range(0, len(self.images), size):
-            raw = torch.from_numpy(np.array(self.images[start : start + size]))
+        for start in range(0, self.count, size):
+            mapped = self.open_images()
+            raw = torch.from_numpy(np.array(mapped[start : min(start + size, self.count)]))
+            del mapped  # unmap: the pages read so far no longer count against this process
             yield start, normalize(raw, self.mean, self.std).numpy()
 
     def logits(self, runner: Runner, batch: int) -> np.ndarray:
@@ -291,12 +294,13 @@ def verify(
     source = _source_model(ws, bundle)
     model, source_desc = load_model(source)
     dataset = load_dataset(ws.data.resolve(source_desc["dataset"]["ref"]))
-    raw, labels = dataset.arrays("test", mmap=True)
-    raw, labels = raw[:samples], labels[:samples]
+    labels = dataset.arrays("test", mmap=True)[1][:samples]
     desc = bundle.read_json(MODEL_JSON) if integrity == "ok" else source_desc
     meta = desc.get("metadata", {})
     classes = source_desc["classes"]
-    images = Images(raw, source_desc["input"]["mean"], source_desc["input"]["std"])
+    images = Images(
+        lambda: dataset.arrays("test", mmap=True)[0], len(labels), source_desc["input"]["mean"], source_desc["input"]["std"]
+    )
     ref = images.logits(_torch_runner(model), CHUNK)
     result = VerifyResult(
         bundle=bundle.ref, model=source.ref, passed=integrity == "ok", report_path="",
