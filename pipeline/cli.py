@@ -175,16 +175,15 @@ def _call(fn: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         err.print("[bold red]interrupted[/]; nothing partial was kept")
         raise typer.Exit(130) from None
-    except OSError as e:
-        if e.errno not in STORAGE_ERRORS:
-            raise
-        err.print(
-            f"[bold red]error:[/] cannot write: {e.strerror} ({e.filename or 'the store'}); "
-            "nothing partial was kept: free space or fix permissions, then run again",
-            highlight=False, soft_wrap=True,
-        )
-        raise typer.Exit(EXIT_USAGE) from None
-    except Exception as e:  # a bug: say so in one line unless asked for the traceback
+    except Exception as e:  # a bug, or a store that cannot be written: one line either way
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRORS:
+            err.print(
+                f"[bold red]error:[/] {'cannot access' if e.errno == errno.EACCES else 'cannot write'}: "
+                f"{e.strerror} ({e.filename or 'the store'}); "
+                "nothing partial was kept: free space or fix permissions, then run again",
+                highlight=False, soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_USAGE) from None
         if os.environ.get("CNNPIPE_DEBUG"):
             traceback.print_exc()
         err.print(
