@@ -134,6 +134,9 @@ def test_variants_and_triton_layout_are_exported_and_verified(root_copy: Path):
     assert abs(by_format["onnx-int8"]["accuracy_delta_points"]) <= 2.0
     assert by_format["onnx"]["accuracy_delta_points"] == 0.0
 
+    timed = cnnpipe_json(root_copy, "bench", "lenet5", "--seconds", "0.05", "--batch-sizes", "2", "--threads", "1")
+    assert {r["runtime"] for r in timed["rows"]} >= {"onnxruntime fp16 (cpu)", "onnxruntime int8 (cpu)"}
+
 
 def test_a_perturbed_weight_fails_verify_even_with_a_consistent_manifest(root_copy: Path):
     bundle = root_copy / "exports/lenet5/v1"
@@ -190,7 +193,7 @@ def test_asking_verify_for_cuda_without_it_fails_with_the_reason(pipeline_root: 
 def test_bench_times_every_runtime_at_each_batch_size(pipeline_root: Path):
     result = cnnpipe_json(pipeline_root, "bench", "lenet5", "--seconds", "0.2", "--batch-sizes", "1,8", "--threads", "1")
     rows = {(r["runtime"], r["batch"]): r for r in result["rows"]}
-    runtimes = {"pytorch eager (cpu)", "torchscript (cpu)", "onnxruntime (cpu)"}
+    runtimes = {"pytorch eager (cpu)", "torchscript (cpu)", "pt2 (cpu)", "onnxruntime (cpu)"}
     assert {r for r, _ in rows} >= runtimes and {b for _, b in rows} == {1, 8}
     for r in rows.values():
         assert r["calls"] >= 20 and 0 < r["p50_ms"] <= r["p99_ms"] and r["images_per_s"] > 0

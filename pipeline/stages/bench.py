@@ -1,4 +1,4 @@
-"""Latency and throughput of a bundle in each runtime: PyTorch eager, TorchScript, onnxruntime."""
+"""Latency and throughput of a bundle in each runtime: PyTorch eager, TorchScript, pt2, onnxruntime and its variants."""
 
 from __future__ import annotations
 
@@ -76,16 +76,22 @@ def _runtimes(bundle: Any, desc: dict[str, Any], threads: int) -> dict[str, Call
             warnings.simplefilter("ignore")
             scripted = torch.jit.load(str(bundle.file(FILES["torchscript"])), map_location="cpu").eval()
         found["torchscript (cpu)"] = lambda x: _torch_call(scripted, x, "cpu")
-    if "onnx" in formats:
+    if "pt2" in formats:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.load(str(bundle.file(FILES["pt2"]))).module()
+        found["pt2 (cpu)"] = lambda x: _torch_call(program, x, "cpu")
+    onnx_files = {"onnx": "onnxruntime", "onnx-fp16": "onnxruntime fp16", "onnx-int8": "onnxruntime int8"}
+    for fmt in (f for f in onnx_files if f in formats):
         import onnxruntime as ort
 
         for provider in ("cpu", "cuda"):
             if PROVIDERS[provider] not in ort.get_available_providers():
                 continue
-            session = onnx_session(bundle.file(FILES["onnx"]), provider, threads)
+            session = onnx_session(bundle.file(FILES[fmt]), provider, threads)
             if session.get_providers()[0] != PROVIDERS[provider]:
                 continue  # CUDA built in but not usable here: not measured, never a silent CPU run
-            found[f"onnxruntime ({provider})"] = lambda x, s=session: (lambda: s.run(None, {INPUT_NAME: x}))
+            found[f"{onnx_files[fmt]} ({provider})"] = lambda x, s=session: (lambda: s.run(None, {INPUT_NAME: x}))
     return found
 
 
@@ -110,7 +116,7 @@ def bench(
     shape = [inp["channels"], inp["height"], inp["width"]]
     runtimes = _runtimes(bundle, desc, threads)
     if not runtimes:
-        raise CnnpipeError(f"{bundle.ref}: holds no format to time (needs onnx, torchscript or safetensors)")
+        raise CnnpipeError(f"{bundle.ref}: holds no format to time (needs onnx, torchscript, pt2 or safetensors)")
     result = BenchResult(bundle=bundle.ref, threads=threads, input_shape=shape)
     rng = np.random.default_rng(0)
     for batch in batch_sizes:
