@@ -1,11 +1,11 @@
 """`cnnpipe bench` on this CPU for lenet5 (1x28x28) and resnet18 (3x32x32): PyTorch eager vs
-TorchScript vs pt2 vs onnxruntime (fp32, fp16, int8), p50/p99 latency at batch 1 and
-throughput at a large batch.
+TorchScript vs pt2 (and its AOTInductor package) vs onnxruntime (fp32, fp16, int8), p50/p99
+latency at batch 1 and throughput at a large batch.
 
 Each network is trained for one short epoch (the weights do not change the timing) on a
 small generated image folder of its input shape, exported, and benched through the real
 stages, all runtimes with the same thread count. Prints one table per network and the
-batch-1 p50 ratio of each onnxruntime file to PyTorch eager.
+batch-1 p50 ratio of each compiled runtime to PyTorch eager.
 Usage: python benchmarks/runtimes_cpu.py [--seconds 3] [--threads N] [--batch 256]
 """
 
@@ -51,7 +51,7 @@ def main() -> None:
             import_folder(root / f"images-{name}", f"data-{name}", root, size=size, channels=channels, plots=False)
             trained = train(TrainConfig(arch=name, dataset=f"data-{name}", epochs=1, batch_size=16,
                                         optimizer="adam", lr=1e-3, device="cpu"), root)
-            bundle = export(trained.ref, ["all"], root, fp16=True, int8=True)
+            bundle = export(trained.ref, ["all"], root, fp16=True, int8=True, aoti=True)
             result = bench(bundle.ref, root, (1, args.batch), args.seconds, args.threads)
             print(f"\n{name}: input {'x'.join(map(str, result.input_shape))}, {result.threads} threads, "
                   f"torch {torch.__version__}")
@@ -60,7 +60,7 @@ def main() -> None:
                 print(f"{r['runtime']:<26} {r['batch']:>5} {r['calls']:>6} {r['p50_ms']:>8.3f} "
                       f"{r['p99_ms']:>8.3f} {r['images_per_s']:>10,.0f}")
             p50 = {r["runtime"]: r["p50_ms"] for r in result.rows if r["batch"] == 1}
-            for runtime in ("onnxruntime (cpu)", "onnxruntime fp16 (cpu)", "onnxruntime int8 (cpu)"):
+            for runtime in ("aoti (cpu)", "onnxruntime (cpu)", "onnxruntime fp16 (cpu)", "onnxruntime int8 (cpu)"):
                 print(f"batch-1 p50: {runtime} is {p50['pytorch eager (cpu)'] / p50[runtime]:.2f}x "
                       f"faster than PyTorch eager")
 

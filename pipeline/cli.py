@@ -107,6 +107,7 @@ FormatOpt = Annotated[list[Format], typer.Option("--format", "-f", help="Export 
 OpsetOpt = Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")]
 Fp16Opt = Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (fp16 weights, float32 inputs and outputs).")]
 Int8Opt = Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (static quantization calibrated on training images).")]
+AotiOpt = Annotated[bool, typer.Option("--aoti", help="Also compile the pt2 program into model.aoti.pt2 (AOTInductor; needs a C++ compiler).")]
 LayoutOpt = Annotated[Layout, typer.Option(help="triton: also write a Triton model repository under triton/.")]
 CalibrationOpt = Annotated[int, typer.Option("--calibration-images", help="Training images that calibrate --int8.")]
 BatchSizesOpt = Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes to verify at.")]
@@ -391,6 +392,7 @@ def export(
     opset: OpsetOpt = None,
     fp16: Fp16Opt = False,
     int8: Int8Opt = False,
+    aoti: AotiOpt = False,
     layout: LayoutOpt = Layout.flat,
     calibration: CalibrationOpt = 256,
     as_json: JsonOpt = False,
@@ -400,7 +402,7 @@ def export(
     from cnnpipe.stages.export import export as run_export
 
     result = _call(
-        lambda: run_export(ref, [f.value for f in fmt], _root(ctx), opset, fp16, int8, layout.value, calibration)
+        lambda: run_export(ref, [f.value for f in fmt], _root(ctx), opset, fp16, int8, layout.value, calibration, aoti)
     )
     _emit(as_json, result, lambda r: render_export(out, r))
 
@@ -471,6 +473,7 @@ def run(
     opset: OpsetOpt = None,
     fp16: Fp16Opt = False,
     int8: Int8Opt = False,
+    aoti: AotiOpt = False,
     layout: LayoutOpt = Layout.flat,
     samples: SamplesOpt = 512,
     full: FullOpt = False,
@@ -521,7 +524,7 @@ def run(
         if as_json:
             print(json.dumps({k: _plain(v) for k, v in summary.items()}, indent=2, default=str))
         _gate_exit(summary["evaluate"])
-    summary["export"] = _call(lambda: run_export(ref, [f.value for f in fmt], root, opset, fp16, int8, layout.value))
+    summary["export"] = _call(lambda: run_export(ref, [f.value for f in fmt], root, opset, fp16, int8, layout.value, aoti=aoti))
     if not as_json:
         report.render_export(out, summary["export"])
     bundle = summary["export"].ref

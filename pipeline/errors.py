@@ -11,3 +11,9 @@ class CnnpipeError(Exception):
     """A problem the user can fix: bad usage, bad input, a corrupt artifact (exit 2)."""
 
     exit_code = EXIT_USAGE
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception from a library (at most 200 characters), or its type's name."""
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from cnnpipe.data.imagefolder import decode_all
-from cnnpipe.errors import CnnpipeError
+from cnnpipe.errors import CnnpipeError, first_line
 from cnnpipe.onnx_session import PROVIDERS, onnx_session
 from cnnpipe.store import Workspace
 
@@ -69,7 +69,7 @@ def predict(
     try:
         session = onnx_session(path, provider)
     except Exception as e:  # onnxruntime raises its own exception types for files it cannot load
-        raise CnnpipeError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        raise CnnpipeError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
     if session.get_providers()[0] != PROVIDERS[provider]:
         raise CnnpipeError(f"{PROVIDERS[provider]} was asked for but onnxruntime runs on {session.get_providers()[0]}")
     meta = session.get_modelmeta().custom_metadata_map

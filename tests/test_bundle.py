@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -197,3 +198,42 @@ def test_bench_times_every_runtime_at_each_batch_size(pipeline_root: Path):
     assert {r for r, _ in rows} >= runtimes and {b for _, b in rows} == {1, 8}
     for r in rows.values():
         assert r["calls"] >= 20 and 0 < r["p50_ms"] <= r["p99_ms"] and r["images_per_s"] > 0
+
+
+needs_cxx = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler for AOTInductor")
+
+
+@needs_cxx
+def test_an_aoti_package_is_compiled_verified_timed_and_refused_on_a_cpu_without_its_instructions(root_copy: Path):
+    assert_clean_error(cnnpipe(root_copy, "export", "lenet5", "--format", "onnx", "--aoti"), 2, "add --format pt2")
+    exported = cnnpipe_json(root_copy, "export", "lenet5", "--format", "pt2", "--aoti")
+    assert exported["formats"] == ["pt2", "pt2-aoti"]
+    bundle = Path(exported["path"])
+    compiled_for = json.loads((bundle / "model.json").read_text())["variants"]["pt2-aoti"]["compiled_for"]
+    assert compiled_for["platform"] == f"{sys.platform}-{os.uname().machine}" and compiled_for["device"] == "cpu"
+
+    verdict = cnnpipe_json(root_copy, "verify", exported["ref"], "--samples", "64")
+    (aoti,) = [f for f in verdict["formats"] if f["format"] == "pt2-aoti"]
+    assert verdict["passed"] and aoti["runtime"] == "AOTInductor" and aoti["top1_agreement"] == 1.0
+    timed = cnnpipe_json(root_copy, "bench", exported["ref"], "--seconds", "0.05", "--batch-sizes", "2", "--threads", "1")
+    assert "aoti (cpu)" in {r["runtime"] for r in timed["rows"]}
+
+    desc = json.loads((bundle / "model.json").read_text())
+    desc["variants"]["pt2-aoti"]["compiled_for"]["cpu_isa"] = "avx10_2 amx_fp8"  # as if built on a newer CPU
+    (bundle / "model.json").write_text(json.dumps(desc))
+    resign(bundle, "model.json")
+    proc = cnnpipe(root_copy, "verify", exported["ref"], "--samples", "64", "--json")
+    assert proc.returncode == 1, proc.stderr
+    by_format = {f["format"]: f for f in json.loads(proc.stdout)["formats"]}
+    assert by_format["pt2"]["passed"] and not by_format["pt2-aoti"]["passed"]
+    assert "compiled for CPU instructions 'avx10_2 amx_fp8', which this machine lacks" in by_format["pt2-aoti"]["reasons"][0]
+
+
+def test_aoti_without_a_compiler_is_one_line_and_writes_no_bundle(root_copy: Path, tmp_path: Path):
+    env = cli_env() | {"CXX": str(tmp_path / "no-such-compiler"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnpipe", "--root", str(root_copy), "export", "lenet5", "--format", "pt2", "--aoti"],
+        cwd=root_copy, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert_clean_error(proc, 2, "AOTInductor compile failed (it needs a C++ compiler such as g++)")
+    assert sorted(p.name for p in (root_copy / "exports/lenet5").iterdir() if not p.name.startswith(".")) == ["latest", "v1"]

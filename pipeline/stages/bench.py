@@ -1,4 +1,5 @@
-"""Latency and throughput of a bundle in each runtime: PyTorch eager, TorchScript, pt2, onnxruntime and its variants."""
+"""Latency and throughput of a bundle in each runtime: PyTorch eager, TorchScript, pt2 (and AOTInductor),
+onnxruntime and its variants."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnpipe.aoti import load_package
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.modelfile import MODEL_JSON, build_from, load_weights
 from cnnpipe.onnx_session import PROVIDERS, onnx_session
@@ -81,6 +83,9 @@ def _runtimes(bundle: Any, desc: dict[str, Any], threads: int) -> dict[str, Call
             warnings.simplefilter("ignore")
             program = torch.export.load(str(bundle.file(FILES["pt2"]))).module()
         found["pt2 (cpu)"] = lambda x: _torch_call(program, x, "cpu")
+    if "pt2-aoti" in formats:
+        package, _ = load_package(bundle.file(FILES["pt2-aoti"]), desc["variants"]["pt2-aoti"]["compiled_for"])
+        found["aoti (cpu)"] = lambda x: _torch_call(package, x, "cpu")
     onnx_files = {"onnx": "onnxruntime", "onnx-fp16": "onnxruntime fp16", "onnx-int8": "onnxruntime int8"}
     for fmt in (f for f in onnx_files if f in formats):
         import onnxruntime as ort

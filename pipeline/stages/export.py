@@ -1,4 +1,5 @@
-"""Stage 4: export a model version to ONNX (and fp16/int8 variants), TorchScript, safetensors and pt2."""
+"""Stage 4: export a model version to ONNX (and fp16/int8 variants), TorchScript, safetensors and pt2
+(and its AOTInductor-compiled package)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 import cnnpipe
+from cnnpipe.aoti import compile_package
 from cnnpipe.card import model_card
 from cnnpipe.data.loading import load_dataset, normalize
-from cnnpipe.errors import CnnpipeError
+from cnnpipe.errors import CnnpipeError, first_line
 from cnnpipe.modelfile import MODEL_JSON, WEIGHTS, load_model
 from cnnpipe.onnx_variants import set_metadata, to_fp16, to_int8, triton_config, triton_repository
 from cnnpipe.provenance import lineage
@@ -32,6 +34,7 @@ FORMATS = ("onnx", "torchscript", "safetensors", "pt2")
 FILES = {
     "onnx": "model.onnx", "onnx-fp16": "model.fp16.onnx", "onnx-int8": "model.int8.onnx",
     "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors", "pt2": "model.pt2",
+    "pt2-aoti": "model.aoti.pt2",
 }
 LAYOUTS = ("flat", "triton")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -125,8 +128,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[
                 dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False, **kwargs,
             )
     except Exception as e:  # the exporter raises many types; all mean "no ONNX file"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CnnpipeError(f"ONNX export failed{f' at opset {opset}' if opset else ''}: {first}") from None
+        raise CnnpipeError(f"ONNX export failed{f' at opset {opset}' if opset else ''}: {first_line(e)}") from None
     used = check_onnx_graph(path)
     if opset is not None and used != opset:
         raise CnnpipeError(f"ONNX export failed at opset {opset}: the exporter could only produce opset {used}")
@@ -137,16 +139,17 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[
     return used
 
 
-def export_pt2(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]) -> None:
-    """A ``torch.export`` program with a dynamic batch axis; the metadata rides along as ``cnnpipe.json``."""
+def export_pt2(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, str]) -> Any:
+    """A ``torch.export`` program with a dynamic batch axis, saved with the metadata as ``cnnpipe.json``;
+    returns the program."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
             torch.export.save(program, str(path), extra_files={"cnnpipe.json": json.dumps(meta)})
     except Exception as e:  # torch.export raises many types; all mean "no pt2 file"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CnnpipeError(f"pt2 export (torch.export) failed: {first}") from None
+        raise CnnpipeError(f"pt2 export (torch.export) failed: {first_line(e)}") from None
+    return program
 
 
 def calibration_images(ws: Workspace, desc: dict[str, Any], count: int) -> np.ndarray:
@@ -187,12 +190,14 @@ def export(
     int8: bool = False,
     layout: str = "flat",
     calibration: int = 256,
+    aoti: bool = False,
 ) -> ExportResult:
     """Export the evaluated weights of ``model_ref`` in eval mode to each of ``formats``.
 
     ``fp16`` and ``int8`` add ONNX variants (int8: static quantization calibrated on the
-    first ``calibration`` training images); ``layout="triton"`` adds a Triton model
-    repository holding the ONNX file.
+    first ``calibration`` training images); ``aoti`` compiles the pt2 program into an
+    AOTInductor package; ``layout="triton"`` adds a Triton model repository holding the
+    ONNX file.
     """
     asked = set(FORMATS) if not formats or "all" in formats else set(formats)
     unknown = sorted(asked - set(FORMATS))
@@ -202,6 +207,8 @@ def export(
         raise CnnpipeError(f"unknown layout {layout!r}; use {' or '.join(LAYOUTS)}")
     if (fp16 or int8 or layout == "triton") and "onnx" not in asked:
         raise CnnpipeError("--fp16, --int8 and --layout triton derive from the ONNX file: add --format onnx")
+    if aoti and "pt2" not in asked:
+        raise CnnpipeError("--aoti compiles the pt2 program: add --format pt2")
     if calibration < 1:
         raise CnnpipeError(f"--calibration-images must be at least 1, not {calibration}")
     ordered = [f for f in FORMATS if f in asked]  # ONNX first: its opset goes into every format's metadata
@@ -214,7 +221,7 @@ def export(
     meta = metadata(desc, version.ref, weights_sha256)
     inp = desc["input"]
     example = torch.randn(2, inp["channels"], inp["height"], inp["width"], generator=torch.Generator().manual_seed(0))
-    used_opset, written, triton = None, [], []
+    used_opset, written, triton, program = None, [], [], None
     with ws.exports.draft(version.name) as draft:
         for fmt in ordered:
             path = draft.path / FILES[fmt]
@@ -223,7 +230,7 @@ def export(
             elif fmt == "torchscript":
                 export_torchscript(model, example, path, meta)
             elif fmt == "pt2":
-                export_pt2(model, example, path, meta)
+                program = export_pt2(model, example, path, meta)
             else:
                 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path, metadata=meta)
             written.append(fmt)
@@ -239,6 +246,8 @@ def export(
             to_int8(onnx_file, draft.path / FILES["onnx-int8"], meta | variants["onnx-int8"], INPUT_NAME, images)
         for variant in variants:
             check_onnx_graph(draft.path / FILES[variant])
+        if aoti:
+            variants["pt2-aoti"] = {"compiled_for": compile_package(program, draft.path / FILES["pt2-aoti"], meta)}
         written += list(variants)
         if layout == "triton":
             config = triton_config(
@@ -256,7 +265,7 @@ def export(
             roles={FILES[f]: f for f in written} | {MODEL_JSON: "description"} | card_roles
             | {rel: "triton" for rel in triton},
             lineage=lineage([version], {"formats": ordered, "opset": opset, "fp16": fp16, "int8": int8,
-                                        "layout": layout, "calibration": calibration if int8 else None}),
+                                        "aoti": aoti, "layout": layout, "calibration": calibration if int8 else None}),
             results={"formats": written, "onnx_opset": used_opset, "weights_sha256": weights_sha256,
                      "triton": triton},
         )

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnpipe.aoti import load_package
 from cnnpipe.data.loading import load_dataset, normalize
-from cnnpipe.errors import CnnpipeError
+from cnnpipe.errors import CnnpipeError, first_line
 from cnnpipe.modelfile import MODEL_JSON, build_from, load_model, load_weights
 from cnnpipe.onnx_session import PROVIDERS, onnx_session
 from cnnpipe.stages.export import FILES, INPUT_NAME, check_onnx_graph
@@ -51,6 +52,7 @@ TOLERANCES = {
     "torchscript": Tolerance(1e-5, 1e-5, 1.0, None),
     "safetensors": Tolerance(1e-5, 1e-5, 1.0, None),
     "pt2": Tolerance(1e-5, 1e-5, 1.0, None),
+    "pt2-aoti": Tolerance(1e-4, 1e-4, 1.0, None),
     "onnx-fp16": Tolerance(5e-2, 2e-2, 0.99, 1.0),
     "onnx-int8": Tolerance(None, 0.0, 0.95, 2.0),
 }
@@ -122,7 +124,7 @@ def _onnx_runner(path: Path, provider: str, meta: dict[str, str]) -> tuple[Runne
     try:
         session = onnx_session(path, provider)
     except Exception as e:  # onnxruntime raises its own exception types for files it cannot load
-        raise CnnpipeError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from None
+        raise CnnpipeError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
     used = session.get_providers()
     problems = []
     if used[0] != PROVIDERS[provider]:
@@ -156,6 +158,15 @@ def _pt2_runner(path: Path, meta: dict[str, str]) -> tuple[Runner, list[str]]:
         module = torch.export.load(str(path), extra_files=extra).module()
     problems = [] if json.loads(extra["cnnpipe.json"] or "{}") == meta else ["pt2 extra file differs from model.json"]
     return _torch_runner(module), problems
+
+
+def _aoti_runner(path: Path, compiled_for: dict[str, str], meta: dict[str, str]) -> tuple[Runner, list[str]]:
+    package, built = load_package(path, compiled_for)
+    problems = [] if json.loads(built.get("cnnpipe.json") or "{}") == meta else ["AOTInductor metadata differs from model.json"]
+    if built.get("AOTI_CPU_ISA", "").lower() != compiled_for.get("cpu_isa", ""):
+        problems.append(f"{path.name} holds code for '{built.get('AOTI_CPU_ISA', '')}', model.json says "
+                        f"'{compiled_for.get('cpu_isa', '')}'")
+    return _torch_runner(package), problems
 
 
 def _safetensors_runner(path: Path, desc: dict[str, Any], meta: dict[str, str]) -> tuple[Runner, list[str]]:
@@ -339,6 +350,13 @@ def verify(
             elif fmt == "pt2":
                 runner, problems = _pt2_runner(path, meta)
                 runtime = "torch.export"
+            elif fmt == "pt2-aoti":
+                runtime = "AOTInductor"
+                try:
+                    runner, problems = _aoti_runner(path, desc["variants"][fmt]["compiled_for"], meta)
+                except CnnpipeError as e:  # not run at all: the format fails with the reason
+                    result.formats.append(FormatReport(fmt, runtime, False, [str(e)], asdict(tolerance(fmt, **overrides))))
+                    continue
             else:
                 runner, problems = _safetensors_runner(path, desc, meta)
                 runtime = "torch (fresh model)"
