@@ -40,7 +40,8 @@ def compile_package(program: Any, path: Path, meta: dict[str, str]) -> dict[str,
 
             inductor.aoti_compile_and_package(
                 program, package_path=str(path),
-                inductor_configs={"aot_inductor.metadata": {"cnnpipe.json": json.dumps(meta)}},
+                # freezing folds the weights in as constants, so convolutions run on prepacked weights
+                inductor_configs={"freezing": True, "aot_inductor.metadata": {"cnnpipe.json": json.dumps(meta)}},
             )
             built = inductor.aoti_load_package(str(path)).get_metadata()
     except Exception as e:  # compiler missing or failing, unsupported op: all mean "no package"
