@@ -1,13 +1,16 @@
 """AOTInductor packages: a ``torch.export`` program compiled to native code, and loading one safely.
 
-The package holds a shared library built for this machine's platform, device and CPU
-instructions; loading it elsewhere is refused with the reason, never tried.
+The package holds a shared library built for this machine's platform and CPU
+instructions; loading it on another platform, or on a CPU without those instructions, is
+refused with the reason, never tried.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import platform
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,6 +64,9 @@ def load_package(path: Path, compiled_for: dict[str, str]) -> tuple[Any, dict[st
         from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
         here = {str(v) for v in valid_vec_isa_list()}
+    built_on, this = compiled_for.get("platform", ""), f"{sys.platform}-{platform.machine()}"
+    if built_on != this:
+        raise CnnpipeError(f"{path.name} was compiled for {built_on}, and this machine is {this}")
     isa = compiled_for.get("cpu_isa", "")
     if isa and isa not in here:
         raise CnnpipeError(f"{path.name} was compiled for CPU instructions '{isa}', which this machine lacks; "
