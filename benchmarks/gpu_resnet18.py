@@ -9,7 +9,9 @@ run, wall time including compilation, then the test accuracy from ``cnnpipe eval
     tar xzf cifar10-jpeg.tar.gz -C /tmp
     python benchmarks/gpu_resnet18.py --data /tmp/cifar10-jpeg --epochs 30
 
-``--limit N`` uses N training images per class (a smoke run, e.g. on a CPU).
+``--limit N`` uses N training images per class (a smoke run, e.g. on a CPU). ``--profile``
+adds a 2-epoch run under torch.profiler and prints where the device time goes and how many
+host-device synchronisations there were (``TORCH_LOGS=recompiles`` shows any recompile).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -61,6 +64,20 @@ def seeds_images_per_s(data: Path, batch: int, steps: int, device: torch.device,
     return seen / (time.perf_counter() - start) if start else float("nan")
 
 
+def profile_training(config: TrainConfig, root: Path) -> None:
+    """Two epochs of ``config`` under torch.profiler: the top device kernels and the host syncs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        train(replace(config, epochs=2, name="profiled"), root)
+    averages = prof.key_averages()
+    sort = "device_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    print(averages.table(sort_by=sort, row_limit=20))
+    syncs = {e.key: e.count for e in averages if "Synchronize" in e.key or "cudaMemcpy" in e.key}
+    print("host-device synchronisations and copies (2 epochs, compilation included):", syncs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, required=True, help="the extracted cifar10-jpeg folder")
@@ -70,6 +87,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="timed steps of the seeds' loop")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--profile", action="store_true", help="also profile two epochs")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = Path(tempfile.mkdtemp(prefix="cnnpipe-bench-"))
@@ -86,11 +104,14 @@ def main() -> None:
     import_s = time.perf_counter() - t0
 
     seeds = seeds_images_per_s(args.data, args.batch_size, args.steps, device, args.workers, args.limit)
-    t0 = time.perf_counter()
-    result = train(TrainConfig(
+    config = TrainConfig(
         arch="resnet18", dataset="cifar10-jpeg", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         optimizer="sgd", nesterov=True, schedule="onecycle", label_smoothing=0.1,
-    ), root)
+    )
+    if args.profile:
+        profile_training(config, root)
+    t0 = time.perf_counter()
+    result = train(config, root)
     wall = time.perf_counter() - t0
     test = evaluate(result.ref, root=root)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"

@@ -122,7 +122,9 @@ RtolOpt = Annotated[
 AgreementOpt = Annotated[
     float | None, typer.Option("--min-agreement", help="Minimum top-1 agreement with PyTorch (0-1) for every format.")
 ]
-ProvidersOpt = Annotated[str, typer.Option(help="onnxruntime providers to verify: cpu, cuda or cpu,cuda.")]
+ProvidersOpt = Annotated[str, typer.Option(
+    help="devices to verify on: cpu, cuda or cpu,cuda (onnxruntime's provider, and the network rebuilt from safetensors)."
+)]
 MinAccuracyOpt = Annotated[
     float | None, typer.Option("--min-accuracy", help="Gate: exit 1 when test accuracy is below this fraction.")
 ]

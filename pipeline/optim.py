@@ -25,7 +25,10 @@ def make_optimizer(
     if name == "sgd":
         if nesterov and momentum <= 0:
             raise CnnpipeError("--nesterov needs a positive --momentum")
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+        fused = next(model.parameters()).is_cuda  # one multi-tensor kernel per step on CUDA
+        return torch.optim.SGD(
+            params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, fused=fused or None
+        )
     raise CnnpipeError(f"unknown optimizer {name!r}; use {', '.join(OPTIMIZERS)}")
 
 

@@ -189,6 +189,9 @@ def test_asking_verify_for_cuda_without_it_fails_with_the_reason(pipeline_root: 
     (onnx_report,) = [f for f in json.loads(proc.stdout)["formats"] if f["format"] == "onnx"]
     assert onnx_report["providers"][0] == "CPUExecutionProvider"
     assert "CUDAExecutionProvider was asked for but the session runs on CPUExecutionProvider" in onnx_report["reasons"]
+    (fresh,) = [f for f in json.loads(proc.stdout)["formats"] if f["format"] == "safetensors"]
+    assert fresh["runtime"] == "torch (fresh model)[cuda]" and not fresh["passed"]
+    assert fresh["reasons"] == ["CUDA was asked for, but PyTorch sees no CUDA device here"]
 
 
 def test_bench_times_every_runtime_at_each_batch_size(pipeline_root: Path):

@@ -293,6 +293,8 @@ def _train(config: TrainConfig, root: Path, progress: Progress | None, resume: s
         schedule.load_state_dict(state["schedule"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:  # dropout on CUDA draws from the device's generator
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
         history, best, timings, stale = state["history"], state["best"], state["timings"], state["stale"]
         start_epoch = state["epoch"] + 1
     elif rank == 0:
@@ -348,6 +350,7 @@ def _train(config: TrainConfig, root: Path, progress: Progress | None, resume: s
                 "epoch": epoch, "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
                 "history": history, "best": best, "timings": timings, "stale": stale,
             })
         if cfg.patience is not None and stale >= cfg.patience:

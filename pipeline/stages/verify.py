@@ -51,6 +51,7 @@ TOLERANCES = {
     "onnx@cuda": Tolerance(1e-3, 1e-3, 1.0, None),
     "torchscript": Tolerance(1e-5, 1e-5, 1.0, None),
     "safetensors": Tolerance(1e-5, 1e-5, 1.0, None),
+    "safetensors@cuda": Tolerance(1e-3, 1e-3, 1.0, None),  # cuDNN convolutions use TF32 by default
     "pt2": Tolerance(1e-5, 1e-5, 1.0, None),
     "pt2-aoti": Tolerance(1e-4, 1e-4, 1.0, None),
     "onnx-fp16": Tolerance(5e-2, 2e-2, 0.99, 1.0),
@@ -134,10 +135,10 @@ def _onnx_runner(path: Path, provider: str, meta: dict[str, str]) -> tuple[Runne
     return (lambda x: session.run(None, {INPUT_NAME: x})[0]), used, problems
 
 
-def _torch_runner(module: Any) -> Runner:
+def _torch_runner(module: Any, device: str = "cpu") -> Runner:
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return module(torch.from_numpy(x)).numpy()
+            return module(torch.from_numpy(x).to(device)).cpu().numpy()
 
     return run
 
@@ -169,15 +170,18 @@ def _aoti_runner(path: Path, compiled_for: dict[str, str], meta: dict[str, str])
     return _torch_runner(package), problems
 
 
-def _safetensors_runner(path: Path, desc: dict[str, Any], meta: dict[str, str]) -> tuple[Runner, list[str]]:
+def _safetensors_runner(path: Path, desc: dict[str, Any], meta: dict[str, str], device: str) -> tuple[Runner, list[str]]:
+    """A fresh network on ``device`` (cpu or cuda) with the bundle's safetensors weights."""
     from safetensors import safe_open
 
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CnnpipeError("CUDA was asked for, but PyTorch sees no CUDA device here")
     model = build_from(desc)
     load_weights(model, path)
-    model.eval()
+    model.eval().to(device)
     with safe_open(str(path), framework="pt") as f:
         problems = [] if f.metadata() == meta else ["safetensors __metadata__ differs from model.json"]
-    return _torch_runner(model), problems
+    return _torch_runner(model, device), problems
 
 
 class Images:
@@ -358,8 +362,15 @@ def verify(
                     result.formats.append(FormatReport(fmt, runtime, False, [str(e)], asdict(tolerance(fmt, **overrides))))
                     continue
             else:
-                runner, problems = _safetensors_runner(path, desc, meta)
-                runtime = "torch (fresh model)"
+                for device in providers:  # the network rebuilt from the weights, on each device asked for
+                    tol, runtime = tolerance(fmt, device, **overrides), f"torch (fresh model)[{device}]"
+                    try:
+                        runner, problems = _safetensors_runner(path, desc, meta, device)
+                    except CnnpipeError as e:
+                        result.formats.append(FormatReport(fmt, runtime, False, [str(e)], asdict(tol)))
+                        continue
+                    result.formats.append(check_format(fmt, runtime, runner, **judge, tol=tol, problems=problems))
+                continue
             result.formats.append(
                 check_format(fmt, runtime, runner, **judge, tol=tolerance(fmt, **overrides), problems=problems)
             )

@@ -1,0 +1,101 @@
+"""The CUDA path on a real GPU: compiled bf16 training, resume, verify and bench on CUDA.
+
+Every test here skips on a machine without CUDA (CI has none); they ran on a lent GPU
+machine, and benchmarks/RESULTS.md records where and when.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import cli_env, cnnpipe, cnnpipe_json
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _ort_cuda() -> bool:
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.fixture(scope="module")
+def cuda_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cuda")
+    assert cnnpipe(root, "download", "--no-plots").returncode == 0
+    return root
+
+
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_bf16_training_on_cuda(cuda_root: Path, mode: str):
+    name = f"compiled-{mode}"
+    result = cnnpipe_json(
+        cuda_root, "train", "--device", "cuda", "--compile", "on", "--compile-mode", mode, "--precision", "bf16",
+        "--epochs", "3", "--name", name,
+    )
+    assert (result["device"], result["compiled"], result["precision"]) == ("cuda", True, "bf16")
+    assert result["compile_s"] > 0 and result["images_per_s"] > 0
+    assert result["val_accuracy"] > 0.85, result["history"]
+    evaluated = cnnpipe_json(cuda_root, "evaluate", name, "--device", "cuda")
+    assert evaluated["accuracy"] > 0.85
+
+
+_INTERRUPT = """
+import sys
+from pathlib import Path
+from cnnpipe.stages.train import TrainConfig, train
+
+class StopAtEpoch2:
+    def start_epoch(self, epoch, epochs, steps):
+        if epoch == 2:
+            raise KeyboardInterrupt
+    def advance(self, *args): pass
+    def end_epoch(self, record): pass
+
+try:
+    train(TrainConfig(arch="dropout-cnn", epochs=3, batch_size=128, deterministic=True, compile="off",
+                      device="cuda", name=sys.argv[2]), Path(sys.argv[1]), progress=StopAtEpoch2())
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_a_run_interrupted_on_cuda_resumes_to_the_same_weights(cuda_root: Path):
+    args = ["train", "--model", "dropout-cnn", "--epochs", "3", "--batch-size", "128", "--deterministic",
+            "--compile", "off", "--device", "cuda"]
+    assert cnnpipe(cuda_root, *args, "--name", "whole").returncode == 0
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPT, str(cuda_root), "cut"], env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130, proc.stderr
+    assert list((cuda_root / "models/cut/.runs").glob("*/checkpoint.pt"))
+
+    resumed = cnnpipe_json(cuda_root, "train", "--resume", "cut")
+    assert resumed["device"] == "cuda" and [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    whole = (cuda_root / "models/whole/v1/weights.safetensors").read_bytes()
+    assert (cuda_root / "models/cut/v1/weights.safetensors").read_bytes() == whole  # dropout's CUDA RNG resumed
+
+
+def test_verify_and_bench_on_cuda(pipeline_root: Path):
+    providers = "cpu,cuda"
+    report = cnnpipe_json(pipeline_root, "verify", "lenet5", "--providers", providers, "--samples", "256")
+    assert report["passed"], report
+    rows = {(r["format"], r["runtime"]): r for r in report["formats"]}
+    fresh = rows[("safetensors", "torch (fresh model)[cuda]")]
+    assert fresh["passed"] and fresh["top1_agreement"] == 1.0 and fresh["max_abs_diff"] < 1e-3
+    if _ort_cuda():
+        onnx = rows[("onnx", "onnxruntime[cuda]")]
+        assert onnx["providers"][0] == "CUDAExecutionProvider" and onnx["passed"]
+
+    bench = cnnpipe_json(pipeline_root, "bench", "lenet5", "--seconds", "0.2", "--batch-sizes", "1,256")
+    runtimes = {r["runtime"] for r in bench["rows"]}
+    assert "pytorch eager (cuda)" in runtimes
+    if _ort_cuda():
+        assert "onnxruntime (cuda)" in runtimes
+    assert all(r["images_per_s"] > 0 for r in bench["rows"])
+    print(json.dumps(bench["rows"]))
