@@ -82,20 +82,21 @@ def test_a_run_interrupted_on_cuda_resumes_to_the_same_weights(cuda_root: Path):
 
 
 def test_verify_and_bench_on_cuda(pipeline_root: Path):
-    providers = "cpu,cuda"
-    report = cnnpipe_json(pipeline_root, "verify", "lenet5", "--providers", providers, "--samples", "256")
-    assert report["passed"], report
+    proc = cnnpipe(pipeline_root, "verify", "lenet5", "--providers", "cpu,cuda", "--samples", "256", "--json")
+    report = json.loads(proc.stdout)
     rows = {(r["format"], r["runtime"]): r for r in report["formats"]}
     fresh = rows[("safetensors", "torch (fresh model)[cuda]")]
     assert fresh["passed"] and fresh["top1_agreement"] == 1.0 and fresh["max_abs_diff"] < 1e-3
-    if _ort_cuda():
-        onnx = rows[("onnx", "onnxruntime[cuda]")]
+    onnx = rows[("onnx", "onnxruntime[cuda]")]
+    if _ort_cuda():  # onnxruntime-gpu with its CUDA libraries: every row passes on the provider asked for
+        assert proc.returncode == 0 and report["passed"], proc.stderr
         assert onnx["providers"][0] == "CUDAExecutionProvider" and onnx["passed"]
+    else:  # the CPU build: the CUDA rows fail with the reason, never a silent CPU run
+        assert proc.returncode == 1 and not onnx["passed"]
+        assert all(r["passed"] for (_, runtime), r in rows.items() if not runtime.startswith("onnxruntime[cuda"))
 
     bench = cnnpipe_json(pipeline_root, "bench", "lenet5", "--seconds", "0.2", "--batch-sizes", "1,256")
     runtimes = {r["runtime"] for r in bench["rows"]}
     assert "pytorch eager (cuda)" in runtimes
-    if _ort_cuda():
-        assert "onnxruntime (cuda)" in runtimes
+    assert ("onnxruntime (cuda)" in runtimes) == _ort_cuda()
     assert all(r["images_per_s"] > 0 for r in bench["rows"])
-    print(json.dumps(bench["rows"]))

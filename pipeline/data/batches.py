@@ -26,6 +26,13 @@ def batch_order(n: int, batch_size: int, drop_last: bool, generator: torch.Gener
     return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on ``device`` without a host sync: CUDA copies go from pinned memory, asynchronously."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def augment(images: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding and random horizontal flip of uint8 N×C×H×W, batched."""
     n, c, h, w = images.shape
@@ -33,15 +40,15 @@ def augment(images: torch.Tensor, crop_padding: int, flip: bool, generator: torc
     if crop_padding > 0:
         p = crop_padding
         padded = F.pad(images, (p, p, p, p))
-        dy = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(device)
-        dx = torch.randint(0, 2 * p + 1, (n,), generator=generator).to(device)
+        dy = to_device(torch.randint(0, 2 * p + 1, (n,), generator=generator), device)
+        dx = to_device(torch.randint(0, 2 * p + 1, (n,), generator=generator), device)
         rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :]
         batch = torch.arange(n, device=device)[:, None, None, None]
         chans = torch.arange(c, device=device)[None, :, None, None]
         images = padded[batch, chans, rows, cols]
     if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(device)[:, None, None, None]
+        mask = to_device(torch.rand(n, generator=generator) < 0.5, device)[:, None, None, None]
         images = torch.where(mask, images.flip(3), images)
     return images
 
@@ -58,7 +65,7 @@ class DeviceBatches:
 
     def batches(self, order: list[torch.Tensor]) -> Iterator[Batch]:
         for idx in order:
-            idx = idx.to(self.images.device)
+            idx = to_device(idx, self.images.device)
             yield self.images[idx], self.labels[idx]
 
 
