@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--profile", action="store_true", help="also profile two epochs")
+    parser.add_argument("--compile-mode", default="reduce-overhead", choices=["default", "reduce-overhead", "max-autotune"])
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = Path(tempfile.mkdtemp(prefix="cnnpipe-bench-"))
@@ -107,7 +108,7 @@ def main() -> None:
     seeds = seeds_images_per_s(args.data, args.batch_size, args.steps, device, args.workers, args.limit)
     config = TrainConfig(
         arch="resnet18", dataset="cifar10-jpeg", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        optimizer="sgd", nesterov=True, schedule="onecycle", label_smoothing=0.1,
+        optimizer="sgd", nesterov=True, schedule="onecycle", label_smoothing=0.1, compile_mode=args.compile_mode,
     )
     t0 = time.perf_counter()
     result = train(config, root)
@@ -117,7 +118,8 @@ def main() -> None:
     print(f"ResNet18, CIFAR-10 JPEG folder, batch {args.batch_size}, device {name}, torch {torch.__version__}")
     print(f"{'loop':<62} {'img/s':>10} {'ratio':>6}")
     print(f"{'seeds (DataLoader, per-sample transforms, eager fp32)':<62} {seeds:>10,.0f} {1.0:>6.2f}")
-    label = f"cnnpipe ({'compiled' if result.compiled else 'eager'} {result.precision} channels_last)"
+    compiled = f"compiled {args.compile_mode}" if result.compiled else "eager"
+    label = f"cnnpipe ({compiled} {result.precision} channels_last)"
     print(f"{label:<62} {result.images_per_s:>10,.0f} {result.images_per_s / seeds:>6.2f}")
     print(f"import {import_s:.1f} s; train {args.epochs} epochs: wall {wall:.1f} s "
           f"(compile {result.compile_s:.1f} s, training {result.train_s:.1f} s); test accuracy {test.accuracy:.4f}")

@@ -6,6 +6,9 @@ from pathlib import Path
 from typing import Any
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# onnxruntime's CUDA provider runs float32 convolutions and matrix products in TF32 by default
+# (logits off by ~1e-2 on an H100); cnnpipe's sessions keep float32 so that what verify proved is what runs.
+PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"cpu": {}, "cuda": {"use_tf32": "0"}}
 
 
 def onnx_session(path: Path, provider: str, threads: int = 0) -> Any:
@@ -19,4 +22,16 @@ def onnx_session(path: Path, provider: str, threads: int = 0) -> Any:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=[PROVIDERS[provider]])
+    if provider == "cuda":
+        _preload_cuda_libraries(ort)
+    return ort.InferenceSession(str(path), options, providers=[(PROVIDERS[provider], PROVIDER_OPTIONS[provider])])
+
+
+def _preload_cuda_libraries(ort: Any) -> None:
+    """Load the CUDA and cuDNN libraries of pip's nvidia-* packages, so CUDA works without torch imported."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu 1.21 and later
+    if preload is not None:
+        try:
+            preload(cuda=True, cudnn=True, msvc=False)
+        except Exception:  # noqa: BLE001 - libraries found another way still work; a missing one is reported by the caller
+            pass

@@ -280,6 +280,8 @@ def _train(config: TrainConfig, root: Path, progress: Progress | None, resume: s
     generator = torch.Generator().manual_seed(cfg.seed)
     augmentation = info["augment"] if cfg.augment else {"crop_padding": 0, "flip": False}
     x_val, y_val = dataset.split("val")
+    if isinstance(train_source, DeviceBatches):  # the validation split fits beside it: no copies per epoch
+        x_val = x_val.to(device)
     mean, std = info["mean"], info["std"]
     val_batch = eval_batch_size(len(y_val), cfg.eval_batch_size)
 
