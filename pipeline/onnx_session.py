@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,8 @@ def _preload_cuda_libraries(ort: Any) -> None:
     """Load the CUDA and cuDNN libraries of pip's nvidia-* packages, so CUDA works without torch imported."""
     preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu 1.21 and later
     if preload is not None:
-        try:
-            preload(cuda=True, cudnn=True, msvc=False)
+        try:  # it prints what it could not find; stdout may be carrying --json
+            with contextlib.redirect_stdout(io.StringIO()):
+                preload(cuda=True, cudnn=True, msvc=False)
         except Exception:  # noqa: BLE001 - libraries found another way still work; a missing one is reported by the caller
             pass
