@@ -55,7 +55,7 @@ def test_device_and_stream_loaders_give_the_same_batches_in_the_same_order(tmp_p
 def test_training_through_either_loader_gives_identical_weights(tmp_path: Path):
     download("mnist-sample", tmp_path, plots=False)
     for loader in ("device", "stream"):
-        result = train(TrainConfig(epochs=1, loader=loader, name=loader, batch_size=128), tmp_path)
+        result = train(TrainConfig(epochs=1, loader=loader, name=loader, batch_size=128, device="cpu"), tmp_path)
         assert result.history[0]["train_accuracy"] > 0.5
     weights = [
         (tmp_path / f"models/{loader}/v1/weights.safetensors").read_bytes() for loader in ("device", "stream")

@@ -59,7 +59,7 @@ def test_early_stopping_stops_when_validation_stops_improving(sample_root: Path)
 def test_options_are_resolved_and_recorded(sample_root: Path):
     result = train(
         TrainConfig(arch="cnn-small", epochs=1, optimizer="sgd", lr=0.05, nesterov=True, schedule="step",
-                    label_smoothing=0.1, grad_clip=1.0, name="recorded"),
+                    label_smoothing=0.1, grad_clip=1.0, name="recorded", device="cpu"),
         sample_root,
     )
     recorded = json.loads((Path(result.path) / "train.json").read_text())["config"]
@@ -73,7 +73,7 @@ def _weights(root: Path, name: str) -> bytes:
 
 
 def test_a_killed_run_resumes_to_the_same_weights(sample_root: Path, tmp_path: Path):
-    args = ["train", "--model", "dropout-cnn", "--epochs", "2", "--batch-size", "128", "--deterministic"]
+    args = ["train", "--model", "dropout-cnn", "--epochs", "2", "--batch-size", "128", "--deterministic", "--device", "cpu"]
     assert cnnpipe(sample_root, *args, "--name", "whole").returncode == 0
 
     proc = subprocess.Popen(
@@ -112,7 +112,7 @@ def test_a_hostile_checkpoint_is_refused(sample_root: Path, tmp_path: Path):
 
 
 def test_two_processes_with_gloo_make_a_normal_model_version(sample_root: Path):
-    proc = cnnpipe(sample_root, "train", "--nproc", "2", "--epochs", "1", "--name", "ddp", "--json")
+    proc = cnnpipe(sample_root, "train", "--nproc", "2", "--epochs", "1", "--name", "ddp", "--device", "cpu", "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["ref"] == "ddp@v1" and result["world_size"] == 2 and result["val_accuracy"] > 0.8

@@ -164,9 +164,14 @@ def _distributed(device_choice: str) -> tuple[int, int, torch.device | None]:
     if world <= 1:
         return 0, 1, None
     cuda = torch.cuda.is_available() and device_choice != "cpu"
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda and local >= torch.cuda.device_count():
+        raise CnnpipeError(
+            f"{world} processes on CUDA need one GPU each, and this machine has {torch.cuda.device_count()}; "
+            "use fewer processes or --device cpu"
+        )
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
