@@ -1,3 +1,3 @@
-from cnnpipe.cli import main
+from .cli import main
 
 main()

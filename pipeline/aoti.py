@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from cnnpipe.errors import CnnpipeError, first_line
+from .errors import CnnpipeError, first_line
 
 
 @contextmanager

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import cnnpipe
-from cnnpipe.nets import get_net
+from . import __version__
+from .formats import load_snippets
+from .nets import get_net
 
 PLOTS = {
     "curves.png": "Training curves",
@@ -76,40 +77,7 @@ def _load_snippets(desc: dict[str, Any]) -> str:
 and returns one logit per class in the order of `classes` in `model.json`
 (`model.json` holds mean and std at full precision).
 
-ONNX (onnxruntime only, no torch needed):
-
-```python
-import json, onnxruntime as ort
-session = ort.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
-meta = session.get_modelmeta().custom_metadata_map   # classes, mean, std, input_shape, ...
-classes = json.loads(meta["classes"])
-logits = session.run(["logits"], {{"input": x}})[0]
-```
-
-TorchScript:
-
-```python
-import torch
-model = torch.jit.load("model.torchscript.pt").eval()
-logits = model(torch.from_numpy(x))
-```
-
-pt2 (`torch.export` program):
-
-```python
-import torch
-model = torch.export.load("model.pt2").module()
-logits = model(torch.from_numpy(x))
-```
-
-safetensors (weights into a freshly built network):
-
-```python
-from cnnpipe.nets import build
-from safetensors.torch import load_file
-model = build({_q(desc['arch'])}, {inp['channels']}, {inp['height']}, {len(desc['classes'])}).eval()
-model.load_state_dict(load_file("model.safetensors"))
-```
+{load_snippets(desc)}
 
 Image files straight from the bundle: `cnnpipe predict IMAGE... --bundle BUNDLE`, or cnnpipe's
 `examples/onnx_predict.py`, which needs only onnxruntime, numpy and Pillow.
@@ -133,7 +101,7 @@ def model_card(
         f"# {ref}",
         "",
         f"A `{desc['arch']}` image classifier for {len(classes)} classes, trained and packaged by "
-        f"cnnpipe {cnnpipe.__version__} on the dataset `{desc['dataset']['ref']}`.",
+        f"cnnpipe {__version__} on the dataset `{desc['dataset']['ref']}`.",
         "",
         "## Model",
         "",

@@ -16,7 +16,8 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from cnnpipe.errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
+from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
+from .formats import BASE_FORMATS, FORMATS
 
 app = typer.Typer(
     add_completion=False,
@@ -52,12 +53,7 @@ class Split(str, Enum):
     val = "val"
 
 
-class Format(str, Enum):
-    onnx = "onnx"
-    torchscript = "torchscript"
-    safetensors = "safetensors"
-    pt2 = "pt2"
-    all = "all"
+Format = Enum("Format", {name: name for name in (*BASE_FORMATS, "all")}, type=str)  # from the format table
 
 
 class Layout(str, Enum):
@@ -91,23 +87,32 @@ GammaOpt = Annotated[float, typer.Option(help="step schedule: decay factor.")]
 SmoothingOpt = Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy.")]
 ClipOpt = Annotated[float | None, typer.Option("--grad-clip", help="Clip the gradient norm to this value.")]
 PatienceOpt = Annotated[int | None, typer.Option(help="Stop after this many epochs without a better validation accuracy.")]
-CompileModeOpt = Annotated[str, typer.Option("--compile-mode", help="torch.compile mode: default, reduce-overhead (CUDA graphs) or max-autotune.")]
+CompileModeOpt = Annotated[str, typer.Option("--compile-mode", help="torch.compile mode: default, "
+    "reduce-overhead (CUDA graphs) or max-autotune.")]
 PrecisionOpt = Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA), fp32 or bf16.")]
 DeterministicOpt = Annotated[bool, typer.Option(help="torch.use_deterministic_algorithms(True).")]
 SeedOpt = Annotated[int, typer.Option(help="Seed for weights init and shuffling.")]
 DeviceOpt = Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")]
 CompileOpt = Annotated[Compile, typer.Option("--compile", help="torch.compile: auto compiles on CUDA only.")]
 AugmentOpt = Annotated[bool, typer.Option(help="Use the dataset's augmentation (random crop, flips where valid).")]
-LoaderOpt = Annotated[Loader, typer.Option(help="device: the split on the device; stream: memory-mapped through a DataLoader; auto: device when it fits.")]
+LoaderOpt = Annotated[Loader, typer.Option(help="device: the split on the device; stream: "
+    "memory-mapped through a DataLoader; auto: device when it fits.")]
 WorkersOpt = Annotated[int, typer.Option(help="DataLoader workers when streaming.")]
 MirrorOpt = Annotated[
     str | None, typer.Option(help="Base URL or folder to fetch from instead of the official URLs (also CNNPIPE_MIRROR).")
 ]
-FormatOpt = Annotated[list[Format], typer.Option("--format", "-f", help="Export format (repeatable).")]
+FormatOpt = Annotated[list[Format], typer.Option(  # type: ignore[valid-type]
+    "--format", "-f",
+    help="Export format (repeatable): " + ", ".join(
+        f"{name} (legacy)" if FORMATS[name].legacy else name for name in BASE_FORMATS
+    ) + ", or all.",
+)]
 OpsetOpt = Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")]
 Fp16Opt = Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (fp16 weights, float32 inputs and outputs).")]
-Int8Opt = Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (static quantization calibrated on training images).")]
-AotiOpt = Annotated[bool, typer.Option("--aoti", help="Also compile the pt2 program into model.aoti.pt2 (AOTInductor; needs a C++ compiler).")]
+Int8Opt = Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (static "
+    "quantization calibrated on training images).")]
+AotiOpt = Annotated[bool, typer.Option("--aoti", help="Also compile the pt2 program into "
+    "model.aoti.pt2 (AOTInductor; needs a C++ compiler).")]
 LayoutOpt = Annotated[Layout, typer.Option(help="triton: also write a Triton model repository under triton/.")]
 CalibrationOpt = Annotated[int, typer.Option("--calibration-images", help="Training images that calibrate --int8.")]
 BatchSizesOpt = Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes to verify at.")]
@@ -133,7 +138,8 @@ AgainstOpt = Annotated[
 ]
 MaxRegressionOpt = Annotated[
     float | None,
-    typer.Option("--max-regression", help="Gate with --against: exit 1 when accuracy drops by more than this many points, overall or for any class."),
+    typer.Option("--max-regression", help="Gate with --against: exit 1 when accuracy drops by more "
+        "than this many points, overall or for any class."),
 ]
 
 
@@ -229,26 +235,31 @@ def _main(
 @app.command()
 def download(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Dataset: mnist-sample (shipped), mnist, fashion-mnist, cifar10, or imagefolder.")] = "mnist-sample",
+    name: Annotated[str, typer.Argument(help="Dataset: mnist-sample (shipped), mnist, "
+        "fashion-mnist, cifar10, or imagefolder.")] = "mnist-sample",
     path: Annotated[Path | None, typer.Argument(help="With imagefolder: the folder of class sub-folders.")] = None,
     mirror: MirrorOpt = None,
-    val_size: Annotated[int | None, typer.Option("--val-size", help="Validation images held out of train (standard datasets; default 5000).")] = None,
+    val_size: Annotated[int | None, typer.Option("--val-size", help="Validation images held out of "
+        "train (standard datasets; default 5000).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the validation (and image folder) split.")] = 0,
     refresh: Annotated[bool, typer.Option(help="Fetch again even if an intact version exists.")] = False,
     plots: Annotated[bool, typer.Option(help="Write samples.png and classes.png into the version.")] = True,
     as_name: Annotated[str | None, typer.Option("--name", help="With imagefolder: the dataset's name.")] = None,
     size: Annotated[int, typer.Option(help="With imagefolder: images are resized to SIZE x SIZE.")] = 32,
     channels: Annotated[int, typer.Option(help="With imagefolder: 1 (grayscale) or 3 (RGB).")] = 3,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="With imagefolder: validation share when the folder has no val/.")] = 0.1,
-    test_fraction: Annotated[float, typer.Option("--test-fraction", help="With imagefolder: test share when the folder has no train/ and test/.")] = 0.2,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="With imagefolder: leave unreadable images out (listed) instead of failing.")] = False,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="With imagefolder: "
+        "validation share when the folder has no val/.")] = 0.1,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="With imagefolder: test "
+        "share when the folder has no train/ and test/.")] = 0.2,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="With imagefolder: leave unreadable "
+        "images out (listed) instead of failing.")] = False,
     flip: Annotated[bool, typer.Option(help="With imagefolder: horizontal flips are valid augmentation.")] = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch a dataset (checksums checked) or import a folder of images into the data store."""
-    from cnnpipe.report import ByteProgress, render_download
-    from cnnpipe.stages.download import download as run_download
-    from cnnpipe.stages.download import import_folder
+    from .report import ByteProgress, render_download
+    from .stages.download import download as run_download
+    from .stages.download import import_folder
 
     def run_stage() -> Any:
         if name == "imagefolder":
@@ -296,13 +307,14 @@ def train(
     loader: LoaderOpt = Loader.auto,
     workers: WorkersOpt = 2,
     resume: Annotated[
-        str | None, typer.Option(help="Continue an interrupted run: a model NAME (its newest run) or a run folder; its own options are used.")
+        str | None, typer.Option(help="Continue an interrupted run: a model NAME (its newest run) "
+            "or a run folder; its own options are used.")
     ] = None,
     nproc: Annotated[int, typer.Option(help="Train data-parallel on N processes (launches torchrun on 127.0.0.1).")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a network; the epoch with the best validation accuracy is kept."""
-    from cnnpipe.report import render_train
+    from .report import render_train
 
     if nproc > 1:
         raise typer.Exit(_launch_torchrun(nproc))
@@ -336,7 +348,7 @@ def _launch_torchrun(nproc: int) -> int:
 
 
 def _train_config(options: dict[str, Any]) -> Any:
-    from cnnpipe.stages.train import TrainConfig
+    from .stages.train import TrainConfig
 
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {"arch" if k == "model" else k: v.value if isinstance(v, Enum) else v for k, v in options.items()}
@@ -344,8 +356,8 @@ def _train_config(options: dict[str, Any]) -> Any:
 
 
 def _train(ctx: typer.Context, config: Any, resume: str | None = None) -> Any:
-    from cnnpipe.report import TrainProgress
-    from cnnpipe.stages.train import train as run_train
+    from .report import TrainProgress
+    from .stages.train import train as run_train
 
     show = int(os.environ.get("RANK", "0")) == 0
     with TrainProgress(err) as progress:
@@ -365,8 +377,8 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Metrics, per-class table, plots and model card of a model version; optional gates exit 1."""
-    from cnnpipe.report import render_evaluate
-    from cnnpipe.stages.evaluate import evaluate as run_evaluate
+    from .report import render_evaluate
+    from .stages.evaluate import evaluate as run_evaluate
 
     result = _call(
         lambda: run_evaluate(
@@ -400,8 +412,8 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Export a model version to ONNX, TorchScript, safetensors and pt2, with metadata."""
-    from cnnpipe.report import render_export
-    from cnnpipe.stages.export import export as run_export
+    from .report import render_export
+    from .stages.export import export as run_export
 
     result = _call(
         lambda: run_export(ref, [f.value for f in fmt], _root(ctx), opset, fp16, int8, layout.value, calibration, aoti)
@@ -423,8 +435,8 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Reload each export in its own runtime and compare with PyTorch; exit 1 on any breach."""
-    from cnnpipe.report import render_verify
-    from cnnpipe.stages.verify import verify as run_verify
+    from .report import render_verify
+    from .stages.verify import verify as run_verify
 
     result = _call(
         lambda: run_verify(
@@ -491,15 +503,14 @@ def run(
     ] = None,
 ) -> None:
     """download → train → evaluate → export → verify; stops at the first failure with its exit code."""
-    from cnnpipe import report
-    from cnnpipe.data.catalog import CATALOG
-    from cnnpipe.stages.download import download as run_download
-    from cnnpipe.stages.evaluate import evaluate as run_evaluate
-    from cnnpipe.stages.export import export as run_export
-    from cnnpipe.stages.verify import verify as run_verify
-
-    from cnnpipe.stages.evaluate import check_gate_options
-    from cnnpipe.store import Workspace
+    from . import report
+    from .data.catalog import CATALOG
+    from .stages.download import download as run_download
+    from .stages.evaluate import check_gate_options
+    from .stages.evaluate import evaluate as run_evaluate
+    from .stages.export import export as run_export
+    from .stages.verify import verify as run_verify
+    from .store import Workspace
 
     root = _root(ctx)
     config = _train_config(locals())
@@ -554,8 +565,8 @@ def predict(
     as_json: JsonOpt = False,
 ) -> None:
     """Classify image files with a bundle's ONNX model in onnxruntime (torch is not imported)."""
-    from cnnpipe.predict import predict as run_predict
-    from cnnpipe.report import render_predict
+    from .predict import predict as run_predict
+    from .report import render_predict
 
     result = _call(lambda: run_predict(images, bundle, _root(ctx), top_k, provider, batch_size))
     _emit(as_json, result, lambda r: render_predict(out, r))
@@ -571,8 +582,8 @@ def bench(
     as_json: JsonOpt = False,
 ) -> None:
     """Latency (p50, p99) and throughput of each runtime of a bundle at each batch size."""
-    from cnnpipe.report import render_bench
-    from cnnpipe.stages.bench import bench as run_bench
+    from .report import render_bench
+    from .stages.bench import bench as run_bench
 
     result = _call(lambda: run_bench(ref, _root(ctx), _batch_sizes(batch_sizes), seconds, threads))
     _emit(as_json, result, lambda r: render_bench(out, r))
@@ -581,12 +592,13 @@ def bench(
 @app.command()
 def models(
     ctx: typer.Context,
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Count parameters for this dataset's input (a standard name needs no download).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Count parameters for this "
+        "dataset's input (a standard name needs no download).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List every registered network with its parameter count for a dataset's input shape."""
-    from cnnpipe.report import render_models
-    from cnnpipe.stages.models import list_models
+    from .report import render_models
+    from .stages.models import list_models
 
     result = _call(lambda: list_models(dataset, _root(ctx)))
     _emit(as_json, result, lambda r: render_models(out, r))
@@ -595,8 +607,8 @@ def models(
 @app.command("ls")
 def list_stores(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List what the data, models and exports stores hold."""
-    from cnnpipe.report import render_ls
-    from cnnpipe.store import Workspace
+    from .report import render_ls
+    from .store import Workspace
 
     ws = Workspace(_root(ctx))
 
@@ -621,8 +633,8 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one version's manifest: files, lineage, environment and results."""
-    from cnnpipe.report import render_show
-    from cnnpipe.store import Workspace
+    from .report import render_show
+    from .store import Workspace
 
     ws = Workspace(_root(ctx))
     version = _call(lambda: getattr(ws, store.value).resolve(ref))

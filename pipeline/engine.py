@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnpipe.data.batches import augment
-from cnnpipe.data.loading import normalize
+from .data.batches import augment
+from .data.loading import normalize
 
 
 class Progress(Protocol):

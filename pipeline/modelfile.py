@@ -9,9 +9,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from cnnpipe.errors import CnnpipeError
-from cnnpipe.nets import build, param_count
-from cnnpipe.store import Version
+from .errors import CnnpipeError
+from .nets import build, param_count
+from .store import Version
 
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from cnnpipe.errors import CnnpipeError
+from .errors import CnnpipeError
 
 
 def set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:

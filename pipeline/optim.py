@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from cnnpipe.errors import CnnpipeError
+from .errors import CnnpipeError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "step", "cosine", "onecycle")

@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from cnnpipe.data.imagefolder import decode_all
-from cnnpipe.errors import CnnpipeError, first_line
-from cnnpipe.onnx_session import PROVIDERS, onnx_session
-from cnnpipe.store import Workspace
-
-ONNX_FILE = "model.onnx"
+from .data.imagefolder import decode_all
+from .errors import CnnpipeError, first_line
+from .formats import FORMATS
+from .onnx_session import PROVIDERS, onnx_session
+from .store import Workspace
 
 
 @dataclass
@@ -65,7 +64,7 @@ def predict(
         raise CnnpipeError(f"{missing[0]}: no such image file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     bundle = Workspace(root).exports.resolve(bundle_ref)
     bundle.check()
-    path = bundle.file(ONNX_FILE)
+    path = bundle.file(FORMATS["onnx"].file)
     try:
         session = onnx_session(path, provider)
     except Exception as e:  # onnxruntime raises its own exception types for files it cannot load

@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import cnnpipe
+from . import __version__
 
 
 def _version(*dists: str) -> str | None:
@@ -29,7 +29,7 @@ def environment() -> dict[str, Any]:
 
     cuda = torch.cuda.is_available()
     return {
-        "cnnpipe": cnnpipe.__version__,
+        "cnnpipe": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,

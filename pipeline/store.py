@@ -24,8 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cnnpipe.errors import CnnpipeError
-from cnnpipe.provenance import environment
+from .errors import CnnpipeError
+from .provenance import environment
 
 SCHEMA = "cnnpipe.manifest/1"
 MANIFEST = "manifest.json"

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from cnnpipe.nets import net_names
-from conftest import cnnpipe_json
 from test_imagefolder import _make_folder
+
+from conftest import cnnpipe_json
 
 
 @pytest.fixture(scope="module")

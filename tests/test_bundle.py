@@ -20,8 +20,9 @@ from safetensors.torch import load_file, save_file
 from cnnpipe.engine import batched_logits
 from cnnpipe.modelfile import load_model
 from cnnpipe.store import Workspace
-from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_json, resign
 from test_imagefolder import _make_folder
+
+from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_json, resign
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "onnx_predict.py"
 
@@ -105,7 +106,8 @@ def test_predict_refuses_bad_images_in_one_line(pipeline_root: Path, tmp_path: P
     fake = tmp_path / "notes.png"
     fake.write_text("not an image")
     assert_clean_error(cnnpipe(pipeline_root, "predict", str(fake), "--bundle", "lenet5"), 2, "not a readable image", "notes.png")
-    assert_clean_error(cnnpipe(pipeline_root, "predict", str(tmp_path / "gone.png"), "--bundle", "lenet5"), 2, "no such image file")
+    gone = str(tmp_path / "gone.png")
+    assert_clean_error(cnnpipe(pipeline_root, "predict", gone, "--bundle", "lenet5"), 2, "no such image file")
     assert_clean_error(cnnpipe(pipeline_root, "predict", str(fake), "--bundle", "ghost"), 2, "no export bundle named 'ghost'")
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from cnnpipe.data.fetch import ChecksumError, fetch
 from cnnpipe.errors import CnnpipeError
+
 from conftest import SHARED, assert_clean_error, tree_state
 from mirror import serve
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from cnnpipe.store import MANIFEST, Store, Workspace, load_version
+
 from conftest import cli_env, cnnpipe_json
 
 VERSION_DIR = re.compile(r"^v[0-9]+$")

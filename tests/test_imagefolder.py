@@ -21,7 +21,8 @@ def _make_folder(folder: Path, classes: tuple[str, ...] = ("cat", "dog", "fox"),
         (folder / name).mkdir(parents=True)
         for i in range(per_class):
             size = (int(rng.integers(12, 80)), int(rng.integers(12, 80)))
-            rgb = np.full((size[1], size[0], 3), 60 * c + 20, np.uint8) + rng.integers(0, 20, (size[1], size[0], 3), dtype=np.uint8)
+            noise = rng.integers(0, 20, (size[1], size[0], 3), dtype=np.uint8)
+            rgb = np.full((size[1], size[0], 3), 60 * c + 20, np.uint8) + noise
             img = Image.fromarray(rgb).convert(MODES[i % 4])
             img.save(folder / name / f"{i:03d}.{['png', 'jpg', 'bmp', 'webp'][i % 4] if MODES[i % 4] in ('L', 'RGB') else 'png'}")
 

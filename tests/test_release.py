@@ -12,6 +12,7 @@ import typer
 import yaml
 
 from cnnpipe.cli import app, config_defaults
+
 from conftest import assert_clean_error, cnnpipe, cnnpipe_json, tree_state
 
 REPO = Path(__file__).resolve().parents[1]

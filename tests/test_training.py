@@ -17,6 +17,7 @@ import torch
 from cnnpipe.optim import make_schedule
 from cnnpipe.stages.download import download
 from cnnpipe.stages.train import TrainConfig, train
+
 from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_json
 
 

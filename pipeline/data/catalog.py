@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from cnnpipe.data.cifar import read_cifar10
-from cnnpipe.data.fetch import OnBytes, fetch, sources
-from cnnpipe.data.idx import read_idx
-from cnnpipe.data.split import stratified_split
-from cnnpipe.errors import CnnpipeError
+from ..data.cifar import read_cifar10
+from ..data.fetch import OnBytes, fetch, sources
+from ..data.idx import read_idx
+from ..data.split import stratified_split
+from ..errors import CnnpipeError
 
 
 @dataclass

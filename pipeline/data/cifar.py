@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnpipe.errors import CnnpipeError
+from ..errors import CnnpipeError
 
 TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_BATCH = "test_batch"

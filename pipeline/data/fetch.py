@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from cnnpipe.errors import EXIT_GATE, CnnpipeError
+from ..errors import EXIT_GATE, CnnpipeError
 
 MIRROR_ENV = "CNNPIPE_MIRROR"
 TIMEOUT_S = 30.0

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cnnpipe.errors import CnnpipeError
+from ..errors import CnnpipeError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 SPLIT_DIRS = ("train", "val", "test")

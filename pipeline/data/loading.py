@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnpipe.errors import CnnpipeError
-from cnnpipe.store import Version
+from ..errors import CnnpipeError
+from ..store import Version
 
 INFO = "dataset.json"
 

@@ -1,6 +1,6 @@
 """Network architectures and their registry."""
 
-from cnnpipe.nets import cifar, small  # noqa: F401  (they register their networks)
-from cnnpipe.nets.registry import NetSpec, build, get_net, net_names, param_count
+from ..nets import cifar, small  # noqa: F401  (they register their networks)
+from ..nets.registry import NetSpec, build, get_net, net_names, param_count
 
 __all__ = ["NetSpec", "build", "get_net", "net_names", "param_count"]

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnpipe.errors import CnnpipeError
-from cnnpipe.nets.registry import SGD_RECIPE, register
+from ..errors import CnnpipeError
+from ..nets.registry import SGD_RECIPE, register
 
 VGG11 = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 

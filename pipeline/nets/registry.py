@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from cnnpipe.errors import CnnpipeError
+from ..errors import CnnpipeError
 
 Builder = Callable[[int, int, int], nn.Module]  # (channels, size, num_classes) -> module
 

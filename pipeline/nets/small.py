@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnpipe.errors import CnnpipeError
-from cnnpipe.nets.registry import SMALL_NET_RECIPE, register
+from ..errors import CnnpipeError
+from ..nets.registry import SMALL_NET_RECIPE, register
 
 
 def _side(size: int, steps: list[tuple[int, int]], name: str, minimum: int) -> int:

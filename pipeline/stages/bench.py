@@ -1,10 +1,8 @@
-"""Latency and throughput of a bundle in each runtime: PyTorch eager, TorchScript, pt2 (and AOTInductor),
-onnxruntime and its variants."""
+"""Latency and throughput of a bundle in each runtime the format table lists, on each device here."""
 
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnpipe.aoti import load_package
-from cnnpipe.errors import CnnpipeError
-from cnnpipe.modelfile import MODEL_JSON, build_from, load_weights
-from cnnpipe.onnx_session import PROVIDERS, onnx_session
-from cnnpipe.stages.export import FILES, INPUT_NAME
-from cnnpipe.store import Workspace
+from ..errors import CnnpipeError
+from ..formats import FORMATS, LoadContext, Runner
+from ..modelfile import MODEL_JSON
+from ..store import Workspace
 
 Call = Callable[[], Any]
 
@@ -46,57 +42,26 @@ def time_calls(call: Call, seconds: float, warmup: int = 5, min_calls: int = 20)
     return np.asarray(times)
 
 
-def _torch_call(module: Any, x: np.ndarray, device: str) -> Call:
-    tensor = torch.from_numpy(x).to(device)
+def _runtimes(bundle: Any, desc: dict[str, Any], threads: int) -> dict[str, Runner]:
+    """Every format of the bundle on every device where it runs here, by bench label.
 
-    def call() -> Any:
-        with torch.no_grad():
-            out = module(tensor)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return out
-
-    return call
-
-
-def _runtimes(bundle: Any, desc: dict[str, Any], threads: int) -> dict[str, Callable[[np.ndarray], Call]]:
-    """Every runtime this bundle and machine can run, as ``make_call(batch) -> call``."""
-    formats = bundle.results.get("formats", [])
-    found: dict[str, Callable[[np.ndarray], Call]] = {}
-    if "safetensors" in formats:
-        model = build_from(desc)
-        load_weights(model, bundle.file(FILES["safetensors"]))
-        model.eval()
-        found["pytorch eager (cpu)"] = lambda x: _torch_call(model, x, "cpu")
-        if torch.cuda.is_available():
-            gpu_model = build_from(desc)
-            load_weights(gpu_model, bundle.file(FILES["safetensors"]))
-            gpu_model = gpu_model.eval().cuda()
-            found["pytorch eager (cuda)"] = lambda x: _torch_call(gpu_model, x, "cuda")
-    if "torchscript" in formats:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            scripted = torch.jit.load(str(bundle.file(FILES["torchscript"])), map_location="cpu").eval()
-        found["torchscript (cpu)"] = lambda x: _torch_call(scripted, x, "cpu")
-    if "pt2" in formats:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.export.load(str(bundle.file(FILES["pt2"]))).module()
-        found["pt2 (cpu)"] = lambda x: _torch_call(program, x, "cpu")
-    if "pt2-aoti" in formats:
-        package, _ = load_package(bundle.file(FILES["pt2-aoti"]), desc["variants"]["pt2-aoti"]["compiled_for"])
-        found["aoti (cpu)"] = lambda x: _torch_call(package, x, "cpu")
-    onnx_files = {"onnx": "onnxruntime", "onnx-fp16": "onnxruntime fp16", "onnx-int8": "onnxruntime int8"}
-    for fmt in (f for f in onnx_files if f in formats):
-        import onnxruntime as ort
-
-        for provider in ("cpu", "cuda"):
-            if PROVIDERS[provider] not in ort.get_available_providers():
+    A device other than the CPU that is absent, or where the runtime falls back to the CPU,
+    is left out; a file that cannot be loaded on the CPU is an error.
+    """
+    found: dict[str, Runner] = {}
+    for fmt in bundle.results.get("formats", []):
+        spec = FORMATS[fmt]
+        ctx = LoadContext(meta=desc.get("metadata", {}), variant=desc.get("variants", {}).get(fmt, {}), desc=desc,
+                          threads=threads)
+        for device in spec.devices:
+            try:
+                runner = spec.open(bundle.file(spec.file), device, ctx)
+            except CnnpipeError:
+                if device == "cpu":
+                    raise
                 continue
-            session = onnx_session(bundle.file(FILES[fmt]), provider, threads)
-            if session.get_providers()[0] != PROVIDERS[provider]:
-                continue  # CUDA built in but not usable here: not measured, never a silent CPU run
-            found[f"{onnx_files[fmt]} ({provider})"] = lambda x, s=session: (lambda: s.run(None, {INPUT_NAME: x}))
+            if runner.fallback is None:
+                found[f"{spec.bench_label} ({device})"] = runner
     return found
 
 
@@ -121,13 +86,14 @@ def bench(
     shape = [inp["channels"], inp["height"], inp["width"]]
     runtimes = _runtimes(bundle, desc, threads)
     if not runtimes:
-        raise CnnpipeError(f"{bundle.ref}: holds no format to time (needs onnx, torchscript, pt2 or safetensors)")
+        raise CnnpipeError(f"{bundle.ref}: holds no format to time")
     result = BenchResult(bundle=bundle.ref, threads=threads, input_shape=shape)
     rng = np.random.default_rng(0)
     for batch in batch_sizes:
         x = rng.standard_normal((batch, *shape), dtype=np.float32)
-        for name, make_call in runtimes.items():
-            times = time_calls(make_call(x), seconds)
+        for name, runner in runtimes.items():
+            prepared = runner.prepare(x)
+            times = time_calls(lambda r=runner, p=prepared: r.call(p), seconds)
             result.rows.append({
                 "runtime": name, "batch": batch, "calls": len(times),
                 "p50_ms": float(np.percentile(times, 50) * 1e3), "p99_ms": float(np.percentile(times, 99) * 1e3),

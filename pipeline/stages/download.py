@@ -10,15 +10,15 @@ from typing import Any
 
 import numpy as np
 
-from cnnpipe.data.catalog import CATALOG, FetchOptions, Prepared, get_spec, hold_out_val
-from cnnpipe.data.fetch import OnBytes
-from cnnpipe.data.imagefolder import decode_all, scan
-from cnnpipe.data.loading import INFO, split_files
-from cnnpipe.data.split import stratified_split
-from cnnpipe.errors import CnnpipeError
-from cnnpipe.provenance import lineage
-from cnnpipe.report import plot_class_counts, plot_samples
-from cnnpipe.store import Draft, Version, Workspace, check_name, sha256_file, write_json
+from ..data.catalog import CATALOG, FetchOptions, Prepared, get_spec, hold_out_val
+from ..data.fetch import OnBytes
+from ..data.imagefolder import decode_all, scan
+from ..data.loading import INFO, split_files
+from ..data.split import stratified_split
+from ..errors import CnnpipeError
+from ..provenance import lineage
+from ..report import plot_class_counts, plot_samples
+from ..store import Draft, Version, Workspace, check_name, sha256_file, write_json
 
 
 @dataclass

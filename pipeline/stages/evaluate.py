@@ -14,15 +14,15 @@ from typing import Any
 
 import torch
 
-from cnnpipe.card import model_card
-from cnnpipe.data.loading import load_dataset
-from cnnpipe.engine import batched_logits
-from cnnpipe.errors import CnnpipeError
-from cnnpipe.metrics import classification_metrics, compare, confident_errors
-from cnnpipe.modelfile import load_model, resolve_device
-from cnnpipe.provenance import lineage
-from cnnpipe.report import plot_confusion, plot_misclassified, plot_per_class
-from cnnpipe.store import Store, Version, Workspace, write_json
+from ..card import model_card
+from ..data.loading import load_dataset
+from ..engine import batched_logits
+from ..errors import CnnpipeError
+from ..metrics import classification_metrics, compare, confident_errors
+from ..modelfile import load_model, resolve_device
+from ..provenance import lineage
+from ..report import plot_confusion, plot_misclassified, plot_per_class
+from ..store import Store, Version, Workspace, write_json
 
 METRICS_SCHEMA = "cnnpipe.metrics/1"
 PLOT_FILES = ("confusion.png", "per_class.png", "misclassified.png")

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cnnpipe.data.catalog import CATALOG
-from cnnpipe.data.loading import INFO
-from cnnpipe.errors import CnnpipeError
-from cnnpipe.nets import build, get_net, net_names, param_count
-from cnnpipe.store import Workspace
+from ..data.catalog import CATALOG
+from ..data.loading import INFO
+from ..errors import CnnpipeError
+from ..nets import build, get_net, net_names, param_count
+from ..store import Workspace
 
 
 def input_shape(dataset: str, root: Path) -> tuple[int, int, int]:

@@ -24,16 +24,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from cnnpipe.data.batches import DeviceBatches, StreamBatches, batch_order
-from cnnpipe.data.loading import Dataset, load_dataset
-from cnnpipe.engine import Progress, batched_logits, train_epoch
-from cnnpipe.errors import CnnpipeError
-from cnnpipe.modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device
-from cnnpipe.nets import build, get_net, param_count
-from cnnpipe.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
-from cnnpipe.provenance import environment, lineage
-from cnnpipe.report import plot_curves
-from cnnpipe.store import Workspace, check_name, write_json
+from ..data.batches import DeviceBatches, StreamBatches, batch_order
+from ..data.loading import Dataset, load_dataset
+from ..engine import Progress, batched_logits, train_epoch
+from ..errors import CnnpipeError
+from ..modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device
+from ..nets import build, get_net, param_count
+from ..optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from ..provenance import environment, lineage
+from ..report import plot_curves
+from ..store import Workspace, check_name, write_json
 
 CHECKPOINT = "checkpoint.pt"
 RUN_CONFIG = "config.json"

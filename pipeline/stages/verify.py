@@ -11,9 +11,8 @@ import json
 import os
 import re
 import socket
-import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,48 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnpipe.aoti import load_package
-from cnnpipe.data.loading import load_dataset, normalize
-from cnnpipe.errors import CnnpipeError, first_line
-from cnnpipe.modelfile import MODEL_JSON, build_from, load_model, load_weights
-from cnnpipe.onnx_session import PROVIDERS, onnx_session
-from cnnpipe.stages.export import FILES, INPUT_NAME, check_onnx_graph
-from cnnpipe.store import Version, Workspace
+from ..data.loading import load_dataset, normalize
+from ..errors import CnnpipeError, first_line
+from ..formats import FORMATS, Format, LoadContext, Tolerance
+from ..modelfile import MODEL_JSON, load_model
+from ..onnx_session import PROVIDERS
+from ..store import Version, Workspace
 
 CHUNK = 256  # small activations: larger chunks let glibc's heap high-water creep up per chunk
 Runner = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """When a format passes: every logit within ``atol + rtol·|reference|`` (``atol`` None: no
-    bound on logits), top-1 agreement at least ``min_agreement``, and accuracy at most
-    ``max_accuracy_drop`` points below PyTorch's (None: not checked)."""
-
-    atol: float | None
-    rtol: float
-    min_agreement: float
-    max_accuracy_drop: float | None
-
-
-# By format (its dtype) and onnxruntime provider; the README lists them.
-TOLERANCES = {
-    "onnx": Tolerance(1e-4, 1e-4, 1.0, None),
-    "onnx@cuda": Tolerance(1e-3, 1e-3, 1.0, None),
-    "torchscript": Tolerance(1e-5, 1e-5, 1.0, None),
-    "safetensors": Tolerance(1e-5, 1e-5, 1.0, None),
-    "safetensors@cuda": Tolerance(1e-3, 1e-3, 1.0, None),  # cuDNN convolutions use TF32 by default
-    "pt2": Tolerance(1e-5, 1e-5, 1.0, None),
-    "pt2-aoti": Tolerance(1e-4, 1e-4, 1.0, None),
-    "onnx-fp16": Tolerance(5e-2, 2e-2, 0.99, 1.0),
-    "onnx-int8": Tolerance(None, 0.0, 0.95, 2.0),
-}
-
-
-def tolerance(fmt: str, provider: str | None = None, **overrides: float | None) -> Tolerance:
-    """The default tolerance of ``fmt`` on ``provider``, with the options the user set."""
-    base = TOLERANCES.get(f"{fmt}@{provider}", TOLERANCES[fmt])
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass
@@ -117,71 +83,6 @@ def _per_class(pred: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict
     return {
         c: float((pred[labels == i] == i).mean()) if (labels == i).any() else None for i, c in enumerate(classes)
     }
-
-
-def _onnx_runner(path: Path, provider: str, meta: dict[str, str]) -> tuple[Runner, list[str], list[str]]:
-    """A session on the ONNX file, after the graph check; raises CnnpipeError if it must not or cannot run."""
-    check_onnx_graph(path)
-    try:
-        session = onnx_session(path, provider)
-    except Exception as e:  # onnxruntime raises its own exception types for files it cannot load
-        raise CnnpipeError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
-    used = session.get_providers()
-    problems = []
-    if used[0] != PROVIDERS[provider]:
-        problems.append(f"{PROVIDERS[provider]} was asked for but the session runs on {used[0]}")
-    if session.get_modelmeta().custom_metadata_map != meta:
-        problems.append(f"{path.name}: ONNX metadata_props differ from the bundle's model.json")
-    return (lambda x: session.run(None, {INPUT_NAME: x})[0]), used, problems
-
-
-def _torch_runner(module: Any, device: str = "cpu") -> Runner:
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return module(torch.from_numpy(x).to(device)).cpu().numpy()
-
-    return run
-
-
-def _torchscript_runner(path: Path, meta: dict[str, str]) -> tuple[Runner, list[str]]:
-    extra = {"cnnpipe.json": ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still asked for
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
-    problems = [] if json.loads(extra["cnnpipe.json"] or "{}") == meta else ["TorchScript extra file differs from model.json"]
-    return _torch_runner(module), problems
-
-
-def _pt2_runner(path: Path, meta: dict[str, str]) -> tuple[Runner, list[str]]:
-    extra = {"cnnpipe.json": ""}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module = torch.export.load(str(path), extra_files=extra).module()
-    problems = [] if json.loads(extra["cnnpipe.json"] or "{}") == meta else ["pt2 extra file differs from model.json"]
-    return _torch_runner(module), problems
-
-
-def _aoti_runner(path: Path, compiled_for: dict[str, str], meta: dict[str, str]) -> tuple[Runner, list[str]]:
-    package, built = load_package(path, compiled_for)
-    problems = [] if json.loads(built.get("cnnpipe.json") or "{}") == meta else ["AOTInductor metadata differs from model.json"]
-    if built.get("AOTI_CPU_ISA", "").lower() != compiled_for.get("cpu_isa", ""):
-        problems.append(f"{path.name} holds code for '{built.get('AOTI_CPU_ISA', '')}', model.json says "
-                        f"'{compiled_for.get('cpu_isa', '')}'")
-    return _torch_runner(package), problems
-
-
-def _safetensors_runner(path: Path, desc: dict[str, Any], meta: dict[str, str], device: str) -> tuple[Runner, list[str]]:
-    """A fresh network on ``device`` (cpu or cuda) with the bundle's safetensors weights."""
-    from safetensors import safe_open
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CnnpipeError("CUDA was asked for, but PyTorch sees no CUDA device here")
-    model = build_from(desc)
-    load_weights(model, path)
-    model.eval().to(device)
-    with safe_open(str(path), framework="pt") as f:
-        problems = [] if f.metadata() == meta else ["safetensors __metadata__ differs from model.json"]
-    return _torch_runner(model, device), problems
 
 
 class Images:
@@ -246,6 +147,29 @@ def check_format(
     )
 
 
+def _reference(model: torch.nn.Module) -> Runner:
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def _check_one(
+    spec: Format, path: Path, device: str, ctx: LoadContext, overrides: dict[str, float | None], judge: dict[str, Any]
+) -> FormatReport:
+    """Load one format on one device and judge it; a file that cannot be loaded or run fails with the reason."""
+    tol, runtime = spec.tolerance(device, **overrides), spec.runtime_on(device)
+    try:
+        runner = spec.open(path, device, ctx)
+        report = check_format(spec.name, runtime, runner, **judge, tol=tol, problems=runner.problems)
+    except Exception as e:  # noqa: BLE001 - a hostile file may fail in any way; the format fails, verify goes on
+        reason = str(e) if isinstance(e, CnnpipeError) else f"{path.name} failed while running: {first_line(e)}"
+        return FormatReport(spec.name, runtime, False, [reason], asdict(tol))
+    report.providers = runner.providers
+    return report
+
+
 def _source_model(ws: Workspace, bundle: Version) -> Version:
     parents = bundle.manifest.get("lineage", {}).get("parents", [])
     if not parents:
@@ -263,7 +187,7 @@ def _check_triton(bundle: Version, desc: dict[str, Any]) -> list[str]:
         return []
     config_rel, model_rel = files
     problems = []
-    if bundle.file(model_rel).read_bytes() != bundle.file(FILES["onnx"]).read_bytes():
+    if bundle.file(model_rel).read_bytes() != bundle.file(FORMATS["onnx"].file).read_bytes():
         problems.append(f"{model_rel} is not the verified model.onnx")
     config = bundle.file(config_rel).read_text()
     inp = desc["input"]
@@ -316,7 +240,7 @@ def verify(
     images = Images(
         lambda: dataset.arrays("test", mmap=True)[0], len(labels), source_desc["input"]["mean"], source_desc["input"]["std"]
     )
-    ref = images.logits(_torch_runner(model), CHUNK)
+    ref = images.logits(_reference(model), CHUNK)
     result = VerifyResult(
         bundle=bundle.ref, model=source.ref, passed=integrity == "ok", report_path="",
         images=len(images), batch_sizes=list(batch_sizes),
@@ -334,46 +258,10 @@ def verify(
         overrides = {"atol": atol, "rtol": rtol, "min_agreement": min_agreement}
         judge = dict(images=images, ref=ref, labels=labels, classes=classes, batch_sizes=list(batch_sizes))
         for fmt in bundle.results.get("formats", []):
-            path = bundle.file(FILES[fmt])
-            if fmt.startswith("onnx"):
-                variant_meta = meta | desc.get("variants", {}).get(fmt, {})
-                for provider in providers:
-                    tol, runtime = tolerance(fmt, provider, **overrides), f"onnxruntime[{provider}]"
-                    try:
-                        runner, used, problems = _onnx_runner(path, provider, variant_meta)
-                    except CnnpipeError as e:  # not run at all: the format fails with the reason
-                        result.formats.append(FormatReport(fmt, runtime, False, [str(e)], asdict(tol)))
-                        continue
-                    report = check_format(fmt, runtime, runner, **judge, tol=tol, problems=problems)
-                    report.providers = used
-                    result.formats.append(report)
-                continue
-            if fmt == "torchscript":
-                runner, problems = _torchscript_runner(path, meta)
-                runtime = "torch.jit"
-            elif fmt == "pt2":
-                runner, problems = _pt2_runner(path, meta)
-                runtime = "torch.export"
-            elif fmt == "pt2-aoti":
-                runtime = "AOTInductor"
-                try:
-                    runner, problems = _aoti_runner(path, desc["variants"][fmt]["compiled_for"], meta)
-                except CnnpipeError as e:  # not run at all: the format fails with the reason
-                    result.formats.append(FormatReport(fmt, runtime, False, [str(e)], asdict(tolerance(fmt, **overrides))))
-                    continue
-            else:
-                for device in providers:  # the network rebuilt from the weights, on each device asked for
-                    tol, runtime = tolerance(fmt, device, **overrides), f"torch (fresh model)[{device}]"
-                    try:
-                        runner, problems = _safetensors_runner(path, desc, meta, device)
-                    except CnnpipeError as e:
-                        result.formats.append(FormatReport(fmt, runtime, False, [str(e)], asdict(tol)))
-                        continue
-                    result.formats.append(check_format(fmt, runtime, runner, **judge, tol=tol, problems=problems))
-                continue
-            result.formats.append(
-                check_format(fmt, runtime, runner, **judge, tol=tolerance(fmt, **overrides), problems=problems)
-            )
+            spec = FORMATS[fmt]
+            ctx = LoadContext(meta=meta, variant=desc.get("variants", {}).get(fmt, {}), desc=desc)
+            for device in [d for d in providers if d in spec.devices] or ["cpu"]:
+                result.formats.append(_check_one(spec, bundle.file(spec.file), device, ctx, overrides, judge))
         result.passed = result.passed and bool(result.formats) and all(r.passed for r in result.formats)
     _write_report(bundle, result)
     return result

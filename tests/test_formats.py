@@ -1,0 +1,67 @@
+"""The format table: one record per format drives export, verify, bench, the card and the CLI;
+every format fails the same way when its file is garbage, hostile or from another network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import typer
+from safetensors.torch import save_file
+
+from cnnpipe.cli import app
+from cnnpipe.formats import BASE_FORMATS, FORMATS, VARIANT_FLAGS, load_snippets
+from cnnpipe.nets import build
+
+from conftest import cnnpipe, resign
+
+
+def test_the_table_is_consistent_and_the_cli_offers_its_formats():
+    assert BASE_FORMATS[0] == "onnx"  # written first: its opset goes into every later file's metadata
+    files = [f.file for f in FORMATS.values()]
+    assert len(set(files)) == len(files)
+    for spec in FORMATS.values():
+        assert "cpu" in spec.tolerances and "cpu" in spec.devices
+        assert (spec.parent is None) == (spec.flag is None), spec.name
+        assert spec.parent is None or list(FORMATS).index(spec.parent) < list(FORMATS).index(spec.name)
+    assert len(set(VARIANT_FLAGS)) == len(VARIANT_FLAGS) and [f for f in FORMATS.values() if f.native] == [FORMATS["pt2-aoti"]]
+    export = typer.main.get_command(app).commands["export"]
+    (fmt,) = [p for p in export.params if p.name == "fmt"]
+    assert list(fmt.type.choices) == [*BASE_FORMATS, "all"]
+    assert {f"--{flag}" for flag in VARIANT_FLAGS} <= {o for p in export.params for o in p.opts}
+    snippets = load_snippets({"arch": "lenet5", "input": {"channels": 1, "height": 28}, "classes": list("0123456789")})
+    assert all(FORMATS[f].file in snippets for f in BASE_FORMATS) and 'build("lenet5", 1, 28, 10)' in snippets
+
+
+def test_garbage_hostile_or_foreign_files_fail_their_row_and_verify_goes_on(root_copy: Path):
+    bundle = root_copy / "exports/lenet5/v1"
+    (bundle / "model.torchscript.pt").write_bytes(b"PK\x03\x04 not a zip archive at all")
+    other = build("cnn-small", 1, 28, 10).eval()  # another network, same input and classes
+    program = torch.export.export(other, (torch.randn(2, 1, 28, 28),), dynamic_shapes=({0: torch.export.Dim("b")},))
+    meta = json.loads((bundle / "model.json").read_text())["metadata"]
+    torch.export.save(program, str(bundle / "model.pt2"), extra_files={"cnnpipe.json": json.dumps(meta)})
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, bundle / "model.safetensors", metadata=meta)
+    for rel in ("model.torchscript.pt", "model.pt2", "model.safetensors"):
+        resign(bundle, rel)
+
+    proc = cnnpipe(root_copy, "verify", "lenet5", "--samples", "32", "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    report = json.loads(proc.stdout)
+    rows = {r["format"]: r for r in report["formats"]}
+    assert rows["onnx"]["passed"]  # the untouched format still runs and passes
+    assert not rows["torchscript"]["passed"] and "torch.jit cannot load it" in rows["torchscript"]["reasons"][0]
+    assert not rows["pt2"]["passed"] and "logits beyond" in rows["pt2"]["reasons"][0]
+    assert not rows["safetensors"]["passed"] and "do not fit the architecture" in rows["safetensors"]["reasons"][0]
+    assert Path(report["report_path"]).is_file()
+
+
+def test_a_pt2_file_that_is_not_a_program_fails_its_row(root_copy: Path):
+    bundle = root_copy / "exports/lenet5/v1"
+    (bundle / "model.pt2").write_bytes(b"\x00" * 64)
+    resign(bundle, "model.pt2")
+    proc = cnnpipe(root_copy, "verify", "lenet5", "--samples", "16", "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    (pt2,) = [r for r in json.loads(proc.stdout)["formats"] if r["format"] == "pt2"]
+    assert not pt2["passed"] and "torch.export cannot load it" in pt2["reasons"][0]
