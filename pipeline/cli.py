@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
+import inspect
 import json
 import os
 import sys
 import traceback
+import typing
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -17,7 +20,7 @@ import typer
 from rich.console import Console
 
 from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
-from .formats import BASE_FORMATS, FORMATS
+from .options import SPLITS, ExportOptions, GateOptions, TrainConfig, VerifyOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -30,37 +33,6 @@ T = TypeVar("T")
 STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Compile(str, Enum):
-    auto = "auto"
-    on = "on"
-    off = "off"
-
-
-class Loader(str, Enum):
-    auto = "auto"
-    device = "device"
-    stream = "stream"
-
-
-class Split(str, Enum):
-    test = "test"
-    val = "val"
-
-
-Format = Enum("Format", {name: name for name in (*BASE_FORMATS, "all")}, type=str)  # from the format table
-
-
-class Layout(str, Enum):
-    flat = "flat"
-    triton = "triton"
-
-
 class StoreName(str, Enum):
     models = "models"
     exports = "exports"
@@ -70,81 +42,75 @@ class StoreName(str, Enum):
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress goes to stderr).")]
 ModelRef = Annotated[str, typer.Argument(help="Model version: NAME, NAME@latest, NAME@vN, or a path.")]
 BundleRef = Annotated[str, typer.Argument(help="Export bundle: NAME, NAME@latest, NAME@vN, or a path.")]
-DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="Dataset version to train on (NAME, NAME@vN or a path).")]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Architecture to train (see the registry).")]
-NameOpt = Annotated[str | None, typer.Option("--name", help="Name of the model in the store (default: the architecture).")]
-EpochsOpt = Annotated[int, typer.Option(help="Training epochs.")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Training batch size (default: the network's recipe).")]
-OptimizerOpt = Annotated[str | None, typer.Option(help="adam, adamw or sgd (default: the network's recipe).")]
-LrOpt = Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default: the recipe's).")]
-MomentumOpt = Annotated[float, typer.Option(help="SGD momentum.")]
-NesterovOpt = Annotated[bool, typer.Option(help="SGD with Nesterov momentum.")]
-WeightDecayOpt = Annotated[float | None, typer.Option("--weight-decay", help="Weight decay (default: the recipe's).")]
-ScheduleOpt = Annotated[str | None, typer.Option(help="none, step, cosine or onecycle (default: the recipe's).")]
-WarmupOpt = Annotated[float, typer.Option("--warmup-epochs", help="Linear learning-rate warm-up, in epochs.")]
-StepSizeOpt = Annotated[int | None, typer.Option("--step-size", help="step schedule: epochs between decays (default epochs/3).")]
-GammaOpt = Annotated[float, typer.Option(help="step schedule: decay factor.")]
-SmoothingOpt = Annotated[float, typer.Option("--label-smoothing", help="Label smoothing of the cross-entropy.")]
-ClipOpt = Annotated[float | None, typer.Option("--grad-clip", help="Clip the gradient norm to this value.")]
-PatienceOpt = Annotated[int | None, typer.Option(help="Stop after this many epochs without a better validation accuracy.")]
-CompileModeOpt = Annotated[str, typer.Option("--compile-mode", help="torch.compile mode: default, "
-    "reduce-overhead (CUDA graphs) or max-autotune.")]
-PrecisionOpt = Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA), fp32 or bf16.")]
-DeterministicOpt = Annotated[bool, typer.Option(help="torch.use_deterministic_algorithms(True).")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for weights init and shuffling.")]
-DeviceOpt = Annotated[Device, typer.Option(help="auto: CUDA when present, else CPU.")]
-CompileOpt = Annotated[Compile, typer.Option("--compile", help="torch.compile: auto compiles on CUDA only.")]
-AugmentOpt = Annotated[bool, typer.Option(help="Use the dataset's augmentation (random crop, flips where valid).")]
-LoaderOpt = Annotated[Loader, typer.Option(help="device: the split on the device; stream: "
-    "memory-mapped through a DataLoader; auto: device when it fits.")]
-WorkersOpt = Annotated[int, typer.Option(help="DataLoader workers when streaming.")]
 MirrorOpt = Annotated[
     str | None, typer.Option(help="Base URL or folder to fetch from instead of the official URLs (also CNNPIPE_MIRROR).")
 ]
-FormatOpt = Annotated[list[Format], typer.Option(  # type: ignore[valid-type]
-    "--format", "-f",
-    help="Export format (repeatable): " + ", ".join(
-        f"{name} (legacy)" if FORMATS[name].legacy else name for name in BASE_FORMATS
-    ) + ", or all.",
-)]
-OpsetOpt = Annotated[int | None, typer.Option(help="ONNX opset (default: the exporter's).")]
-Fp16Opt = Annotated[bool, typer.Option("--fp16", help="Also write model.fp16.onnx (fp16 weights, float32 inputs and outputs).")]
-Int8Opt = Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx (static "
-    "quantization calibrated on training images).")]
-AotiOpt = Annotated[bool, typer.Option("--aoti", help="Also compile the pt2 program into "
-    "model.aoti.pt2 (AOTInductor; needs a C++ compiler).")]
-LayoutOpt = Annotated[Layout, typer.Option(help="triton: also write a Triton model repository under triton/.")]
-CalibrationOpt = Annotated[int, typer.Option("--calibration-images", help="Training images that calibrate --int8.")]
-BatchSizesOpt = Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes to verify at.")]
-SamplesOpt = Annotated[int, typer.Option(help="Number of real test images to verify on.")]
-FullOpt = Annotated[bool, typer.Option("--full", help="Verify on the whole test split instead of --samples images.")]
-AtolOpt = Annotated[
-    float | None, typer.Option(help="Absolute logit tolerance for every format (default per format and provider: see README).")
-]
-RtolOpt = Annotated[
-    float | None, typer.Option(help="Relative logit tolerance (times |reference logit|) for every format.")
-]
-AgreementOpt = Annotated[
-    float | None, typer.Option("--min-agreement", help="Minimum top-1 agreement with PyTorch (0-1) for every format.")
-]
-ProvidersOpt = Annotated[str, typer.Option(
-    help="devices to verify on: cpu, cuda or cpu,cuda (onnxruntime's provider, and the network rebuilt from safetensors)."
-)]
-MinAccuracyOpt = Annotated[
-    float | None, typer.Option("--min-accuracy", help="Gate: exit 1 when test accuracy is below this fraction.")
-]
-AgainstOpt = Annotated[
-    str | None, typer.Option(help="Model version to compare with on the same images (per-class differences).")
-]
-MaxRegressionOpt = Annotated[
-    float | None,
-    typer.Option("--max-regression", help="Gate with --against: exit 1 when accuracy drops by more "
-        "than this many points, overall or for any class."),
-]
+
+
+def _choice_type(choices: tuple[str, ...]) -> type[Enum]:
+    return Enum("Choice", {c: c for c in choices}, type=str)  # type: ignore[return-value]
+
+
+def _option_params(cls: type) -> list[inspect.Parameter]:
+    """One keyword parameter with its typer.Option per ``option(...)`` field of dataclass ``cls``."""
+    hints = typing.get_type_hints(cls)
+    params = []
+    for f in dataclasses.fields(cls):
+        cli = f.metadata.get("cli")
+        if cli is None:
+            continue
+        annotation: Any = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else list(f.default_factory())  # type: ignore[misc]
+        if cli.choices:
+            choice = _choice_type(cli.choices)
+            annotation = list[choice] if cli.multiple else (choice | None if default is None else choice)
+        info = typer.Option(*cli.flags, help=cli.help, show_default=default is not None)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=Annotated[annotation, info]))
+    return params
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, list):
+        return tuple(_plain_value(v) for v in value)
+    return value
+
+
+def options_command(fn: Callable[..., None]) -> Callable[..., None]:
+    """Expand every parameter annotated with an options dataclass into that dataclass's options,
+    add ``--root`` and ``--config FILE``, and hand the function the dataclass instances back."""
+    sig = inspect.signature(fn, eval_str=True)
+    groups = {name: p.annotation for name, p in sig.parameters.items() if dataclasses.is_dataclass(p.annotation)}
+    params: list[inspect.Parameter] = []
+    for name, p in sig.parameters.items():
+        if name in groups:
+            params += _option_params(groups[name])
+        elif params and params[-1].kind == inspect.Parameter.KEYWORD_ONLY:
+            params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+        else:
+            params.append(p)
+    params += [
+        inspect.Parameter("root", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=RootOpt),
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigOpt),
+    ]
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> None:
+        kwargs.pop("root"), kwargs.pop("config")  # applied by their callbacks
+        for name, cls in groups.items():
+            keys = [f.name for f in dataclasses.fields(cls) if "cli" in f.metadata]
+            kwargs[name] = cls(**{k: _plain_value(kwargs.pop(k)) for k in keys})
+        fn(**kwargs)
+
+    command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    return command
 
 
 def config_defaults(path: Path, params: list[Any]) -> dict[str, Any]:
-    """Read a TOML file of ``run`` options (``epochs = 8``, ``min-accuracy = 0.97``, ...) as
+    """Read a TOML file of a command's options (``epochs = 8``, ``min-accuracy = 0.97``, ...) as
     Click defaults; an unknown key or unreadable file is a usage error naming it."""
     import tomllib
 
@@ -153,10 +119,11 @@ def config_defaults(path: Path, params: list[Any]) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise typer.BadParameter(f"{path}: not a readable TOML file ({e})") from None
     by_flag = {opt.lstrip("-").replace("-", "_"): p.name for p in params for opt in p.opts if opt.startswith("--")}
-    by_flag.pop("config", None)
+    for own in ("config", "root"):
+        by_flag.pop(own, None)
     unknown = sorted(k for k in data if k.replace("-", "_") not in by_flag)
     if unknown:
-        raise typer.BadParameter(f"{path}: unknown option {unknown[0]!r}; use the long names of `cnnpipe run --help`")
+        raise typer.BadParameter(f"{path}: unknown option {unknown[0]!r}; use this command's long option names (see --help)")
     return {by_flag[k.replace("-", "_")]: v for k, v in data.items()}
 
 
@@ -166,8 +133,22 @@ def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
     return value
 
 
+def _set_root(ctx: typer.Context, value: Path | None) -> Path | None:
+    if value is not None:  # given after the command: it wins over the one before it
+        ctx.obj["root"] = value
+    return value
+
+
 def _root(ctx: typer.Context) -> Path:
     return ctx.obj["root"]
+
+
+ROOT_HELP = "Folder holding the data/, models/ and exports/ stores (also CNNPIPE_ROOT)."
+RootOpt = Annotated[Path | None, typer.Option("--root", help=ROOT_HELP, callback=_set_root, show_default=False)]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", help="TOML file of this command's options (long names, e.g. epochs = 8); the command line wins.",
+    is_eager=True, callback=_load_config, show_default=False,
+)]
 
 
 def _plain(obj: Any) -> Any:
@@ -211,28 +192,19 @@ def _emit(as_json: bool, result: Any, render: Callable[[Any], None]) -> None:
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise CnnpipeError(f"--batch-sizes must be comma-separated integers, not {text!r}") from None
-    return sizes
-
-
-def _providers(text: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in text.split(",") if p.strip())
+    return VerifyOptions(batch_sizes=text).batch_size_list()
 
 
 @app.callback()
 def _main(
     ctx: typer.Context,
-    root: Annotated[
-        Path, typer.Option(envvar="CNNPIPE_ROOT", help="Folder holding the data/, models/ and exports/ stores.")
-    ] = Path("."),
+    root: Annotated[Path, typer.Option(envvar="CNNPIPE_ROOT", help=ROOT_HELP)] = Path("."),
 ) -> None:
     ctx.obj = {"root": root}
 
 
 @app.command()
+@options_command
 def download(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Dataset: mnist-sample (shipped), mnist, "
@@ -278,49 +250,26 @@ def download(
 
 
 @app.command()
+@options_command
 def train(
     ctx: typer.Context,
-    model: ModelOpt = "lenet5",
-    dataset: DatasetOpt = "mnist-sample",
-    name: NameOpt = None,
-    epochs: EpochsOpt = 8,
-    batch_size: BatchOpt = None,
-    optimizer: OptimizerOpt = None,
-    lr: LrOpt = None,
-    momentum: MomentumOpt = 0.9,
-    nesterov: NesterovOpt = False,
-    weight_decay: WeightDecayOpt = None,
-    schedule: ScheduleOpt = None,
-    warmup_epochs: WarmupOpt = 0.0,
-    step_size: StepSizeOpt = None,
-    gamma: GammaOpt = 0.1,
-    label_smoothing: SmoothingOpt = 0.0,
-    grad_clip: ClipOpt = None,
-    patience: PatienceOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = Device.auto,
-    compile: CompileOpt = Compile.auto,
-    compile_mode: CompileModeOpt = "default",
-    precision: PrecisionOpt = "auto",
-    deterministic: DeterministicOpt = False,
-    augment: AugmentOpt = True,
-    loader: LoaderOpt = Loader.auto,
-    workers: WorkersOpt = 2,
-    resume: Annotated[
-        str | None, typer.Option(help="Continue an interrupted run: a model NAME (its newest run) "
-            "or a run folder; its own options are used.")
-    ] = None,
+    options: TrainConfig,
+    resume: Annotated[str | None, typer.Option(
+        help="Continue an interrupted run: a model NAME (its newest run) or a run folder; its own options are used."
+    )] = None,
     nproc: Annotated[int, typer.Option(help="Train data-parallel on N processes (launches torchrun on 127.0.0.1).")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a network; the epoch with the best validation accuracy is kept."""
-    from .report import render_train
+    from .report import TrainProgress, render_train
+    from .stages.train import train as run_train
 
     if nproc > 1:
         raise typer.Exit(_launch_torchrun(nproc))
-    config = _train_config(locals())
-    result = _train(ctx, config, resume)
-    if int(os.environ.get("RANK", "0")) == 0:
+    show = int(os.environ.get("RANK", "0")) == 0
+    with TrainProgress(err) as progress:
+        result = _call(lambda: run_train(options, _root(ctx), progress if show else None, resume))
+    if show:
         _emit(as_json, result, lambda r: render_train(out, r))
 
 
@@ -347,44 +296,24 @@ def _launch_torchrun(nproc: int) -> int:
     return subprocess.run(command).returncode
 
 
-def _train_config(options: dict[str, Any]) -> Any:
-    from .stages.train import TrainConfig
-
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {"arch" if k == "model" else k: v.value if isinstance(v, Enum) else v for k, v in options.items()}
-    return TrainConfig(**{k: v for k, v in values.items() if k in names})
-
-
-def _train(ctx: typer.Context, config: Any, resume: str | None = None) -> Any:
-    from .report import TrainProgress
-    from .stages.train import train as run_train
-
-    show = int(os.environ.get("RANK", "0")) == 0
-    with TrainProgress(err) as progress:
-        return _call(lambda: run_train(config, _root(ctx), progress if show else None, resume))
-
-
 @app.command()
+@options_command
 def evaluate(
     ctx: typer.Context,
     ref: ModelRef,
-    split: Annotated[Split, typer.Option(help="Split to evaluate on.")] = Split.test,
+    gates: GateOptions,
+    split: Annotated[_choice_type(SPLITS), typer.Option(help="Split to evaluate on.")] = "test",  # type: ignore[valid-type]
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 256,
-    device: DeviceOpt = Device.auto,
-    against: AgainstOpt = None,
-    max_regression: MaxRegressionOpt = None,
-    min_accuracy: MinAccuracyOpt = None,
+    device: Annotated[str, typer.Option(help="auto: CUDA when present, else CPU (cpu or cuda).")] = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Metrics, per-class table, plots and model card of a model version; optional gates exit 1."""
     from .report import render_evaluate
     from .stages.evaluate import evaluate as run_evaluate
 
-    result = _call(
-        lambda: run_evaluate(
-            ref, split.value, _root(ctx), batch_size, device.value, against, min_accuracy, max_regression
-        )
-    )
+    result = _call(lambda: run_evaluate(
+        ref, _plain_value(split), _root(ctx), batch_size, device, gates.against, gates.min_accuracy, gates.max_regression
+    ))
     _emit(as_json, result, lambda r: render_evaluate(out, r))
     _gate_exit(result)
 
@@ -398,52 +327,37 @@ def _gate_exit(result: Any) -> None:
         raise typer.Exit(EXIT_GATE)
 
 
-@app.command()
-def export(
-    ctx: typer.Context,
-    ref: ModelRef,
-    fmt: FormatOpt = [Format.all],  # noqa: B006  (typer needs a literal default)
-    opset: OpsetOpt = None,
-    fp16: Fp16Opt = False,
-    int8: Int8Opt = False,
-    aoti: AotiOpt = False,
-    layout: LayoutOpt = Layout.flat,
-    calibration: CalibrationOpt = 256,
-    as_json: JsonOpt = False,
-) -> None:
-    """Export a model version to ONNX, TorchScript, safetensors and pt2, with metadata."""
-    from .report import render_export
+def _export(ref: str, options: ExportOptions, root: Path) -> Any:
     from .stages.export import export as run_export
 
-    result = _call(
-        lambda: run_export(ref, [f.value for f in fmt], _root(ctx), opset, fp16, int8, layout.value, calibration, aoti)
-    )
+    return run_export(ref, list(options.formats), root, options.opset, options.fp16, options.int8, options.layout,
+                      options.calibration, options.aoti)
+
+
+def _verify(ref: str, options: VerifyOptions, root: Path) -> Any:
+    from .stages.verify import verify as run_verify
+
+    return run_verify(ref, root, options.batch_size_list(), None if options.full else options.samples, options.atol,
+                      options.min_agreement, options.provider_list(), options.rtol)
+
+
+@app.command()
+@options_command
+def export(ctx: typer.Context, ref: ModelRef, options: ExportOptions, as_json: JsonOpt = False) -> None:
+    """Export a model version to ONNX, pt2, TorchScript and safetensors, with metadata."""
+    from .report import render_export
+
+    result = _call(lambda: _export(ref, options, _root(ctx)))
     _emit(as_json, result, lambda r: render_export(out, r))
 
 
 @app.command()
-def verify(
-    ctx: typer.Context,
-    ref: BundleRef,
-    batch_sizes: BatchSizesOpt = "1,2,7,64",
-    samples: SamplesOpt = 512,
-    full: FullOpt = False,
-    atol: AtolOpt = None,
-    rtol: RtolOpt = None,
-    min_agreement: AgreementOpt = None,
-    providers: ProvidersOpt = "cpu",
-    as_json: JsonOpt = False,
-) -> None:
+@options_command
+def verify(ctx: typer.Context, ref: BundleRef, options: VerifyOptions, as_json: JsonOpt = False) -> None:
     """Reload each export in its own runtime and compare with PyTorch; exit 1 on any breach."""
     from .report import render_verify
-    from .stages.verify import verify as run_verify
 
-    result = _call(
-        lambda: run_verify(
-            ref, _root(ctx), _batch_sizes(batch_sizes), None if full else samples, atol, min_agreement,
-            _providers(providers), rtol,
-        )
-    )
+    result = _call(lambda: _verify(ref, options, _root(ctx)))
     _emit(as_json, result, lambda r: render_verify(out, r))
     if not result.passed:
         err.print(f"[bold red]verify failed:[/] {result.bundle} (report: {result.report_path})", highlight=False)
@@ -451,110 +365,47 @@ def verify(
 
 
 @app.command()
+@options_command
 def run(
     ctx: typer.Context,
-    model: ModelOpt = "lenet5",
-    dataset: DatasetOpt = "mnist-sample",
-    name: NameOpt = None,
-    epochs: EpochsOpt = 8,
-    batch_size: BatchOpt = None,
-    optimizer: OptimizerOpt = None,
-    lr: LrOpt = None,
-    momentum: MomentumOpt = 0.9,
-    nesterov: NesterovOpt = False,
-    weight_decay: WeightDecayOpt = None,
-    schedule: ScheduleOpt = None,
-    warmup_epochs: WarmupOpt = 0.0,
-    step_size: StepSizeOpt = None,
-    gamma: GammaOpt = 0.1,
-    label_smoothing: SmoothingOpt = 0.0,
-    grad_clip: ClipOpt = None,
-    patience: PatienceOpt = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = Device.auto,
-    compile: CompileOpt = Compile.auto,
-    compile_mode: CompileModeOpt = "default",
-    precision: PrecisionOpt = "auto",
-    deterministic: DeterministicOpt = False,
-    augment: AugmentOpt = True,
-    loader: LoaderOpt = Loader.auto,
-    workers: WorkersOpt = 2,
+    train_options: TrainConfig,
+    export_options: ExportOptions,
+    verify_options: VerifyOptions,
+    gates: GateOptions,
     mirror: MirrorOpt = None,
-    min_accuracy: MinAccuracyOpt = None,
-    against: AgainstOpt = None,
-    max_regression: MaxRegressionOpt = None,
-    fmt: FormatOpt = [Format.all],  # noqa: B006
-    opset: OpsetOpt = None,
-    fp16: Fp16Opt = False,
-    int8: Int8Opt = False,
-    aoti: AotiOpt = False,
-    layout: LayoutOpt = Layout.flat,
-    samples: SamplesOpt = 512,
-    full: FullOpt = False,
-    atol: AtolOpt = None,
-    rtol: RtolOpt = None,
-    min_agreement: AgreementOpt = None,
-    providers: ProvidersOpt = "cpu",
     as_json: JsonOpt = False,
-    config: Annotated[
-        Path | None,
-        typer.Option(help="TOML file of these options (long names, e.g. epochs = 8); options on the command line win.",
-                     is_eager=True, callback=_load_config),
-    ] = None,
 ) -> None:
     """download → train → evaluate → export → verify; stops at the first failure with its exit code."""
     from . import report
-    from .data.catalog import CATALOG
-    from .stages.download import download as run_download
-    from .stages.evaluate import check_gate_options
-    from .stages.evaluate import evaluate as run_evaluate
-    from .stages.export import export as run_export
-    from .stages.verify import verify as run_verify
-    from .store import Workspace
+    from .stages.run import run as run_pipeline
 
-    root = _root(ctx)
-    config = _train_config(locals())
-    _call(config.resolved)
-    _call(lambda: check_gate_options(min_accuracy, against, max_regression))
-    if against is not None:  # pin it now: after training, NAME@latest is the new model itself
-        against = _call(lambda: Workspace(root).models.resolve(against).ref)
-    summary: dict[str, Any] = {}
-    if dataset in CATALOG:  # a standard dataset: fetch (or reuse) it; an imported folder is already there
-        summary["download"] = _call(lambda: run_download(dataset, root, mirror))
-        if not as_json:
-            report.render_download(out, summary["download"])
-    summary["train"] = _train(ctx, config)
-    if not as_json:
-        report.render_train(out, summary["train"])
-    ref = summary["train"].ref
-    summary["evaluate"] = _call(
-        lambda: run_evaluate(ref, "test", root, device=device.value, against=against,
-                             min_accuracy=min_accuracy, max_regression=max_regression)
-    )
-    if not as_json:
-        report.render_evaluate(out, summary["evaluate"])
-    if not summary["evaluate"].passed:
-        if as_json:
-            print(json.dumps({k: _plain(v) for k, v in summary.items()}, indent=2, default=str))
-        _gate_exit(summary["evaluate"])
-    summary["export"] = _call(lambda: run_export(ref, [f.value for f in fmt], root, opset, fp16, int8, layout.value, aoti=aoti))
-    if not as_json:
-        report.render_export(out, summary["export"])
-    bundle = summary["export"].ref
-    summary["verify"] = _call(
-        lambda: run_verify(bundle, root, (1, 2, 7, 64), None if full else samples, atol, min_agreement,
-                           _providers(providers), rtol)
-    )
+    renderers = {
+        "download": report.render_download, "train": report.render_train, "evaluate": report.render_evaluate,
+        "export": report.render_export, "verify": report.render_verify,
+    }
+    with report.TrainProgress(err) as progress:
+        def on_stage(stage: str, result: Any) -> None:
+            if stage == "train":
+                progress.stop()
+            if not as_json:
+                renderers[stage](out, result)
+
+        result = _call(lambda: run_pipeline(
+            train_options, export_options, verify_options, gates,
+            root=_root(ctx), mirror=mirror, progress=progress, on_stage=on_stage,
+        ))
     if as_json:
-        print(json.dumps({k: _plain(v) for k, v in summary.items()}, indent=2, default=str))
-    else:
-        report.render_verify(out, summary["verify"])
-    if not summary["verify"].passed:
-        err.print(f"[bold red]verify failed:[/] {bundle}", highlight=False)
+        print(json.dumps({k: _plain(v) for k, v in dataclasses.asdict(result).items() if v is not None and k != "failed"},
+                         indent=2, default=str))
+    if result.failed == "evaluate":
+        _gate_exit(result.evaluate)
+    if result.failed == "verify":
+        err.print(f"[bold red]verify failed:[/] {result.verify.bundle}", highlight=False)
         raise typer.Exit(EXIT_GATE)
 
 
 @app.command()
+@options_command
 def predict(
     ctx: typer.Context,
     images: Annotated[list[Path], typer.Argument(help="Image files to classify.", show_default=False)],
@@ -573,6 +424,7 @@ def predict(
 
 
 @app.command()
+@options_command
 def bench(
     ctx: typer.Context,
     ref: BundleRef,
@@ -590,6 +442,7 @@ def bench(
 
 
 @app.command()
+@options_command
 def models(
     ctx: typer.Context,
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Count parameters for this "
@@ -605,6 +458,7 @@ def models(
 
 
 @app.command("ls")
+@options_command
 def list_stores(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List what the data, models and exports stores hold."""
     from .report import render_ls
@@ -626,6 +480,7 @@ def list_stores(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+@options_command
 def show(
     ctx: typer.Context,
     ref: Annotated[str, typer.Argument(help="NAME, NAME@vN, NAME@latest or a path.")],

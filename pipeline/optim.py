@@ -8,9 +8,7 @@ import torch
 from torch import nn
 
 from .errors import CnnpipeError
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("none", "step", "cosine", "onecycle")
+from .options import OPTIMIZERS, SCHEDULES
 
 
 def make_optimizer(

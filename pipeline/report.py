@@ -212,8 +212,13 @@ class TrainProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Remove the bar (training is over); further calls do nothing."""
         if self.task is not None:
             self.bar.stop()
+            self.task = None
 
     def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
         fields = {"epoch": f"{epoch}/{epochs}", "loss": 0.0, "acc": 0.0, "ips": 0.0}

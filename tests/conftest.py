@@ -46,6 +46,17 @@ def assert_clean_error(proc: subprocess.CompletedProcess, code: int, *needles: s
         assert needle in proc.stderr, proc.stderr
 
 
+def choices_of(param) -> list[str] | None:
+    """The values a typer option accepts, where it is a choice (an Enum, a list of one, or an optional one)."""
+    import enum
+    import typing
+
+    annotation = param.type_descriptor.annotation
+    while typing.get_args(annotation) and not (isinstance(annotation, type) and issubclass(annotation, enum.Enum)):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    return [m.value for m in annotation] if isinstance(annotation, type) and issubclass(annotation, enum.Enum) else None
+
+
 def resign(version: Path, rel: str) -> None:
     """Update a manifest entry after replacing a file, as a buggy or hostile writer would."""
     manifest_path = version / "manifest.json"

@@ -14,7 +14,7 @@ from cnnpipe.cli import app
 from cnnpipe.formats import BASE_FORMATS, FORMATS, VARIANT_FLAGS, load_snippets
 from cnnpipe.nets import build
 
-from conftest import cnnpipe, resign
+from conftest import choices_of, cnnpipe, resign
 
 
 def test_the_table_is_consistent_and_the_cli_offers_its_formats():
@@ -27,8 +27,8 @@ def test_the_table_is_consistent_and_the_cli_offers_its_formats():
         assert spec.parent is None or list(FORMATS).index(spec.parent) < list(FORMATS).index(spec.name)
     assert len(set(VARIANT_FLAGS)) == len(VARIANT_FLAGS) and [f for f in FORMATS.values() if f.native] == [FORMATS["pt2-aoti"]]
     export = typer.main.get_command(app).commands["export"]
-    (fmt,) = [p for p in export.params if p.name == "fmt"]
-    assert list(fmt.type.choices) == [*BASE_FORMATS, "all"]
+    (fmt,) = [p for p in export.params if p.name == "formats"]
+    assert choices_of(fmt) == [*BASE_FORMATS, "all"]
     assert {f"--{flag}" for flag in VARIANT_FLAGS} <= {o for p in export.params for o in p.opts}
     snippets = load_snippets({"arch": "lenet5", "input": {"channels": 1, "height": 28}, "classes": list("0123456789")})
     assert all(FORMATS[f].file in snippets for f in BASE_FORMATS) and 'build("lenet5", 1, 28, 10)' in snippets

@@ -20,8 +20,8 @@ from ..formats import BASE_FORMATS, FORMATS, INPUT_NAME, OUTPUT_NAME, ExportCont
 from ..modelfile import MODEL_JSON, WEIGHTS, load_model
 from ..onnx_variants import triton_config, triton_repository
 from ..provenance import lineage
-from .evaluate import PLOT_FILES, latest_evaluation
 from ..store import Version, Workspace, write_json
+from .evaluate import PLOT_FILES, latest_evaluation
 
 LAYOUTS = ("flat", "triton")
 

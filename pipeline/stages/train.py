@@ -29,87 +29,15 @@ from ..data.loading import Dataset, load_dataset
 from ..engine import Progress, batched_logits, train_epoch
 from ..errors import CnnpipeError
 from ..modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device
-from ..nets import build, get_net, param_count
-from ..optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from ..nets import build, param_count
+from ..optim import make_optimizer, make_schedule
+from ..options import TrainConfig
 from ..provenance import environment, lineage
 from ..report import plot_curves
 from ..store import Workspace, check_name, write_json
 
 CHECKPOINT = "checkpoint.pt"
 RUN_CONFIG = "config.json"
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a training run (recorded, resolved, in ``train.json``).
-
-    ``None`` means the network's recipe: Adam 1e-3 for the small nets, SGD 0.1 with
-    weight decay 5e-4 and a cosine schedule for ``vgg11-bn`` and ``resnet18``.
-    """
-
-    arch: str = "lenet5"
-    dataset: str = "mnist-sample"
-    name: str | None = None
-    epochs: int = 8
-    batch_size: int | None = None
-    optimizer: str | None = None
-    lr: float | None = None
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float | None = None
-    schedule: str | None = None
-    warmup_epochs: float = 0.0
-    step_size: int | None = None
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
-    grad_clip: float | None = None
-    patience: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    compile: str = "auto"
-    compile_mode: str = "default"
-    precision: str = "auto"
-    deterministic: bool = False
-    augment: bool = True
-    loader: str = "auto"
-    workers: int = 2
-    eval_batch_size: int = 1000
-
-    def resolved(self) -> TrainConfig:
-        """A copy with every ``None`` filled from the network's recipe; raises on unusable values."""
-        recipe = get_net(self.arch).recipe
-        out = TrainConfig(**asdict(self))
-        out.name = self.name or self.arch
-        for key in ("batch_size", "optimizer", "lr", "weight_decay", "schedule"):
-            if getattr(out, key) is None:
-                setattr(out, key, recipe[key])
-        out.step_size = self.step_size or max(1, self.epochs // 3)
-        out._check()
-        return out
-
-    def _check(self) -> None:
-        check_name(self.name or "", "model name")
-        checks = [
-            (self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}"),
-            (self.batch_size >= 1 and self.eval_batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, not {self.lr}"),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not {self.optimizer!r}"),
-            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}"),
-            (self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}"),
-            (0 <= self.warmup_epochs < self.epochs, f"--warmup-epochs must be in [0, epochs), not {self.warmup_epochs}"),
-            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), not {self.label_smoothing}"),
-            (self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, not {self.grad_clip}"),
-            (self.patience is None or self.patience >= 1, f"--patience must be at least 1, not {self.patience}"),
-            (self.compile in ("auto", "on", "off"), f"--compile must be auto, on or off, not {self.compile!r}"),
-            (self.compile_mode in ("default", "reduce-overhead", "max-autotune"),
-             f"--compile-mode must be default, reduce-overhead or max-autotune, not {self.compile_mode!r}"),
-            (self.precision in ("auto", "fp32", "bf16"), f"--precision must be auto, fp32 or bf16, not {self.precision!r}"),
-            (self.loader in ("auto", "device", "stream"), f"--loader must be auto, device or stream, not {self.loader!r}"),
-            (self.workers >= 0, f"--workers must be 0 or more, not {self.workers}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise CnnpipeError(message)
 
 
 @dataclass

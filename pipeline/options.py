@@ -1,0 +1,197 @@
+"""Options declared once: the choice sets, and option dataclasses whose fields carry their help.
+
+A field made with ``option(...)`` is a command-line option of every command that takes its
+dataclass (the CLI expands the dataclass into one ``--flag`` per field) and a key of a
+``--config`` TOML file; the library takes the same dataclass. Fields made without it
+(plain defaults) are library-only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import CnnpipeError
+from .formats import BASE_FORMATS
+from .store import check_name
+
+DEVICES = ("auto", "cpu", "cuda")
+PROVIDERS = ("cpu", "cuda")
+COMPILE = ("auto", "on", "off")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+PRECISIONS = ("auto", "fp32", "bf16")
+LOADERS = ("auto", "device", "stream")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "step", "cosine", "onecycle")
+SPLITS = ("test", "val")
+LAYOUTS = ("flat", "triton")
+FORMAT_CHOICES = (*BASE_FORMATS, "all")
+
+
+@dataclass(frozen=True)
+class Cli:
+    """How a field appears on the command line."""
+
+    help: str
+    flags: tuple[str, ...] = ()  # default: --field-name
+    choices: tuple[str, ...] | None = None
+    multiple: bool = False  # a repeatable option; the field holds a tuple
+
+
+def option(default: Any, help: str, *flags: str, choices: tuple[str, ...] | None = None, multiple: bool = False) -> Any:
+    """A dataclass field that is also a command-line option and a config-file key."""
+    cli = Cli(help, flags, choices, multiple)
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata={"cli": cli})
+    return field(default=default, metadata={"cli": cli})
+
+
+def check_choice(value: Any, choices: tuple[str, ...], flag: str) -> None:
+    """A usage error naming the allowed values, for library callers who bypass the CLI's checks."""
+    if value not in choices:
+        raise CnnpipeError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (recorded, resolved, in ``train.json``).
+
+    ``None`` means the network's recipe: Adam 1e-3 for the small nets, SGD 0.1 with
+    weight decay 5e-4 and a cosine schedule for ``vgg11-bn`` and ``resnet18``.
+    """
+
+    arch: str = option("lenet5", "Architecture to train (see `cnnpipe models`).", "--model", "-m")
+    dataset: str = option("mnist-sample", "Dataset version to train on (NAME, NAME@vN or a path).", "--dataset", "-d")
+    name: str | None = option(None, "Name of the model in the store (default: the architecture).")
+    epochs: int = option(8, "Training epochs.")
+    batch_size: int | None = option(None, "Training batch size (default: the network's recipe).", "--batch-size")
+    optimizer: str | None = option(None, "Optimizer (default: the network's recipe).", choices=OPTIMIZERS)
+    lr: float | None = option(None, "Peak learning rate (default: the recipe's).", "--lr")
+    momentum: float = option(0.9, "SGD momentum.")
+    nesterov: bool = option(False, "SGD with Nesterov momentum.")
+    weight_decay: float | None = option(None, "Weight decay (default: the recipe's).", "--weight-decay")
+    schedule: str | None = option(None, "Learning-rate schedule (default: the recipe's).", choices=SCHEDULES)
+    warmup_epochs: float = option(0.0, "Linear learning-rate warm-up, in epochs.", "--warmup-epochs")
+    step_size: int | None = option(None, "step schedule: epochs between decays (default epochs/3).", "--step-size")
+    gamma: float = option(0.1, "step schedule: decay factor.")
+    label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy.", "--label-smoothing")
+    grad_clip: float | None = option(None, "Clip the gradient norm to this value.", "--grad-clip")
+    patience: int | None = option(None, "Stop after this many epochs without a better validation accuracy.")
+    seed: int = option(0, "Seed for weights init and shuffling.")
+    device: str = option("auto", "auto: CUDA when present, else CPU.", choices=DEVICES)
+    compile: str = option("auto", "torch.compile: auto compiles on CUDA only.", choices=COMPILE)
+    compile_mode: str = option("default", "torch.compile mode (reduce-overhead: CUDA graphs).", "--compile-mode",
+                               choices=COMPILE_MODES)
+    precision: str = option("auto", "auto: bf16 autocast on CUDA.", choices=PRECISIONS)
+    deterministic: bool = option(False, "torch.use_deterministic_algorithms(True).")
+    augment: bool = option(True, "Use the dataset's augmentation (random crop, flips where valid).")
+    loader: str = option("auto", "device: the split on the device; stream: memory-mapped through a DataLoader; "
+                         "auto: device when it fits.", choices=LOADERS)
+    workers: int = option(2, "DataLoader workers when streaming.")
+    eval_batch_size: int = 1000
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` filled from the network's recipe; raises on unusable values."""
+        from .nets import get_net
+
+        recipe = get_net(self.arch).recipe
+        out = TrainConfig(**asdict(self))
+        out.name = self.name or self.arch
+        for key in ("batch_size", "optimizer", "lr", "weight_decay", "schedule"):
+            if getattr(out, key) is None:
+                setattr(out, key, recipe[key])
+        out.step_size = self.step_size or max(1, self.epochs // 3)
+        out._check()
+        return out
+
+    def _check(self) -> None:
+        check_name(self.name or "", "model name")
+        checks = [
+            (self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}"),
+            (self.batch_size >= 1 and self.eval_batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, not {self.lr}"),
+            (self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}"),
+            (0 <= self.warmup_epochs < self.epochs, f"--warmup-epochs must be in [0, epochs), not {self.warmup_epochs}"),
+            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), not {self.label_smoothing}"),
+            (self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, not {self.grad_clip}"),
+            (self.patience is None or self.patience >= 1, f"--patience must be at least 1, not {self.patience}"),
+            (self.workers >= 0, f"--workers must be 0 or more, not {self.workers}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CnnpipeError(message)
+        for key, choices in TRAIN_CHOICES.items():
+            check_choice(getattr(self, key), choices, "--" + key.replace("_", "-"))
+
+
+TRAIN_CHOICES = {
+    "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES, "compile": COMPILE,
+    "compile_mode": COMPILE_MODES, "precision": PRECISIONS, "loader": LOADERS,
+}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What ``export`` writes; the variants and their flags come from the format table."""
+
+    formats: tuple[str, ...] = option(
+        ("all",), "Export format (repeatable): " + ", ".join(BASE_FORMATS) + " (torchscript is legacy), or all.",
+        "--format", "-f", choices=FORMAT_CHOICES, multiple=True,
+    )
+    opset: int | None = option(None, "ONNX opset (default: the exporter's).")
+    fp16: bool = option(False, "Also write model.fp16.onnx (fp16 weights, float32 inputs and outputs).", "--fp16")
+    int8: bool = option(False, "Also write model.int8.onnx (static quantization calibrated on training images).", "--int8")
+    aoti: bool = option(False, "Also compile the pt2 program into model.aoti.pt2 (AOTInductor; needs a C++ compiler).", "--aoti")
+    layout: str = option("flat", "triton: also write a Triton model repository under triton/.", choices=LAYOUTS)
+    calibration: int = option(256, "Training images that calibrate --int8.", "--calibration-images")
+
+    @property
+    def flags(self) -> dict[str, bool]:
+        """The variant flags by name, as the format table's ``flag`` fields name them."""
+        return {"fp16": self.fp16, "int8": self.int8, "aoti": self.aoti}
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """How ``verify`` judges a bundle; tolerances left None take each format's default."""
+
+    batch_sizes: str = option("1,2,7,64", "Comma-separated batch sizes to verify at.", "--batch-sizes")
+    samples: int = option(512, "Number of real test images to verify on.")
+    full: bool = option(False, "Verify on the whole test split instead of --samples images.", "--full")
+    atol: float | None = option(None, "Absolute logit tolerance for every format (default per format and device: see README).")
+    rtol: float | None = option(None, "Relative logit tolerance (times |reference logit|) for every format.")
+    min_agreement: float | None = option(None, "Minimum top-1 agreement with PyTorch (0-1) for every format.", "--min-agreement")
+    providers: str = option(
+        "cpu", "Devices to verify on: cpu, cuda or cpu,cuda (onnxruntime's provider, and the network rebuilt from safetensors)."
+    )
+
+    def batch_size_list(self) -> tuple[int, ...]:
+        """The batch sizes as integers; a usage error when they are not."""
+        try:
+            sizes = tuple(int(s) for s in self.batch_sizes.split(",") if s.strip())
+        except ValueError:
+            raise CnnpipeError(f"--batch-sizes must be comma-separated integers, not {self.batch_sizes!r}") from None
+        if not sizes or min(sizes) < 1:
+            raise CnnpipeError("--batch-sizes must be positive integers")
+        return sizes
+
+    def provider_list(self) -> tuple[str, ...]:
+        """The devices asked for; a usage error naming an unknown one."""
+        chosen = tuple(p.strip() for p in self.providers.split(",") if p.strip())
+        unknown = sorted(set(chosen) - set(PROVIDERS)) or ([""] if not chosen else [])
+        if unknown:
+            raise CnnpipeError(f"unknown provider {unknown[0]!r}; use {', '.join(PROVIDERS)}")
+        return chosen
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    """The release gates of ``evaluate`` and ``run``."""
+
+    min_accuracy: float | None = option(None, "Gate: exit 1 when test accuracy is below this fraction.", "--min-accuracy")
+    against: str | None = option(None, "Model version to compare with on the same images (per-class differences).")
+    max_regression: float | None = option(
+        None, "Gate with --against: exit 1 when accuracy drops by more than this many points, overall or for any class.",
+        "--max-regression",
+    )
