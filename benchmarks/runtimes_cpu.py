@@ -62,14 +62,14 @@ def main() -> None:
                   f"torch {torch.__version__}")
             print(f"{'runtime':<26} {'batch':>5} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8} {'images/s':>10}")
             for r in result.rows:
-                print(f"{r['runtime']:<26} {r['batch']:>5} {r['calls']:>6} {r['p50_ms']:>8.3f} "
-                      f"{r['p99_ms']:>8.3f} {r['images_per_s']:>10,.0f}")
+                print(f"{r.runtime:<26} {r.batch:>5} {r.calls:>6} {r.p50_ms:>8.3f} "
+                      f"{r.p99_ms:>8.3f} {r.images_per_s:>10,.0f}")
             rounds = [result.rows] + [bench(bundle.ref, root, (1,), args.seconds, args.threads).rows
                                       for _ in range(args.rounds - 1)]
             for runtime in COMPILED:
                 ratios = []
                 for rows in rounds:
-                    p50 = {r["runtime"]: r["p50_ms"] for r in rows if r["batch"] == 1}
+                    p50 = {r.runtime: r.p50_ms for r in rows if r.batch == 1}
                     ratios.append(p50["pytorch eager (cpu)"] / p50[runtime])
                 print(f"batch-1 p50, eager / {runtime}: median {statistics.median(ratios):.2f}x "
                       f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)})")

@@ -8,37 +8,22 @@ refused with the reason, never tried.
 from __future__ import annotations
 
 import json
-import logging
 import platform
 import sys
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import CnnpipeError, first_line
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence inductor's log lines and warnings (its failures reach the user as one error line)."""
-    logging.disable(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.disable(logging.NOTSET)
+from .formats import quiet
 
 
 def compile_package(program: Any, path: Path, meta: dict[str, str]) -> dict[str, str]:
     """Compile ``program`` into an AOTInductor package at ``path`` with ``meta`` embedded as
     ``cnnpipe.json`` (needs a C++ compiler); returns what it was compiled for."""
     try:
-        with _quiet():
+        with quiet():
             import torch._inductor as inductor
 
             inductor.aoti_compile_and_package(
@@ -59,7 +44,7 @@ def compile_package(program: Any, path: Path, meta: dict[str, str]) -> dict[str,
 def load_package(path: Path, compiled_for: dict[str, str]) -> tuple[Any, dict[str, str]]:
     """The package at ``path`` and its embedded metadata, loaded only where this CPU runs the
     instructions ``compiled_for`` (from model.json) names."""
-    with _quiet():
+    with quiet():
         import torch._inductor as inductor
         from torch._inductor.cpu_vec_isa import valid_vec_isa_list
 
@@ -72,7 +57,7 @@ def load_package(path: Path, compiled_for: dict[str, str]) -> tuple[Any, dict[st
         raise CnnpipeError(f"{path.name} was compiled for CPU instructions '{isa}', which this machine lacks; "
                            "export --aoti on the kind of machine that will run it")
     try:
-        with _quiet():
+        with quiet():
             package = inductor.aoti_load_package(str(path))
     except Exception as e:  # a package from another torch, platform or device
         raise CnnpipeError(f"{path.name}: torch cannot load it ({first_line(e)})") from None

@@ -320,9 +320,9 @@ def evaluate(
 
 def _gate_exit(result: Any) -> None:
     """Exit 1 naming each failed evaluation gate."""
-    failed = [g for g in result.gates if not g["passed"]]
+    failed = [g for g in result.gates if not g.passed]
     for g in failed:
-        err.print(f"[bold red]gate failed:[/] {g['gate']}: {g['detail']}", highlight=False)
+        err.print(f"[bold red]gate failed:[/] {g.gate}: {g.detail}", highlight=False)
     if failed:
         raise typer.Exit(EXIT_GATE)
 

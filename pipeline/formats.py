@@ -162,7 +162,7 @@ def check_onnx_graph(path: Path) -> int:
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence exporters' log lines and warnings (their failures reach the user as one error line)."""
     logging.disable(logging.CRITICAL)
     try:
@@ -188,7 +188,7 @@ def write_onnx(ctx: ExportContext, path: Path) -> None:
 
     kwargs: dict[str, Any] = {} if ctx.opset is None else {"opset_version": ctx.opset}
     try:
-        with _quiet():
+        with quiet():
             torch.onnx.export(
                 ctx.model, (ctx.example,), str(path), dynamo=True, external_data=False,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=_batch_axis(),
@@ -282,7 +282,7 @@ def write_torchscript(ctx: ExportContext, path: Path) -> None:
     """A traced TorchScript module; the metadata rides along as an extra file."""
     import torch
 
-    with _quiet():
+    with quiet():
         traced = torch.jit.trace(ctx.model, ctx.example)
         torch.jit.save(traced, str(path), _extra_files={META_FILE: json.dumps(ctx.meta)})
 
@@ -292,7 +292,7 @@ def load_torchscript(path: Path, device: str, ctx: LoadContext) -> Runner:
 
     _needs(device)
     extra = {META_FILE: ""}
-    with _quiet():  # TorchScript is deprecated, still asked for
+    with quiet():  # TorchScript is deprecated, still asked for
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
     return _torch_runner(module, device, _same_meta(extra[META_FILE], ctx, "TorchScript extra file"))
 
@@ -302,7 +302,7 @@ def write_pt2(ctx: ExportContext, path: Path) -> None:
     import torch
 
     try:
-        with _quiet():
+        with quiet():
             ctx.program = torch.export.export(ctx.model, (ctx.example,), dynamic_shapes=_batch_axis())
             torch.export.save(ctx.program, str(path), extra_files={META_FILE: json.dumps(ctx.meta)})
     except Exception as e:  # torch.export raises many types; all mean "no pt2 file"
@@ -313,7 +313,7 @@ def load_pt2(path: Path, device: str, ctx: LoadContext) -> Runner:
     import torch
 
     extra = {META_FILE: ""}
-    with _quiet():
+    with quiet():
         module = torch.export.load(str(path), extra_files=extra).module()
     return _torch_runner(module, device, _same_meta(extra[META_FILE], ctx, "pt2 extra file"))
 

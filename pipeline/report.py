@@ -1,4 +1,4 @@
-"""What people look at: plots, the training progress bar, and result tables."""
+"""What the terminal shows: progress bars and result tables (rich); plots are in plots.py."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -19,151 +18,6 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_samples(split: tuple[Any, Any], classes: list[str], path: Path, title: str, per_class: int = 8) -> None:
-    """A grid with one row per class of its first training images, as the seeds' ``show_dataset``."""
-    plt = _pyplot()
-    images, labels = split
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.9 + 0.5), squeeze=False)
-    for row, name in enumerate(classes):
-        picks = np.flatnonzero(np.asarray(labels) == row)[:per_class]
-        for col in range(per_class):
-            ax = axes[row][col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col < len(picks):
-                img = images[picks[col]]
-                ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255)
-            if col == 0:
-                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle(f"{title}: training samples per class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def plot_class_counts(counts: dict[str, dict[str, int]], path: Path, title: str) -> None:
-    """Images per class in each split, as grouped bars."""
-    plt = _pyplot()
-    splits = list(counts)
-    classes = list(next(iter(counts.values())))
-    width = 0.8 / len(splits)
-    fig, ax = plt.subplots(figsize=(max(6, len(classes) * 0.6), 4))
-    for k, split in enumerate(splits):
-        xs = [i + (k - (len(splits) - 1) / 2) * width for i in range(len(classes))]
-        ax.bar(xs, [counts[split][c] for c in classes], width, label=split)
-    ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 10 else 0, ha="right")
-    ax.set_ylabel("images")
-    ax.set_title(f"{title}: class distribution")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Loss and accuracy per epoch, train and validation, side by side, as a PNG."""
-    plt = _pyplot()
-    epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
-        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
-        ax.plot(epochs, [r[f"val_{key}"] for r in history], "s-", label="validation")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, title: str) -> None:
-    """The confusion matrix as a heatmap, each row normalized to its class's support."""
-    plt = _pyplot()
-    counts = np.asarray(confusion, dtype=float)
-    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    k = len(classes)
-    size = min(4 + 0.45 * k, 14)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    shown = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), classes, rotation=45 if k > 5 else 0, ha="right" if k > 5 else "center")
-    ax.set_yticks(range(k), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if k <= 20:
-        for i in range(k):
-            for j in range(k):
-                if counts[i, j]:
-                    ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if rates[i, j] > 0.5 else "black")
-    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ax.set_title(f"{title}: confusion matrix (rows normalized)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def plot_per_class(per_class: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Per-class accuracy, precision and recall as bars, worst accuracy first."""
-    plt = _pyplot()
-    rows = sorted((c for c in per_class if c["support"]), key=lambda c: c["accuracy"])
-    ys = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.35 * len(rows)))
-    height = 0.27
-    for offset, key in ((-height, "accuracy"), (0.0, "precision"), (height, "f1")):
-        ax.barh(ys + offset, [c[key] or 0.0 for c in rows], height, label=key)
-    ax.set_yticks(ys, [c["class"] for c in rows])
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("score")
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
-    ax.set_title(f"{title}: per class, worst accuracy first")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def plot_misclassified(images: Any, errors: list[dict[str, Any]], classes: list[str], path: Path, title: str) -> None:
-    """A grid of the most confidently wrong images, each labelled true → predicted (confidence).
-
-    The grid is one mosaic image on one axes, so it renders in a fraction of the time
-    that one axes per image takes.
-    """
-    plt = _pyplot()
-    cols = 8
-    rows = max(1, -(-len(errors) // cols))
-    tiles = [np.asarray(images[e["index"]]) for e in errors]
-    c, h, w = tiles[0].shape if tiles else (1, 28, 28)
-    pad_top, pad = max(10, h // 2), 2
-    cell_h, cell_w = h + pad_top + pad, w + 2 * pad
-    mosaic = np.full((rows * cell_h, cols * cell_w, 3), 255, dtype=np.uint8)
-    fig, ax = plt.subplots(figsize=(cols * 1.5, rows * 1.75 + 0.5))
-    for k, (tile, e) in enumerate(zip(tiles, errors)):
-        top, left = (k // cols) * cell_h + pad_top, (k % cols) * cell_w + pad
-        mosaic[top : top + h, left : left + w] = tile.transpose(1, 2, 0) if c == 3 else tile[0][..., None]
-        ax.text(left + w / 2, top - 1, f"{classes[e['true']]} → {classes[e['predicted']]} ({e['confidence']:.0%})",
-                ha="center", va="bottom", fontsize=7, clip_on=True)
-    ax.imshow(mosaic, interpolation="nearest")
-    ax.axis("off")
-    if not errors:
-        ax.text(0, 0, "no misclassified images", fontsize=10, va="top")
-    ax.set_title(f"{title}: most confident mistakes, true → predicted (confidence)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 class ByteProgress:
@@ -305,8 +159,8 @@ def render_evaluate(console: Console, r: Any) -> None:
         highlight=False,
     )
     for g in r.gates:
-        verdict = "[green]pass[/]" if g["passed"] else "[red]FAIL[/]"
-        console.print(f"  gate {g['gate']}: {verdict}: {g['detail']}", highlight=False)
+        verdict = "[green]pass[/]" if g.passed else "[red]FAIL[/]"
+        console.print(f"  gate {g.gate}: {verdict}: {g.detail}", highlight=False)
 
 
 def render_export(console: Console, r: Any) -> None:
@@ -364,8 +218,8 @@ def render_bench(console: Console, r: Any) -> None:
     console.print(f"{r.bundle}: input {'x'.join(map(str, r.input_shape))}, {r.threads} CPU threads")
     console.print(table(
         ["runtime", "batch", "calls", "p50 ms", "p99 ms", "images/s"],
-        [[row["runtime"], row["batch"], row["calls"], f"{row['p50_ms']:.3f}", f"{row['p99_ms']:.3f}",
-          f"{row['images_per_s']:,.0f}"] for row in r.rows],
+        [[row.runtime, row.batch, row.calls, f"{row.p50_ms:.3f}", f"{row.p99_ms:.3f}", f"{row.images_per_s:,.0f}"]
+         for row in r.rows],
     ))
 
 

@@ -310,9 +310,8 @@ class Store:
         name_dir = self._name_dir(name)
         pointer = name_dir / LATEST
         if not pointer.is_file():
-            raise CnnpipeError(
-                f"no {self.what} named {name!r} in {self.root}/; {self.hint}, or see `cnnpipe ls`"
-            )
+            known = ", ".join(self.names()) or "none"
+            raise CnnpipeError(f"no {self.what} named {name!r} in {self.root}/ (it holds: {known}); {self.hint}")
         return self.get(name, pointer.read_text().strip())
 
     def get(self, name: str, version: str) -> Version:
@@ -321,7 +320,8 @@ class Store:
             raise CnnpipeError(f"invalid version {version!r}: use v1, v2, … or latest")
         path = self._name_dir(name) / version
         if not (path / MANIFEST).is_file() or path.is_symlink():
-            raise CnnpipeError(f"{name}@{version} does not exist in {self.root} (see `cnnpipe ls`)")
+            have = ", ".join(f"v{v.number}" for v in self.versions(name)) or "none"
+            raise CnnpipeError(f"{name}@{version} does not exist in {self.root} (versions: {have})")
         return load_version(path, self.stage)
 
     def resolve(self, ref: str) -> Version:
@@ -343,12 +343,12 @@ class Workspace:
 
     @property
     def data(self) -> Store:
-        return Store(Path(self.root) / "data", "download", "dataset", "prepare it with `cnnpipe download NAME`")
+        return Store(Path(self.root) / "data", "download", "dataset", "download it first")
 
     @property
     def models(self) -> Store:
-        return Store(Path(self.root) / "models", "train", "model", "train one with `cnnpipe train`")
+        return Store(Path(self.root) / "models", "train", "model", "train one first")
 
     @property
     def exports(self) -> Store:
-        return Store(Path(self.root) / "exports", "export", "export bundle", "make one with `cnnpipe export MODEL`")
+        return Store(Path(self.root) / "exports", "export", "export bundle", "export one first")

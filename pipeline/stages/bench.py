@@ -19,6 +19,18 @@ from ..store import Workspace
 Call = Callable[[], Any]
 
 
+@dataclass(frozen=True)
+class BenchRow:
+    """One runtime at one batch size: calls timed, p50/p99 seconds per call in ms, images/s."""
+
+    runtime: str
+    batch: int
+    calls: int
+    p50_ms: float
+    p99_ms: float
+    images_per_s: float
+
+
 @dataclass
 class BenchResult:
     """One row per runtime and batch size: p50/p99 latency of a call and images/s."""
@@ -26,7 +38,7 @@ class BenchResult:
     bundle: str
     threads: int
     input_shape: list[int]
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[BenchRow] = field(default_factory=list)
 
 
 def time_calls(call: Call, seconds: float, warmup: int = 5, min_calls: int = 20) -> np.ndarray:
@@ -94,9 +106,8 @@ def bench(
         for name, runner in runtimes.items():
             prepared = runner.prepare(x)
             times = time_calls(lambda r=runner, p=prepared: r.call(p), seconds)
-            result.rows.append({
-                "runtime": name, "batch": batch, "calls": len(times),
-                "p50_ms": float(np.percentile(times, 50) * 1e3), "p99_ms": float(np.percentile(times, 99) * 1e3),
-                "images_per_s": float(batch / times.mean()),
-            })
+            result.rows.append(BenchRow(
+                runtime=name, batch=batch, calls=len(times), p50_ms=float(np.percentile(times, 50) * 1e3),
+                p99_ms=float(np.percentile(times, 99) * 1e3), images_per_s=float(batch / times.mean()),
+            ))
     return result

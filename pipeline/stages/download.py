@@ -16,8 +16,8 @@ from ..data.imagefolder import decode_all, scan
 from ..data.loading import INFO, split_files
 from ..data.split import stratified_split
 from ..errors import CnnpipeError
+from ..plots import plot_class_counts, plot_samples
 from ..provenance import lineage
-from ..report import plot_class_counts, plot_samples
 from ..store import Draft, Version, Workspace, check_name, sha256_file, write_json
 
 

@@ -8,7 +8,7 @@ every evaluation of it is kept.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,8 @@ from ..engine import batched_logits
 from ..errors import CnnpipeError
 from ..metrics import classification_metrics, compare, confident_errors
 from ..modelfile import load_model, resolve_device
+from ..plots import plot_confusion, plot_misclassified, plot_per_class
 from ..provenance import lineage
-from ..report import plot_confusion, plot_misclassified, plot_per_class
 from ..store import Store, Version, Workspace, write_json
 
 METRICS_SCHEMA = "cnnpipe.metrics/1"
@@ -47,7 +47,7 @@ class EvalResult:
     confusion: list[list[int]]
     seconds: dict[str, float]
     comparison: dict[str, Any] | None = None
-    gates: list[dict[str, Any]] = field(default_factory=list)
+    gates: list[Gate] = field(default_factory=list)
     passed: bool = True
 
 
@@ -56,27 +56,36 @@ def eval_store(version: Version) -> Store:
     return Store(version.path / "eval", "evaluate", "evaluation", "run `cnnpipe evaluate`")
 
 
+@dataclass(frozen=True)
+class Gate:
+    """One release gate's verdict (``metrics.json`` holds the same fields)."""
+
+    gate: str
+    limit: float
+    value: float | None
+    passed: bool
+    detail: str
+
+
 def gates(
     metrics: dict[str, Any], comparison: dict[str, Any] | None, min_accuracy: float | None, max_regression: float | None
-) -> list[dict[str, Any]]:
+) -> list[Gate]:
     """The accuracy floor and the regression limit (in points, overall or any class) as pass/fail records."""
     found = []
     if min_accuracy is not None:
-        found.append({
-            "gate": "min_accuracy", "limit": min_accuracy, "value": metrics["accuracy"],
-            "passed": metrics["accuracy"] is not None and metrics["accuracy"] >= min_accuracy,
-            "detail": f"accuracy {metrics['accuracy']:.4f}, floor {min_accuracy:.4f}",
-        })
+        found.append(Gate(
+            "min_accuracy", min_accuracy, metrics["accuracy"],
+            metrics["accuracy"] is not None and metrics["accuracy"] >= min_accuracy,
+            f"accuracy {metrics['accuracy']:.4f}, floor {min_accuracy:.4f}",
+        ))
     if comparison is not None and max_regression is not None:
         drops = [("overall", comparison["delta_points"])]
         drops += [(f"class {r['class']}", r["delta_points"]) for r in comparison["per_class"]]
         where, delta = min(((w, d) for w, d in drops if d is not None), key=lambda x: x[1], default=("overall", 0.0))
-        found.append({
-            "gate": "max_regression", "limit": max_regression, "value": -delta,
-            "passed": -delta <= max_regression,
-            "detail": f"largest drop {-delta:.2f} points ({where}) against {comparison['against']}, "
-                      f"limit {max_regression:.2f}",
-        })
+        found.append(Gate(
+            "max_regression", max_regression, -delta, -delta <= max_regression,
+            f"largest drop {-delta:.2f} points ({where}) against {comparison['against']}, limit {max_regression:.2f}",
+        ))
     return found
 
 
@@ -159,7 +168,7 @@ def evaluate(
         (draft.path / "README.md").write_text(card)
         write_json(draft.path / "metrics.json", {
             "schema": METRICS_SCHEMA, "model": version.ref, "dataset": dataset.version.ref, "split": split,
-            **result, "misclassified": errors, "comparison": comparison, "gates": checks,
+            **result, "misclassified": errors, "comparison": comparison, "gates": [asdict(g) for g in checks],
         })
         written = draft.commit(
             stage="evaluate",
@@ -168,12 +177,12 @@ def evaluate(
             lineage=lineage(parents, {"split": split, "batch_size": batch_size, "against": against,
                                       "min_accuracy": min_accuracy, "max_regression": max_regression}),
             results={"accuracy": result["accuracy"], "loss": result["loss"], "images": result["images"],
-                     "passed": all(g["passed"] for g in checks)},
+                     "passed": all(g.passed for g in checks)},
         )
     seconds = {"inference": round(inference_s, 4), "total": round(time.perf_counter() - start, 4)}
     return EvalResult(
         model=version.ref, split=split, path=str(written.path), seconds=seconds, comparison=comparison,
-        gates=checks, passed=all(g["passed"] for g in checks), **result,
+        gates=checks, passed=all(g.passed for g in checks), **result,
     )
 
 

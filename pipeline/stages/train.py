@@ -32,8 +32,8 @@ from ..modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device
 from ..nets import build, param_count
 from ..optim import make_optimizer, make_schedule
 from ..options import TrainConfig
+from ..plots import plot_curves
 from ..provenance import environment, lineage
-from ..report import plot_curves
 from ..store import Workspace, check_name, write_json
 
 CHECKPOINT = "checkpoint.pt"
@@ -255,7 +255,7 @@ def _train(config: TrainConfig, root: Path, progress: Progress | None, resume: s
             kept = f"the last good checkpoint (epoch {epoch - 1}) is in {run_dir}" if epoch > 1 else "no epoch finished"
             raise CnnpipeError(
                 f"training loss became {stats.loss} in epoch {epoch}; no version was written and {kept}. "
-                "Lower --lr (or add --grad-clip) and train again"
+                "Lower the learning rate (or clip the gradient norm) and train again"
             )
         if epoch == 1 and compiled:
             timings["compile_s"] = stats.first_step_s
