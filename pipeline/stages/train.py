@@ -174,14 +174,44 @@ def _run_dirs(root: Path) -> list[Path]:
     return list(models.glob("*/.runs/*")) if models.is_dir() else []
 
 
-def _train(config: TrainConfig, root: Path, progress: Progress | None, resume: str | None) -> TrainResult:
-    run_dir: Path | None = None
-    state: dict[str, Any] | None = None
-    if resume is not None:
-        run_dir = find_run(root, resume)
-        config, state = load_run(run_dir)
-    cfg = config.resolved()
-    ws = Workspace(root)
+@dataclass
+class _Run:
+    """Everything one training run works with, set up once from its resolved config."""
+
+    cfg: TrainConfig
+    dataset: Dataset
+    rank: int
+    world: int
+    device: torch.device
+    compiled: bool
+    bf16: bool
+    model: torch.nn.Module
+    step_model: torch.nn.Module  # the model wrapped for DDP and compiled, as the steps call it
+    source: DeviceBatches | StreamBatches
+    drop_last: bool
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    generator: torch.Generator
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    val_batch: int
+
+
+@dataclass
+class _State:
+    """What a checkpoint carries from epoch to epoch."""
+
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(
+        default_factory=lambda: {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("nan"), "state": None}
+    )
+    timings: dict[str, Any] = field(default_factory=lambda: {"compile_s": 0.0, "train_s": 0.0, "images": 0})
+    stale: int = 0
+    epoch: int = 0
+
+
+def _setup(cfg: TrainConfig, ws: Workspace) -> _Run:
+    """Dataset, device, network, optimizer and schedule of a run; refuses a batch size that cannot work."""
     dataset = load_dataset(ws.data.resolve(cfg.dataset))
     rank, world, dist_device = _distributed(cfg.device)
     device = dist_device or resolve_device(cfg.device)
@@ -193,121 +223,146 @@ def _train(config: TrainConfig, root: Path, progress: Progress | None, resume: s
     if cfg.batch_size % world:
         raise CnnpipeError(f"--batch-size {cfg.batch_size} must divide evenly over {world} processes")
     info = dataset.info
-
     torch.manual_seed(cfg.seed)
     model = build(cfg.arch, info["channels"], info["height"], len(dataset.classes))
     model = model.to(device, memory_format=torch.channels_last)
     wrapped: torch.nn.Module = model
     if world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    step_model = torch.compile(wrapped, mode=cfg.compile_mode) if compiled else wrapped
-    train_source = _train_source(dataset, cfg, device)
+    source = _train_source(dataset, cfg, device)
     drop_last = compiled or world > 1
-    steps_per_epoch = len(train_source) // cfg.batch_size if drop_last else math.ceil(len(train_source) / cfg.batch_size)
+    steps_per_epoch = len(source) // cfg.batch_size if drop_last else math.ceil(len(source) / cfg.batch_size)
     if steps_per_epoch == 0:
-        raise CnnpipeError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(train_source)} images)")
+        raise CnnpipeError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(source)} images)")
     optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov)
     schedule = make_schedule(
         optimizer, cfg.schedule, cfg.lr, steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.step_size, cfg.gamma
     )
-    generator = torch.Generator().manual_seed(cfg.seed)
-    augmentation = info["augment"] if cfg.augment else {"crop_padding": 0, "flip": False}
     x_val, y_val = dataset.split("val")
-    if isinstance(train_source, DeviceBatches):  # the validation split fits beside it: no copies per epoch
+    if isinstance(source, DeviceBatches):  # the validation split fits beside it: no copies per epoch
         x_val = x_val.to(device)
-    mean, std = info["mean"], info["std"]
-    val_batch = eval_batch_size(len(y_val), cfg.eval_batch_size)
+    return _Run(
+        cfg, dataset, rank, world, device, compiled, bf16, model,
+        torch.compile(wrapped, mode=cfg.compile_mode) if compiled else wrapped, source, drop_last, optimizer, schedule,
+        torch.Generator().manual_seed(cfg.seed), x_val, y_val, eval_batch_size(len(y_val), cfg.eval_batch_size),
+    )
 
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("nan"), "state": None}
-    timings = {"compile_s": 0.0, "train_s": 0.0, "images": 0}
-    stale, start_epoch = 0, 1
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:  # dropout on CUDA draws from the device's generator
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        history, best, timings, stale = state["history"], state["best"], state["timings"], state["stale"]
-        start_epoch = state["epoch"] + 1
-    elif rank == 0:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        run_dir = ws.models.root / cfg.name / ".runs" / f"{stamp}-{os.getpid()}"
-        run_dir.mkdir(parents=True)
-        write_json(run_dir / RUN_CONFIG, asdict(config) | {"name": cfg.name})
+
+def _restore(run: _Run, saved: dict[str, Any]) -> _State:
+    """Model, optimizer, schedule, sampler and RNG state from a checkpoint."""
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.schedule.load_state_dict(saved["schedule"])
+    run.generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    if run.device.type == "cuda" and "cuda_rng" in saved:  # dropout on CUDA draws from the device's generator
+        torch.cuda.set_rng_state(saved["cuda_rng"], run.device)
+    return _State(saved["history"], saved["best"], saved["timings"], saved["stale"], saved["epoch"])
+
+
+def _checkpoint(run: _Run, state: _State, run_dir: Path) -> None:
+    _save_checkpoint(run_dir, {
+        "epoch": state.epoch, "model": {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()},
+        "optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
+        "generator": run.generator.get_state(), "torch_rng": torch.get_rng_state(),
+        **({"cuda_rng": torch.cuda.get_rng_state(run.device)} if run.device.type == "cuda" else {}),
+        "history": state.history, "best": state.best, "timings": state.timings, "stale": state.stale,
+    })
+
+
+def _epoch(run: _Run, state: _State, epoch: int, progress: Progress | None, run_dir: Path | None) -> dict[str, Any]:
+    """Train one epoch, validate, and record it in ``state``; a non-finite loss stops the run."""
+    cfg, info, lead = run.cfg, run.dataset.info, run.rank == 0
+    order = batch_order(len(run.source), cfg.batch_size, run.drop_last, run.generator)
+    if run.world > 1:
+        order = [b[run.rank :: run.world] for b in order]
+    if progress is not None and lead:
+        progress.start_epoch(epoch, cfg.epochs, len(order))
+    augmentation = info["augment"] if cfg.augment else {"crop_padding": 0, "flip": False}
+    stats = train_epoch(
+        run.step_model, run.optimizer, run.source.batches(order), info["mean"], info["std"], augmentation, run.generator,
+        progress if lead else None, schedule=run.schedule, label_smoothing=cfg.label_smoothing,
+        grad_clip=cfg.grad_clip, bf16=run.bf16,
+    )
+    if not math.isfinite(stats.loss):
+        kept = f"the last good checkpoint (epoch {epoch - 1}) is in {run_dir}" if epoch > 1 else "no epoch finished"
+        raise CnnpipeError(
+            f"training loss became {stats.loss} in epoch {epoch}; no version was written and {kept}. "
+            "Lower the learning rate (or clip the gradient norm) and train again"
+        )
+    timings = state.timings
+    if epoch == 1 and run.compiled:
+        timings["compile_s"] = stats.first_step_s
+    timings["train_s"] += stats.seconds - (timings["compile_s"] if epoch == 1 else 0.0)
+    timings["images"] += stats.images * run.world
+    t0 = time.perf_counter()
+    logits = batched_logits(run.step_model, run.x_val, info["mean"], info["std"], run.val_batch, run.device, run.bf16)
+    val_loss = F.cross_entropy(logits, run.y_val).item()
+    val_acc = (logits.argmax(1) == run.y_val).float().mean().item()
+    record = {
+        "epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
+        "val_loss": val_loss, "val_accuracy": val_acc, "lr": run.optimizer.param_groups[0]["lr"],
+        "train_s": stats.seconds, "val_s": time.perf_counter() - t0,
+        "images_per_s": stats.images * run.world / stats.seconds,
+    }
+    state.history.append(record)
+    state.epoch = epoch
+    if val_acc > state.best["val_accuracy"]:
+        weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in run.model.state_dict().items()}
+        state.best = {"epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss, "state": weights}
+        state.stale = 0
+    else:
+        state.stale += 1
+    if progress is not None and lead:
+        progress.end_epoch(record)
+    return record
+
+
+def _train(config: TrainConfig, root: Path, progress: Progress | None, resume: str | None) -> TrainResult:
+    run_dir: Path | None = None
+    saved: dict[str, Any] | None = None
+    if resume is not None:
+        run_dir = find_run(root, resume)
+        config, saved = load_run(run_dir)
+    cfg = config.resolved()
+    ws = Workspace(root)
+    run = _setup(cfg, ws)
+    if saved is not None:
+        state = _restore(run, saved)
+    else:
+        state = _State()
+        if run.rank == 0:
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+            run_dir = ws.models.root / cfg.name / ".runs" / f"{stamp}-{os.getpid()}"
+            run_dir.mkdir(parents=True)
+            write_json(run_dir / RUN_CONFIG, asdict(config) | {"name": cfg.name})
 
     stopped_early = False
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        order = batch_order(len(train_source), cfg.batch_size, drop_last, generator)
-        if world > 1:
-            order = [b[rank::world] for b in order]
-        if progress is not None and rank == 0:
-            progress.start_epoch(epoch, cfg.epochs, len(order))
-        stats = train_epoch(
-            step_model, optimizer, train_source.batches(order), mean, std, augmentation, generator,
-            progress if rank == 0 else None, schedule=schedule, label_smoothing=cfg.label_smoothing,
-            grad_clip=cfg.grad_clip, bf16=bf16,
-        )
-        if not math.isfinite(stats.loss):
-            kept = f"the last good checkpoint (epoch {epoch - 1}) is in {run_dir}" if epoch > 1 else "no epoch finished"
-            raise CnnpipeError(
-                f"training loss became {stats.loss} in epoch {epoch}; no version was written and {kept}. "
-                "Lower the learning rate (or clip the gradient norm) and train again"
-            )
-        if epoch == 1 and compiled:
-            timings["compile_s"] = stats.first_step_s
-        timings["train_s"] += stats.seconds - (timings["compile_s"] if epoch == 1 else 0.0)
-        timings["images"] += stats.images * world
-        t0 = time.perf_counter()
-        logits = batched_logits(step_model, x_val, mean, std, val_batch, device, bf16)
-        val_loss = F.cross_entropy(logits, y_val).item()
-        val_acc = (logits.argmax(1) == y_val).float().mean().item()
-        record = {
-            "epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
-            "val_loss": val_loss, "val_accuracy": val_acc, "lr": optimizer.param_groups[0]["lr"],
-            "train_s": stats.seconds, "val_s": time.perf_counter() - t0,
-            "images_per_s": stats.images * world / stats.seconds,
-        }
-        history.append(record)
-        if progress is not None and rank == 0:
-            progress.end_epoch(record)
-        if val_acc > best["val_accuracy"]:
-            weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-            best = {"epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss, "state": weights}
-            stale = 0
-        else:
-            stale += 1
-        if rank == 0 and run_dir is not None:
-            _save_checkpoint(run_dir, {
-                "epoch": epoch, "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                "history": history, "best": best, "timings": timings, "stale": stale,
-            })
-        if cfg.patience is not None and stale >= cfg.patience:
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        _epoch(run, state, epoch, progress, run_dir)
+        if run.rank == 0 and run_dir is not None:
+            _checkpoint(run, state, run_dir)
+        if cfg.patience is not None and state.stale >= cfg.patience:
             stopped_early = True
             break
 
+    best, timings = state.best, state.timings
     result = TrainResult(
         ref="", path="", best_epoch=best["epoch"], val_accuracy=best["val_accuracy"], val_loss=best["val_loss"],
-        params=param_count(model), device=device.type, compiled=compiled,
-        precision="bf16" if bf16 else "fp32", compile_s=timings["compile_s"], train_s=timings["train_s"],
+        params=param_count(run.model), device=run.device.type, compiled=run.compiled,
+        precision="bf16" if run.bf16 else "fp32", compile_s=timings["compile_s"], train_s=timings["train_s"],
         images_per_s=timings["images"] / timings["train_s"] if timings["train_s"] > 0 else 0.0,
-        epochs_run=epoch, stopped_early=stopped_early, resumed_from=str(run_dir) if resume else None,
-        world_size=world, history=history,
+        epochs_run=state.epoch, stopped_early=stopped_early, resumed_from=str(run_dir) if resume else None,
+        world_size=run.world, history=state.history,
     )
-    if rank != 0:
+    if run.rank != 0:
         dist.barrier()
         return result
-    version = _commit(ws, cfg, dataset, model, best, history, timings, result)
+    version = _commit(ws, cfg, run.dataset, run.model, best, state.history, timings, result)
     if run_dir is not None:
         shutil.rmtree(run_dir, ignore_errors=True)
         _remove_if_empty(run_dir.parent)
-    if world > 1:
+    if run.world > 1:
         dist.barrier()
     result.ref, result.path = version.ref, str(version.path)
     return result
