@@ -84,20 +84,11 @@ Image files straight from the bundle: `cnnpipe predict IMAGE... --bundle BUNDLE`
 """
 
 
-def model_card(
-    ref: str,
-    desc: dict[str, Any],
-    train: dict[str, Any],
-    metrics: dict[str, Any] | None,
-    split: str,
-    plots: list[str],
-) -> str:
-    """The card of model version ``ref``; ``plots`` are the image files beside it."""
+def _model_and_training(ref: str, desc: dict[str, Any], train: dict[str, Any]) -> list[str]:
     spec = get_net(desc["arch"])
     inp, cfg = desc["input"], train["config"]
     classes = desc["classes"]
-    lines = [
-        front_matter(desc, metrics, split),
+    return [
         f"# {ref}",
         "",
         f"A `{desc['arch']}` image classifier for {len(classes)} classes, trained and packaged by "
@@ -127,49 +118,69 @@ def model_card(
         f"| device | {cfg['device']}, {cfg['precision']}{', compiled' if cfg['compiled'] else ''} |",
         "",
     ]
+
+
+def _evaluation(metrics: dict[str, Any], split: str, plots: list[str]) -> list[str]:
+    lines = [
+        f"## Evaluation ({split} split, {metrics['images']:,} images)",
+        "",
+        "| metric | value |",
+        "| --- | ---: |",
+        f"| accuracy | {_fmt(metrics['accuracy'])} |",
+        f"| top-5 accuracy | {_fmt(metrics['top5_accuracy'])} |",
+        f"| macro precision / recall / F1 | {_fmt(metrics['macro']['precision'])} / "
+        f"{_fmt(metrics['macro']['recall'])} / {_fmt(metrics['macro']['f1'])} |",
+        f"| weighted F1 | {_fmt(metrics['weighted']['f1'])} |",
+        f"| mean cross-entropy | {_fmt(metrics['loss'])} |",
+        f"| expected calibration error (15 bins) | {_fmt(metrics['ece'])} |",
+        "",
+        "Per class, worst accuracy first:",
+        "",
+        "| class | support | accuracy | precision | recall | F1 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {c['class']} | {c['support']} | {_fmt(c['accuracy'])} | {_fmt(c['precision'])} | "
+        f"{_fmt(c['recall'])} | {_fmt(c['f1'])} |"
+        for c in sorted(metrics["per_class"], key=lambda c: (c["accuracy"] is None, c["accuracy"] or 0.0))
+    ]
+    lines.append("")
+    return lines + [f"![{PLOTS[p]}]({p})\n" for p in PLOTS if p in plots]
+
+
+def _limitations(desc: dict[str, Any], metrics: dict[str, Any], split: str) -> list[str]:
+    inp, classes = desc["input"], desc["classes"]
+    worst = sorted((c for c in metrics["per_class"] if c["support"]), key=lambda c: c["accuracy"])
+    return [
+        "## Limitations",
+        "",
+        f"- These figures hold for the {split} split of `{desc['dataset']['ref']}` only "
+        f"({metrics['images']:,} images). Images from another source, camera or resolution may score lower.",
+        f"- The weakest class is `{worst[0]['class']}` at {worst[0]['accuracy']:.2%} accuracy."
+        if worst else "- No class had test images.",
+        f"- The model always answers one of its {len(classes)} classes, even for an image that "
+        "belongs to none of them.",
+        f"- Its confidences are off by {metrics['ece']:.2%} on average (ECE); do not read them as "
+        "probabilities without checking calibration.",
+        f"- Inputs must be resized to {inp['height']}x{inp['width']} with {inp['channels']} channel(s), "
+        "as the training images were.",
+        "",
+    ]
+
+
+def model_card(
+    ref: str,
+    desc: dict[str, Any],
+    train: dict[str, Any],
+    metrics: dict[str, Any] | None,
+    split: str,
+    plots: list[str],
+) -> str:
+    """The card of model version ``ref``; ``plots`` are the image files beside it."""
+    lines = [front_matter(desc, metrics, split), *_model_and_training(ref, desc, train)]
     if metrics is None:
-        lines += ["## Evaluation", "", "Not evaluated yet: run `cnnpipe evaluate`.", ""]
+        lines += ["## Evaluation", "", "Not evaluated yet: evaluate the model to fill this in.", ""]
     else:
-        worst = sorted((c for c in metrics["per_class"] if c["support"]), key=lambda c: c["accuracy"])
-        lines += [
-            f"## Evaluation ({split} split, {metrics['images']:,} images)",
-            "",
-            "| metric | value |",
-            "| --- | ---: |",
-            f"| accuracy | {_fmt(metrics['accuracy'])} |",
-            f"| top-5 accuracy | {_fmt(metrics['top5_accuracy'])} |",
-            f"| macro precision / recall / F1 | {_fmt(metrics['macro']['precision'])} / "
-            f"{_fmt(metrics['macro']['recall'])} / {_fmt(metrics['macro']['f1'])} |",
-            f"| weighted F1 | {_fmt(metrics['weighted']['f1'])} |",
-            f"| mean cross-entropy | {_fmt(metrics['loss'])} |",
-            f"| expected calibration error (15 bins) | {_fmt(metrics['ece'])} |",
-            "",
-            "Per class, worst accuracy first:",
-            "",
-            "| class | support | accuracy | precision | recall | F1 |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        lines += [
-            f"| {c['class']} | {c['support']} | {_fmt(c['accuracy'])} | {_fmt(c['precision'])} | "
-            f"{_fmt(c['recall'])} | {_fmt(c['f1'])} |"
-            for c in sorted(metrics["per_class"], key=lambda c: (c["accuracy"] is None, c["accuracy"] or 0.0))
-        ]
-        lines.append("")
-        lines += [f"![{PLOTS[p]}]({p})\n" for p in PLOTS if p in plots]
-        lines += [
-            "## Limitations",
-            "",
-            f"- These figures hold for the {split} split of `{desc['dataset']['ref']}` only "
-            f"({metrics['images']:,} images). Images from another source, camera or resolution may score lower.",
-            f"- The weakest class is `{worst[0]['class']}` at {worst[0]['accuracy']:.2%} accuracy."
-            if worst else "- No class had test images.",
-            f"- The model always answers one of its {len(classes)} classes, even for an image that "
-            "belongs to none of them.",
-            f"- Its confidences are off by {metrics['ece']:.2%} on average (ECE); do not read them as "
-            "probabilities without checking calibration.",
-            f"- Inputs must be resized to {inp['height']}x{inp['width']} with {inp['channels']} channel(s), "
-            "as the training images were.",
-            "",
-        ]
+        lines += _evaluation(metrics, split, plots) + _limitations(desc, metrics, split)
     lines += ["## How to load each export", "", _load_snippets(desc)]
     return "\n".join(lines)
