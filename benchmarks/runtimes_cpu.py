@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cnnpipe.options import ExportOptions
 from cnnpipe.stages.bench import bench
 from cnnpipe.stages.download import import_folder
 from cnnpipe.stages.export import export
@@ -56,7 +57,7 @@ def main() -> None:
             import_folder(root / f"images-{name}", f"data-{name}", root, size=size, channels=channels, plots=False)
             trained = train(TrainConfig(arch=name, dataset=f"data-{name}", epochs=1, batch_size=16,
                                         optimizer="adam", lr=1e-3, device="cpu"), root)
-            bundle = export(trained.ref, ["all"], root, fp16=True, int8=True, aoti=True)
+            bundle = export(trained.ref, ExportOptions(fp16=True, int8=True, aoti=True), root)
             result = bench(bundle.ref, root, (1, args.batch), args.seconds, args.threads)
             print(f"\n{name}: input {'x'.join(map(str, result.input_shape))}, {result.threads} threads, "
                   f"torch {torch.__version__}")

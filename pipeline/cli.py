@@ -330,15 +330,13 @@ def _gate_exit(result: Any) -> None:
 def _export(ref: str, options: ExportOptions, root: Path) -> Any:
     from .stages.export import export as run_export
 
-    return run_export(ref, list(options.formats), root, options.opset, options.fp16, options.int8, options.layout,
-                      options.calibration, options.aoti)
+    return run_export(ref, options, root)
 
 
 def _verify(ref: str, options: VerifyOptions, root: Path) -> Any:
     from .stages.verify import verify as run_verify
 
-    return run_verify(ref, root, options.batch_size_list(), None if options.full else options.samples, options.atol,
-                      options.min_agreement, options.provider_list(), options.rtol)
+    return run_verify(ref, root, options)
 
 
 @app.command()

@@ -19,11 +19,10 @@ from ..errors import CnnpipeError
 from ..formats import BASE_FORMATS, FORMATS, INPUT_NAME, OUTPUT_NAME, ExportContext, Format
 from ..modelfile import MODEL_JSON, WEIGHTS, load_model
 from ..onnx_variants import triton_config, triton_repository
+from ..options import LAYOUTS, ExportOptions
 from ..provenance import lineage
 from ..store import Version, Workspace, write_json
 from .evaluate import PLOT_FILES, latest_evaluation
-
-LAYOUTS = ("flat", "triton")
 
 
 @dataclass
@@ -106,25 +105,17 @@ def _chosen(formats: list[str] | None, flags: dict[str, bool], layout: str, cali
     return chosen
 
 
-def export(
-    model_ref: str,
-    formats: list[str] | None = None,
-    root: Path = Path("."),
-    opset: int | None = None,
-    fp16: bool = False,
-    int8: bool = False,
-    layout: str = "flat",
-    calibration: int = 256,
-    aoti: bool = False,
-) -> ExportResult:
-    """Export the evaluated weights of ``model_ref`` in eval mode to each of ``formats``.
+def export(model_ref: str, options: ExportOptions | None = None, root: Path = Path(".")) -> ExportResult:
+    """Export the evaluated weights of ``model_ref`` in eval mode to each format ``options`` asks for.
 
-    ``fp16`` and ``int8`` add ONNX variants (int8: static quantization calibrated on the
-    first ``calibration`` training images); ``aoti`` compiles the pt2 program into an
-    AOTInductor package; ``layout="triton"`` adds a Triton model repository holding the
-    ONNX file. What each format is and how it is written lives in ``cnnpipe.formats``.
+    ``options`` (``ExportOptions``) names the base formats and the variant flags (fp16 and
+    int8 ONNX, the AOTInductor package), the opset, the Triton layout and the number of
+    training images that calibrate int8. What each format is and how it is written lives
+    in ``cnnpipe.formats``.
     """
-    chosen = _chosen(formats, {"fp16": fp16, "int8": int8, "aoti": aoti}, layout, calibration)
+    options = options or ExportOptions()
+    opset, calibration = options.opset, options.calibration
+    chosen = _chosen(list(options.formats), options.flags, options.layout, calibration)
     ws = Workspace(root)
     version = ws.models.resolve(model_ref)
     model, desc = load_model(version)
@@ -144,7 +135,7 @@ def export(
             if record is not None:
                 variants[spec.name] = record
             written.append(spec.name)
-        if layout == "triton":
+        if options.layout == "triton":
             config = triton_config(
                 desc["name"], INPUT_NAME, OUTPUT_NAME, [inp["channels"], inp["height"], inp["width"]],
                 len(desc["classes"]), max_batch=256,
@@ -161,8 +152,8 @@ def export(
             stage="export",
             roles={files[f]: f for f in written} | {MODEL_JSON: "description"} | card_roles
             | {rel: "triton" for rel in triton},
-            lineage=lineage([version], {"formats": base, "opset": opset, "fp16": fp16, "int8": int8,
-                                        "aoti": aoti, "layout": layout, "calibration": calibration if int8 else None}),
+            lineage=lineage([version], {"formats": base, "opset": opset, **options.flags, "layout": options.layout,
+                                        "calibration": calibration if options.int8 else None}),
             results={"formats": written, "onnx_opset": ctx.opset_used, "weights_sha256": weights_sha256,
                      "triton": triton},
         )

@@ -59,7 +59,7 @@ def run(
     gates = gates or GateOptions()
     config.resolved()
     check_gate_options(gates.min_accuracy, gates.against, gates.max_regression)
-    batch_sizes, providers = verify_options.batch_size_list(), verify_options.provider_list()
+    verify_options.batch_size_list(), verify_options.provider_list()  # usage errors before any work
     against = Workspace(root).models.resolve(gates.against).ref if gates.against else None
     result = RunResult()
 
@@ -79,14 +79,8 @@ def run(
     if not evaluation.passed:
         result.failed = "evaluate"
         return result
-    bundle = done("export", export(
-        model.ref, list(export_options.formats), root, export_options.opset, export_options.fp16, export_options.int8,
-        export_options.layout, export_options.calibration, export_options.aoti,
-    ))
-    verdict = done("verify", verify(
-        bundle.ref, root, batch_sizes, None if verify_options.full else verify_options.samples, verify_options.atol,
-        verify_options.min_agreement, providers, verify_options.rtol,
-    ))
+    bundle = done("export", export(model.ref, export_options, root))
+    verdict = done("verify", verify(bundle.ref, root, verify_options))
     if not verdict.passed:
         result.failed = "verify"
     return result

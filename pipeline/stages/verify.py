@@ -24,7 +24,7 @@ from ..data.loading import load_dataset, normalize
 from ..errors import CnnpipeError, first_line
 from ..formats import FORMATS, Format, LoadContext, Tolerance
 from ..modelfile import MODEL_JSON, load_model
-from ..onnx_session import PROVIDERS
+from ..options import VerifyOptions
 from ..store import Version, Workspace
 
 CHUNK = 256  # small activations: larger chunks let glibc's heap high-water creep up per chunk
@@ -197,32 +197,18 @@ def _check_triton(bundle: Version, desc: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _check_options(batch_sizes: tuple[int, ...], samples: int, providers: tuple[str, ...]) -> None:
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise CnnpipeError("--batch-sizes must be positive integers")
-    if samples < 1:
-        raise CnnpipeError(f"--samples must be at least 1, not {samples}")
-    unknown = sorted(set(providers) - set(PROVIDERS))
-    if unknown or not providers:
-        raise CnnpipeError(f"unknown provider {(unknown or [''])[0]!r}; use {', '.join(PROVIDERS)}")
-
-
-def verify(
-    bundle_ref: str,
-    root: Path = Path("."),
-    batch_sizes: tuple[int, ...] = (1, 2, 7, 64),
-    samples: int | None = 512,
-    atol: float | None = None,
-    min_agreement: float | None = None,
-    providers: tuple[str, ...] = ("cpu",),
-    rtol: float | None = None,
-) -> VerifyResult:
+def verify(bundle_ref: str, root: Path = Path("."), options: VerifyOptions | None = None) -> VerifyResult:
     """Check a bundle's hashes, then each format's logits against the PyTorch reference.
 
-    ``samples`` real test images are used (None: the whole test split); ``atol``, ``rtol``
-    and ``min_agreement`` override every format's default tolerance.
+    ``options`` (``VerifyOptions``) sets the batch sizes, the number of real test images
+    (or the whole split with ``full``), the devices, and tolerances that override every
+    format's default.
     """
-    _check_options(batch_sizes, 1 if samples is None else samples, providers)
+    options = options or VerifyOptions()
+    batch_sizes, providers = options.batch_size_list(), options.provider_list()
+    if not options.full and options.samples < 1:
+        raise CnnpipeError(f"--samples must be at least 1, not {options.samples}")
+    samples = None if options.full else options.samples
     ws = Workspace(root)
     bundle = ws.exports.resolve(bundle_ref)
     try:
@@ -255,7 +241,7 @@ def verify(
         if triton:
             result.passed = False
             result.integrity = "; ".join(triton)
-        overrides = {"atol": atol, "rtol": rtol, "min_agreement": min_agreement}
+        overrides = {"atol": options.atol, "rtol": options.rtol, "min_agreement": options.min_agreement}
         judge = dict(images=images, ref=ref, labels=labels, classes=classes, batch_sizes=list(batch_sizes))
         for fmt in bundle.results.get("formats", []):
             spec = FORMATS[fmt]
