@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from . import __version__
+from .description import ModelDescription
 from .formats import load_snippets
 from .nets import get_net
 
@@ -27,7 +28,7 @@ def _q(value: Any) -> str:
     return json.dumps(value)
 
 
-def _round(values: list[float]) -> list[float]:
+def _round(values: tuple[float, ...]) -> list[float]:
     return [round(v, 4) for v in values]
 
 
@@ -35,14 +36,14 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def front_matter(desc: dict[str, Any], metrics: dict[str, Any] | None, split: str) -> str:
+def front_matter(desc: ModelDescription, metrics: dict[str, Any] | None, split: str) -> str:
     """Hugging Face model-card metadata with a ``model-index`` of the evaluation results."""
-    dataset = desc["dataset"]["ref"].split("@")[0]
+    dataset = desc.dataset_ref.split("@")[0]
     lines = [
         "---",
         "library_name: cnnpipe",
         "pipeline_tag: image-classification",
-        "tags: [image-classification, cnnpipe, pytorch, onnx, " + desc["arch"] + "]",
+        "tags: [image-classification, cnnpipe, pytorch, onnx, " + desc.arch + "]",
         f"datasets: [{_q(dataset)}]",
         "metrics: [accuracy, f1]",
     ]
@@ -53,13 +54,13 @@ def front_matter(desc: dict[str, Any], metrics: dict[str, Any] | None, split: st
             results.append(("top_5_accuracy", metrics["top5_accuracy"], f"{split} top-5 accuracy"))
         lines += [
             "model-index:",
-            f"- name: {_q(desc['name'])}",
+            f"- name: {_q(desc.name)}",
             "  results:",
             "  - task:",
             "      type: image-classification",
             "      name: Image Classification",
             "    dataset:",
-            f"      name: {_q(desc['dataset']['ref'])}",
+            f"      name: {_q(desc.dataset_ref)}",
             f"      type: {_q(dataset)}",
             f"      split: {split}",
             "    metrics:",
@@ -69,11 +70,11 @@ def front_matter(desc: dict[str, Any], metrics: dict[str, Any] | None, split: st
     return "\n".join(lines + ["---", ""])
 
 
-def _load_snippets(desc: dict[str, Any]) -> str:
-    inp = desc["input"]
-    shape = f"(N, {inp['channels']}, {inp['height']}, {inp['width']})"
+def _load_snippets(desc: ModelDescription) -> str:
+    inp = desc.input
+    shape = f"(N, {inp.channels}, {inp.height}, {inp.width})"
     return f"""Every format takes float32 `{shape}` batches (NCHW) made as
-`x = (pixel / 255 - mean) / std` per channel, with mean {_round(inp['mean'])} and std {_round(inp['std'])},
+`x = (pixel / 255 - mean) / std` per channel, with mean {_round(inp.mean)} and std {_round(inp.std)},
 and returns one logit per class in the order of `classes` in `model.json`
 (`model.json` holds mean and std at full precision).
 
@@ -84,31 +85,31 @@ Image files straight from the bundle: `cnnpipe predict IMAGE... --bundle BUNDLE`
 """
 
 
-def _model_and_training(ref: str, desc: dict[str, Any], train: dict[str, Any]) -> list[str]:
-    spec = get_net(desc["arch"])
-    inp, cfg = desc["input"], train["config"]
-    classes = desc["classes"]
+def _model_and_training(ref: str, desc: ModelDescription, train: dict[str, Any]) -> list[str]:
+    spec = get_net(desc.arch)
+    inp, cfg = desc.input, train["config"]
+    classes = desc.classes
     return [
         f"# {ref}",
         "",
-        f"A `{desc['arch']}` image classifier for {len(classes)} classes, trained and packaged by "
-        f"cnnpipe {__version__} on the dataset `{desc['dataset']['ref']}`.",
+        f"A `{desc.arch}` image classifier for {len(classes)} classes, trained and packaged by "
+        f"cnnpipe {__version__} on the dataset `{desc.dataset_ref}`.",
         "",
         "## Model",
         "",
         "| | |",
         "| --- | --- |",
-        f"| architecture | `{desc['arch']}`, from: {spec.source} |",
-        f"| parameters | {desc['params']:,} |",
-        f"| input | {inp['channels']}x{inp['height']}x{inp['width']} {inp['layout']} float32, "
-        f"pixels in [0, 1] normalized with mean {_round(inp['mean'])} and std {_round(inp['std'])} |",
+        f"| architecture | `{desc.arch}`, from: {spec.source} |",
+        f"| parameters | {desc.params:,} |",
+        f"| input | {inp.channels}x{inp.height}x{inp.width} {inp.layout} float32, "
+        f"pixels in [0, 1] normalized with mean {_round(inp.mean)} and std {_round(inp.std)} |",
         f"| classes | {', '.join(classes)} |",
         "",
         "## Training",
         "",
         "| | |",
         "| --- | --- |",
-        f"| dataset | `{desc['dataset']['ref']}`, hash `{desc['dataset']['hash']}` |",
+        f"| dataset | `{desc.dataset_ref}`, hash `{desc.dataset_hash}` |",
         f"| optimizer | {cfg['optimizer']}, lr {cfg['lr']:g}, weight decay {cfg['weight_decay']:g}, "
         f"schedule {cfg['schedule']}, batch {cfg['batch_size']} |",
         f"| epochs | {train['epochs_run']} run, best on validation: {train['best_epoch']}"
@@ -148,13 +149,13 @@ def _evaluation(metrics: dict[str, Any], split: str, plots: list[str]) -> list[s
     return lines + [f"![{PLOTS[p]}]({p})\n" for p in PLOTS if p in plots]
 
 
-def _limitations(desc: dict[str, Any], metrics: dict[str, Any], split: str) -> list[str]:
-    inp, classes = desc["input"], desc["classes"]
+def _limitations(desc: ModelDescription, metrics: dict[str, Any], split: str) -> list[str]:
+    inp, classes = desc.input, desc.classes
     worst = sorted((c for c in metrics["per_class"] if c["support"]), key=lambda c: c["accuracy"])
     return [
         "## Limitations",
         "",
-        f"- These figures hold for the {split} split of `{desc['dataset']['ref']}` only "
+        f"- These figures hold for the {split} split of `{desc.dataset_ref}` only "
         f"({metrics['images']:,} images). Images from another source, camera or resolution may score lower.",
         f"- The weakest class is `{worst[0]['class']}` at {worst[0]['accuracy']:.2%} accuracy."
         if worst else "- No class had test images.",
@@ -162,7 +163,7 @@ def _limitations(desc: dict[str, Any], metrics: dict[str, Any], split: str) -> l
         "belongs to none of them.",
         f"- Its confidences are off by {metrics['ece']:.2%} on average (ECE); do not read them as "
         "probabilities without checking calibration.",
-        f"- Inputs must be resized to {inp['height']}x{inp['width']} with {inp['channels']} channel(s), "
+        f"- Inputs must be resized to {inp.height}x{inp.width} with {inp.channels} channel(s), "
         "as the training images were.",
         "",
     ]
@@ -170,7 +171,7 @@ def _limitations(desc: dict[str, Any], metrics: dict[str, Any], split: str) -> l
 
 def model_card(
     ref: str,
-    desc: dict[str, Any],
+    desc: ModelDescription,
     train: dict[str, Any],
     metrics: dict[str, Any] | None,
     split: str,

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .description import ModelDescription
 from .errors import CnnpipeError, first_line
 from .onnx_session import PROVIDERS, onnx_session
 
@@ -61,7 +62,7 @@ class LoadContext:
 
     meta: dict[str, str]
     variant: dict[str, Any]
-    desc: dict[str, Any]
+    desc: ModelDescription
     threads: int = 0
 
 
@@ -437,8 +438,8 @@ BASE_FORMATS = tuple(name for name, f in FORMATS.items() if f.parent is None)
 VARIANT_FLAGS = tuple(f.flag for f in FORMATS.values() if f.flag)
 
 
-def load_snippets(desc: dict[str, Any]) -> str:
+def load_snippets(desc: ModelDescription) -> str:
     """The model card's "how to load" section for every base format."""
-    fields = {"arch": desc["arch"], "channels": desc["input"]["channels"], "height": desc["input"]["height"],
-              "classes": len(desc["classes"])}
+    fields = {"arch": desc.arch, "channels": desc.input.channels, "height": desc.input.height,
+              "classes": len(desc.classes)}
     return "\n\n".join(f.snippet.format(**fields) for f in FORMATS.values() if f.snippet)

@@ -9,6 +9,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from .description import InputSpec, ModelDescription
 from .errors import CnnpipeError
 from .nets import build, param_count
 from .store import Version
@@ -17,33 +18,24 @@ MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
 
 
-def describe(arch: str, name: str, model: nn.Module, dataset: Any) -> dict[str, Any]:
+def describe(arch: str, name: str, model: nn.Module, dataset: Any) -> ModelDescription:
     """The description a consumer needs to rebuild the network and feed it images."""
     info = dataset.info
-    return {
-        "arch": arch,
-        "name": name,
-        "params": param_count(model),
-        "classes": list(dataset.classes),
-        "input": {
-            "layout": "NCHW",
-            "channels": info["channels"],
-            "height": info["height"],
-            "width": info["width"],
-            "dtype": "float32",
-            "pixel_range": [0.0, 1.0],
-            "mean": info["mean"],
-            "std": info["std"],
-            "normalize": "x = (pixel / 255 - mean) / std, per channel",
-        },
-        "dataset": {"ref": dataset.version.ref, "hash": dataset.dataset_hash},
-    }
+    return ModelDescription(
+        arch=arch, name=name, params=param_count(model), classes=tuple(dataset.classes),
+        input=InputSpec(info["channels"], info["height"], info["width"], tuple(info["mean"]), tuple(info["std"])),
+        dataset_ref=dataset.version.ref, dataset_hash=dataset.dataset_hash,
+    )
 
 
-def build_from(desc: dict[str, Any]) -> nn.Module:
+def read_description(version: Version) -> ModelDescription:
+    """A version's ``model.json`` as a checked record."""
+    return ModelDescription.from_json(version.read_json(MODEL_JSON), f"{version.ref}: {MODEL_JSON}")
+
+
+def build_from(desc: ModelDescription) -> nn.Module:
     """A fresh network with the architecture ``desc`` describes (random weights)."""
-    inp = desc["input"]
-    return build(desc["arch"], inp["channels"], inp["height"], len(desc["classes"]))
+    return build(desc.arch, desc.input.channels, desc.input.height, len(desc.classes))
 
 
 def load_weights(model: nn.Module, path: Any) -> None:
@@ -64,10 +56,10 @@ def load_weights(model: nn.Module, path: Any) -> None:
     model.load_state_dict(state)
 
 
-def load_model(version: Version, weights: str = WEIGHTS) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(version: Version, weights: str = WEIGHTS) -> tuple[nn.Module, ModelDescription]:
     """Rebuild a version's network in eval mode on the CPU, after re-checking its hashes."""
     version.check()
-    desc = version.read_json(MODEL_JSON)
+    desc = read_description(version)
     model = build_from(desc)
     load_weights(model, version.file(weights))
     return model.eval(), desc

@@ -74,7 +74,7 @@ def test_predict_runs_without_torch_and_agrees_with_evaluate(pipeline_root: Path
         assert top1[indices.index(e["index"])] == str(e["predicted"])
     model, desc = load_model(Workspace(pipeline_root).models.resolve("lenet5@v1"))
     raw = torch.from_numpy(np.load(pipeline_root / "data/mnist-sample/v1/splits/test-images.npy")[indices])
-    logits = batched_logits(model, raw, desc["input"]["mean"], desc["input"]["std"], 256, torch.device("cpu"))
+    logits = batched_logits(model, raw, list(desc.input.mean), list(desc.input.std), 256, torch.device("cpu"))
     assert top1 == [str(int(i)) for i in logits.argmax(1)]
     probs = torch.softmax(logits, 1).max(1).values.numpy()
     assert np.allclose([p["top"][0]["probability"] for p in predicted["predictions"]], probs, atol=1e-5)

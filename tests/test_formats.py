@@ -11,10 +11,11 @@ import typer
 from safetensors.torch import save_file
 
 from cnnpipe.cli import app
+from cnnpipe.description import InputSpec, ModelDescription
 from cnnpipe.formats import BASE_FORMATS, FORMATS, VARIANT_FLAGS, load_snippets
 from cnnpipe.nets import build
 
-from conftest import choices_of, cnnpipe, resign
+from conftest import assert_clean_error, choices_of, cnnpipe, resign
 
 
 def test_the_table_is_consistent_and_the_cli_offers_its_formats():
@@ -30,7 +31,8 @@ def test_the_table_is_consistent_and_the_cli_offers_its_formats():
     (fmt,) = [p for p in export.params if p.name == "formats"]
     assert choices_of(fmt) == [*BASE_FORMATS, "all"]
     assert {f"--{flag}" for flag in VARIANT_FLAGS} <= {o for p in export.params for o in p.opts}
-    snippets = load_snippets({"arch": "lenet5", "input": {"channels": 1, "height": 28}, "classes": list("0123456789")})
+    desc = ModelDescription("lenet5", "digits", 61706, tuple("0123456789"), InputSpec(1, 28, 28, (0.1,), (0.3,)), "d@v1", "h")
+    snippets = load_snippets(desc)
     assert all(FORMATS[f].file in snippets for f in BASE_FORMATS) and 'build("lenet5", 1, 28, 10)' in snippets
 
 
@@ -65,3 +67,11 @@ def test_a_pt2_file_that_is_not_a_program_fails_its_row(root_copy: Path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     (pt2,) = [r for r in json.loads(proc.stdout)["formats"] if r["format"] == "pt2"]
     assert not pt2["passed"] and "torch.export cannot load it" in pt2["reasons"][0]
+
+
+def test_a_malformed_model_description_is_one_line(root_copy: Path):
+    for rel, command in (("exports/lenet5/v1", "verify"), ("models/lenet5/v1", "export")):
+        version = root_copy / rel
+        (version / "model.json").write_text(json.dumps({"arch": "lenet5", "input": {"channels": "many"}}))
+        resign(version, "model.json")
+        assert_clean_error(cnnpipe(root_copy, command, "lenet5"), 2, "not a cnnpipe model description")

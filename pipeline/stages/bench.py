@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..description import ModelDescription
 from ..errors import CnnpipeError
 from ..formats import FORMATS, LoadContext, Runner
 from ..modelfile import MODEL_JSON
@@ -54,7 +55,7 @@ def time_calls(call: Call, seconds: float, warmup: int = 5, min_calls: int = 20)
     return np.asarray(times)
 
 
-def _runtimes(bundle: Any, desc: dict[str, Any], threads: int) -> dict[str, Runner]:
+def _runtimes(bundle: Any, bundle_json: dict[str, Any], threads: int) -> dict[str, Runner]:
     """Every format of the bundle on every device where it runs here, by bench label.
 
     A device other than the CPU that is absent, or where the runtime falls back to the CPU,
@@ -63,8 +64,10 @@ def _runtimes(bundle: Any, desc: dict[str, Any], threads: int) -> dict[str, Runn
     found: dict[str, Runner] = {}
     for fmt in bundle.results.get("formats", []):
         spec = FORMATS[fmt]
-        ctx = LoadContext(meta=desc.get("metadata", {}), variant=desc.get("variants", {}).get(fmt, {}), desc=desc,
-                          threads=threads)
+        ctx = LoadContext(
+            meta=bundle_json.get("metadata", {}), variant=bundle_json.get("variants", {}).get(fmt, {}),
+            desc=ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}"), threads=threads,
+        )
         for device in spec.devices:
             try:
                 runner = spec.open(bundle.file(spec.file), device, ctx)
@@ -93,10 +96,9 @@ def bench(
     torch.set_num_threads(threads)
     bundle = Workspace(root).exports.resolve(bundle_ref)
     bundle.check()
-    desc = bundle.read_json(MODEL_JSON)
-    inp = desc["input"]
-    shape = [inp["channels"], inp["height"], inp["width"]]
-    runtimes = _runtimes(bundle, desc, threads)
+    bundle_json = bundle.read_json(MODEL_JSON)
+    shape = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}").input.shape
+    runtimes = _runtimes(bundle, bundle_json, threads)
     if not runtimes:
         raise CnnpipeError(f"{bundle.ref}: holds no format to time")
     result = BenchResult(bundle=bundle.ref, threads=threads, input_shape=shape)

@@ -16,6 +16,7 @@ import torch
 
 from ..card import model_card
 from ..data.loading import load_dataset
+from ..description import ModelDescription
 from ..engine import batched_logits
 from ..errors import CnnpipeError
 from ..metrics import classification_metrics, compare, confident_errors
@@ -101,19 +102,18 @@ def check_gate_options(
         raise CnnpipeError("--max-regression takes a number of points >= 0 and needs --against REF")
 
 
-def _baseline(ws: Workspace, ref: str, desc: dict[str, Any], images: torch.Tensor, labels: torch.Tensor,
+def _baseline(ws: Workspace, ref: str, desc: ModelDescription, images: torch.Tensor, labels: torch.Tensor,
               batch_size: int, dev: torch.device) -> tuple[Version, dict[str, Any]]:
     """Evaluate model ``ref`` on the same images, in memory: the comparison's other side."""
     version = ws.models.resolve(ref)
     model, base = load_model(version)
-    if base["classes"] != desc["classes"] or base["input"] != desc["input"]:
+    if base.classes != desc.classes or base.input != desc.input:
         raise CnnpipeError(
-            f"cannot compare with {version.ref}: its classes or input ({base['input']['channels']}x"
-            f"{base['input']['height']}x{base['input']['width']}, {len(base['classes'])} classes) differ"
+            f"cannot compare with {version.ref}: its classes or input "
+            f"({'x'.join(map(str, base.input.shape))}, {len(base.classes)} classes) differ"
         )
-    inp = base["input"]
-    logits = batched_logits(model.to(dev), images, inp["mean"], inp["std"], batch_size, dev)
-    return version, classification_metrics(logits, labels, base["classes"])
+    logits = batched_logits(model.to(dev), images, list(base.input.mean), list(base.input.std), batch_size, dev)
+    return version, classification_metrics(logits, labels, list(base.classes))
 
 
 def evaluate(
@@ -138,15 +138,15 @@ def evaluate(
     ws = Workspace(root)
     version = ws.models.resolve(model_ref)
     model, desc = load_model(version)
-    dataset = load_dataset(ws.data.resolve(desc["dataset"]["ref"]))
-    if dataset.dataset_hash != desc["dataset"]["hash"]:
+    dataset = load_dataset(ws.data.resolve(desc.dataset_ref))
+    if dataset.dataset_hash != desc.dataset_hash:
         raise CnnpipeError(f"dataset {dataset.version.ref} does not have the hash {version.ref} was trained on")
     dev = resolve_device(device)
     images, labels = dataset.split(split)
-    inp = desc["input"]
+    classes = list(desc.classes)
     start = time.perf_counter()
-    logits = batched_logits(model.to(dev), images, inp["mean"], inp["std"], batch_size, dev)
-    result = classification_metrics(logits, labels, desc["classes"])
+    logits = batched_logits(model.to(dev), images, list(desc.input.mean), list(desc.input.std), batch_size, dev)
+    result = classification_metrics(logits, labels, classes)
     inference_s = time.perf_counter() - start
     parents = [version, dataset.version]
     comparison = None
@@ -158,11 +158,11 @@ def evaluate(
     errors = confident_errors(logits, labels)
     title = f"{version.ref} on {split}"
     with eval_store(version).draft(split) as draft:
-        plot_confusion(result["confusion"], desc["classes"], draft.path / "confusion.png", title)
+        plot_confusion(result["confusion"], classes, draft.path / "confusion.png", title)
         plot_per_class(result["per_class"], draft.path / "per_class.png", title)
-        plot_misclassified(images, errors, desc["classes"], draft.path / "misclassified.png", title)
-        rows = [",".join(["true\\pred", *desc["classes"]])]
-        rows += [",".join([c, *map(str, r)]) for c, r in zip(desc["classes"], result["confusion"])]
+        plot_misclassified(images, errors, classes, draft.path / "misclassified.png", title)
+        rows = [",".join(["true\\pred", *classes])]
+        rows += [",".join([c, *map(str, r)]) for c, r in zip(classes, result["confusion"])]
         (draft.path / "confusion.csv").write_text("\n".join(rows) + "\n")
         card = model_card(version.ref, desc, version.read_json("train.json"), result, split, list(PLOT_FILES))
         (draft.path / "README.md").write_text(card)

@@ -7,7 +7,6 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +14,7 @@ import torch
 from .. import __version__
 from ..card import model_card
 from ..data.loading import load_dataset, normalize
+from ..description import ModelDescription
 from ..errors import CnnpipeError
 from ..formats import BASE_FORMATS, FORMATS, INPUT_NAME, OUTPUT_NAME, ExportContext, Format
 from ..modelfile import MODEL_JSON, WEIGHTS, load_model
@@ -38,20 +38,20 @@ class ExportResult:
     triton: list[str]
 
 
-def metadata(desc: dict[str, Any], model_ref: str, weights_sha256: str) -> dict[str, str]:
+def metadata(desc: ModelDescription, model_ref: str, weights_sha256: str) -> dict[str, str]:
     """The str→str metadata every format carries: what a consumer needs to feed the model."""
-    inp = desc["input"]
+    inp = desc.input
     return {
-        "model_name": desc["name"],
+        "model_name": desc.name,
         "model_version": model_ref.split("@")[1],
-        "arch": desc["arch"],
-        "classes": json.dumps(desc["classes"]),
-        "mean": json.dumps(inp["mean"]),
-        "std": json.dumps(inp["std"]),
-        "input_shape": json.dumps([inp["channels"], inp["height"], inp["width"]]),
-        "layout": inp["layout"],
-        "pixel_range": json.dumps(inp["pixel_range"]),
-        "normalize": inp["normalize"],
+        "arch": desc.arch,
+        "classes": json.dumps(list(desc.classes)),
+        "mean": json.dumps(list(inp.mean)),
+        "std": json.dumps(list(inp.std)),
+        "input_shape": json.dumps(inp.shape),
+        "layout": inp.layout,
+        "pixel_range": json.dumps(list(inp.pixel_range)),
+        "normalize": inp.normalize,
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,
         "weights_sha256": weights_sha256,
@@ -61,15 +61,15 @@ def metadata(desc: dict[str, Any], model_ref: str, weights_sha256: str) -> dict[
     }
 
 
-def calibration_images(ws: Workspace, desc: dict[str, Any], count: int) -> np.ndarray:
+def calibration_images(ws: Workspace, desc: ModelDescription, count: int) -> np.ndarray:
     """The first ``count`` training images of the model's own dataset, normalized, as float32 NCHW."""
-    dataset = load_dataset(ws.data.resolve(desc["dataset"]["ref"]))
+    dataset = load_dataset(ws.data.resolve(desc.dataset_ref))
     images, _ = dataset.arrays("train", mmap=True)
     batch = torch.from_numpy(np.array(images[:count]))
-    return normalize(batch, desc["input"]["mean"], desc["input"]["std"]).numpy()
+    return normalize(batch, list(desc.input.mean), list(desc.input.std)).numpy()
 
 
-def write_card(version: Version, desc: dict[str, Any], folder: Path) -> dict[str, str]:
+def write_card(version: Version, desc: ModelDescription, folder: Path) -> dict[str, str]:
     """Copy the model's curves and its newest test evaluation (metrics, plots) into ``folder``
     and write the model card beside them; returns the roles of the files written."""
     evaluation = latest_evaluation(version, "test")
@@ -122,11 +122,10 @@ def export(model_ref: str, options: ExportOptions | None = None, root: Path = Pa
     if any(m.training for m in model.modules()):
         raise CnnpipeError("refusing to export: a module is still in training mode")
     weights_sha256 = next(f["sha256"] for f in version.manifest["files"] if f["path"] == WEIGHTS)
-    inp = desc["input"]
     ctx = ExportContext(
         model=model, meta=metadata(desc, version.ref, weights_sha256), opset=opset,
-        example=torch.randn(2, inp["channels"], inp["height"], inp["width"], generator=torch.Generator().manual_seed(0)),
-        calibration=lambda: calibration_images(ws, desc, calibration), dataset=desc["dataset"]["ref"],
+        example=torch.randn(2, *desc.input.shape, generator=torch.Generator().manual_seed(0)),
+        calibration=lambda: calibration_images(ws, desc, calibration), dataset=desc.dataset_ref,
     )
     written, variants, triton = [], {}, []
     with ws.exports.draft(version.name) as draft:
@@ -136,13 +135,10 @@ def export(model_ref: str, options: ExportOptions | None = None, root: Path = Pa
                 variants[spec.name] = record
             written.append(spec.name)
         if options.layout == "triton":
-            config = triton_config(
-                desc["name"], INPUT_NAME, OUTPUT_NAME, [inp["channels"], inp["height"], inp["width"]],
-                len(desc["classes"]), max_batch=256,
-            )
-            triton = triton_repository(draft.path, desc["name"], version.number, draft.path / FORMATS["onnx"].file, config)
+            config = triton_config(desc.name, INPUT_NAME, OUTPUT_NAME, desc.input.shape, len(desc.classes), max_batch=256)
+            triton = triton_repository(draft.path, desc.name, version.number, draft.path / FORMATS["onnx"].file, config)
         files = {f: FORMATS[f].file for f in written}
-        write_json(draft.path / MODEL_JSON, desc | {
+        write_json(draft.path / MODEL_JSON, desc.to_json() | {
             "metadata": ctx.meta, "variants": variants, "formats": written, "files": files,
             "onnx_opset": ctx.opset_used, "triton": triton,
         })

@@ -381,7 +381,7 @@ def _commit(
     }
     with ws.models.draft(name) as draft:
         save_file(best["state"], draft.path / WEIGHTS, metadata={"arch": cfg.arch})
-        write_json(draft.path / MODEL_JSON, model_desc)
+        write_json(draft.path / MODEL_JSON, model_desc.to_json())
         write_json(draft.path / "train.json", {
             "config": resolved, "best_epoch": best["epoch"], "epochs_run": result.epochs_run,
             "stopped_early": result.stopped_early, "resumed_from": result.resumed_from,
@@ -398,6 +398,6 @@ def _commit(
             lineage=lineage([dataset.version], resolved, seed=cfg.seed, dataset_hash=dataset.dataset_hash),
             results={
                 "best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
-                "params": model_desc["params"],
+                "params": model_desc.params,
             },
         )

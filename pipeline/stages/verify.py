@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..data.loading import load_dataset, normalize
+from ..description import ModelDescription
 from ..errors import CnnpipeError, first_line
 from ..formats import FORMATS, Format, LoadContext, Tolerance
 from ..modelfile import MODEL_JSON, load_model
@@ -180,9 +181,8 @@ def _source_model(ws: Workspace, bundle: Version) -> Version:
     return source
 
 
-def _check_triton(bundle: Version, desc: dict[str, Any]) -> list[str]:
+def _check_triton(bundle: Version, files: list[str], desc: ModelDescription) -> list[str]:
     """The Triton copy of the ONNX file is the verified one, and its config matches the model."""
-    files = desc.get("triton", [])
     if not files:
         return []
     config_rel, model_rel = files
@@ -190,9 +190,8 @@ def _check_triton(bundle: Version, desc: dict[str, Any]) -> list[str]:
     if bundle.file(model_rel).read_bytes() != bundle.file(FORMATS["onnx"].file).read_bytes():
         problems.append(f"{model_rel} is not the verified model.onnx")
     config = bundle.file(config_rel).read_text()
-    inp = desc["input"]
     dims = [int(d) for d in re.findall(r"-?\d+", "".join(re.findall(r"dims: \[([^\]]*)\]", config)))]
-    if dims != [inp["channels"], inp["height"], inp["width"], len(desc["classes"])]:
+    if dims != [*desc.input.shape, len(desc.classes)]:
         problems.append(f"{config_rel}: dims {dims} do not match the model's input and classes")
     return problems
 
@@ -218,13 +217,14 @@ def verify(bundle_ref: str, root: Path = Path("."), options: VerifyOptions | Non
         integrity = str(e)
     source = _source_model(ws, bundle)
     model, source_desc = load_model(source)
-    dataset = load_dataset(ws.data.resolve(source_desc["dataset"]["ref"]))
+    dataset = load_dataset(ws.data.resolve(source_desc.dataset_ref))
     labels = dataset.arrays("test", mmap=True)[1][:samples]
-    desc = bundle.read_json(MODEL_JSON) if integrity == "ok" else source_desc
-    meta = desc.get("metadata", {})
-    classes = source_desc["classes"]
+    bundle_json = bundle.read_json(MODEL_JSON) if integrity == "ok" else source_desc.to_json()
+    desc = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}")
+    meta = bundle_json.get("metadata", {})
+    classes = list(source_desc.classes)
     images = Images(
-        lambda: dataset.arrays("test", mmap=True)[0], len(labels), source_desc["input"]["mean"], source_desc["input"]["std"]
+        lambda: dataset.arrays("test", mmap=True)[0], len(labels), list(source_desc.input.mean), list(source_desc.input.std)
     )
     ref = images.logits(_reference(model), CHUNK)
     result = VerifyResult(
@@ -234,10 +234,10 @@ def verify(bundle_ref: str, root: Path = Path("."), options: VerifyOptions | Non
         reference_per_class_accuracy=_per_class(ref.argmax(1), labels, classes), integrity=integrity,
     )
     if integrity == "ok":
-        if any(desc.get(k) != source_desc.get(k) for k in ("arch", "classes", "input")):
+        if (desc.arch, desc.classes, desc.input) != (source_desc.arch, source_desc.classes, source_desc.input):
             result.passed = False
             result.integrity = "the bundle's model.json does not describe its source model"
-        triton = _check_triton(bundle, desc)
+        triton = _check_triton(bundle, bundle_json.get("triton", []), desc)
         if triton:
             result.passed = False
             result.integrity = "; ".join(triton)
@@ -245,7 +245,7 @@ def verify(bundle_ref: str, root: Path = Path("."), options: VerifyOptions | Non
         judge = dict(images=images, ref=ref, labels=labels, classes=classes, batch_sizes=list(batch_sizes))
         for fmt in bundle.results.get("formats", []):
             spec = FORMATS[fmt]
-            ctx = LoadContext(meta=meta, variant=desc.get("variants", {}).get(fmt, {}), desc=desc)
+            ctx = LoadContext(meta=meta, variant=bundle_json.get("variants", {}).get(fmt, {}), desc=desc)
             for device in [d for d in providers if d in spec.devices] or ["cpu"]:
                 result.formats.append(_check_one(spec, bundle.file(spec.file), device, ctx, overrides, judge))
         result.passed = result.passed and bool(result.formats) and all(r.passed for r in result.formats)

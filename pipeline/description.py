@@ -1,0 +1,84 @@
+"""The model description (``model.json``): what a consumer needs to rebuild a network and feed it.
+
+On disk it stays plain JSON; in code it is a frozen record, read once and checked, so a
+malformed or hostile ``model.json`` is one clear error instead of a ``KeyError`` later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import CnnpipeError
+
+NORMALIZE = "x = (pixel / 255 - mean) / std, per channel"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The input a network takes: float32 NCHW, pixels scaled to [0, 1] then normalized per channel."""
+
+    channels: int
+    height: int
+    width: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    pixel_range: tuple[float, float] = (0.0, 1.0)
+    normalize: str = NORMALIZE
+
+    @property
+    def shape(self) -> list[int]:
+        """``[channels, height, width]``."""
+        return [self.channels, self.height, self.width]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "layout": self.layout, "channels": self.channels, "height": self.height, "width": self.width,
+            "dtype": self.dtype, "pixel_range": list(self.pixel_range), "mean": list(self.mean), "std": list(self.std),
+            "normalize": self.normalize,
+        }
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """A trained network: architecture, store name, parameter count, classes, input and dataset."""
+
+    arch: str
+    name: str
+    params: int
+    classes: tuple[str, ...]
+    input: InputSpec
+    dataset_ref: str
+    dataset_hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``model.json`` layout."""
+        return {
+            "arch": self.arch, "name": self.name, "params": self.params, "classes": list(self.classes),
+            "input": self.input.to_json(), "dataset": {"ref": self.dataset_ref, "hash": self.dataset_hash},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "model.json") -> ModelDescription:
+        """The description in ``data`` (parsed ``model.json``; extra keys are ignored); a usage error if malformed."""
+        try:
+            inp = data["input"]
+            spec = InputSpec(
+                channels=int(inp["channels"]), height=int(inp["height"]), width=int(inp["width"]),
+                mean=tuple(float(m) for m in inp["mean"]), std=tuple(float(s) for s in inp["std"]),
+                layout=str(inp.get("layout", "NCHW")), dtype=str(inp.get("dtype", "float32")),
+                pixel_range=tuple(float(p) for p in inp.get("pixel_range", (0.0, 1.0))),  # type: ignore[arg-type]
+                normalize=str(inp.get("normalize", NORMALIZE)),
+            )
+            desc = cls(
+                arch=str(data["arch"]), name=str(data["name"]), params=int(data["params"]),
+                classes=tuple(str(c) for c in data["classes"]), input=spec,
+                dataset_ref=str(data["dataset"]["ref"]), dataset_hash=str(data["dataset"]["hash"]),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CnnpipeError(f"{where}: not a cnnpipe model description ({type(e).__name__}: {e})") from None
+        if min(spec.channels, spec.height, spec.width) < 1 or not len(spec.mean) == len(spec.std) == spec.channels:
+            raise CnnpipeError(f"{where}: its input shape and normalization do not agree")
+        return desc
