@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
-from .options import SPLITS, ExportOptions, GateOptions, TrainConfig, VerifyOptions
+from .options import DEVICES, SPLITS, ExportOptions, GateOptions, TrainConfig, VerifyOptions, parse_batch_sizes
 
 app = typer.Typer(
     add_completion=False,
@@ -191,10 +191,6 @@ def _emit(as_json: bool, result: Any, render: Callable[[Any], None]) -> None:
         render(result)
 
 
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    return VerifyOptions(batch_sizes=text).batch_size_list()
-
-
 @app.callback()
 def _main(
     ctx: typer.Context,
@@ -304,7 +300,7 @@ def evaluate(
     gates: GateOptions,
     split: Annotated[_choice_type(SPLITS), typer.Option(help="Split to evaluate on.")] = "test",  # type: ignore[valid-type]
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 256,
-    device: Annotated[str, typer.Option(help="auto: CUDA when present, else CPU (cpu or cuda).")] = "auto",
+    device: Annotated[_choice_type(DEVICES), typer.Option(help="auto: CUDA when present, else CPU.")] = "auto",  # type: ignore[valid-type]
     as_json: JsonOpt = False,
 ) -> None:
     """Metrics, per-class table, plots and model card of a model version; optional gates exit 1."""
@@ -312,7 +308,8 @@ def evaluate(
     from .stages.evaluate import evaluate as run_evaluate
 
     result = _call(lambda: run_evaluate(
-        ref, _plain_value(split), _root(ctx), batch_size, device, gates.against, gates.min_accuracy, gates.max_regression
+        ref, _plain_value(split), _root(ctx), batch_size, _plain_value(device), gates.against, gates.min_accuracy,
+        gates.max_regression,
     ))
     _emit(as_json, result, lambda r: render_evaluate(out, r))
     _gate_exit(result)
@@ -435,7 +432,7 @@ def bench(
     from .report import render_bench
     from .stages.bench import bench as run_bench
 
-    result = _call(lambda: run_bench(ref, _root(ctx), _batch_sizes(batch_sizes), seconds, threads))
+    result = _call(lambda: run_bench(ref, _root(ctx), parse_batch_sizes(batch_sizes), seconds, threads))
     _emit(as_json, result, lambda r: render_bench(out, r))
 
 

@@ -47,6 +47,17 @@ def option(default: Any, help: str, *flags: str, choices: tuple[str, ...] | None
     return field(default=default, metadata={"cli": cli})
 
 
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """``"1,2,7"`` as positive integers; a usage error naming the text otherwise."""
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise CnnpipeError(f"--batch-sizes must be comma-separated integers, not {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise CnnpipeError("--batch-sizes must be positive integers")
+    return sizes
+
+
 def check_choice(value: Any, choices: tuple[str, ...], flag: str) -> None:
     """A usage error naming the allowed values, for library callers who bypass the CLI's checks."""
     if value not in choices:
@@ -168,13 +179,7 @@ class VerifyOptions:
 
     def batch_size_list(self) -> tuple[int, ...]:
         """The batch sizes as integers; a usage error when they are not."""
-        try:
-            sizes = tuple(int(s) for s in self.batch_sizes.split(",") if s.strip())
-        except ValueError:
-            raise CnnpipeError(f"--batch-sizes must be comma-separated integers, not {self.batch_sizes!r}") from None
-        if not sizes or min(sizes) < 1:
-            raise CnnpipeError("--batch-sizes must be positive integers")
-        return sizes
+        return parse_batch_sizes(self.batch_sizes)
 
     def provider_list(self) -> tuple[str, ...]:
         """The devices asked for; a usage error naming an unknown one."""
