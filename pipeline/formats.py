@@ -404,7 +404,7 @@ logits = model(torch.from_numpy(x))
         snippet="""safetensors (weights into a freshly built network):
 
 ```python
-from .nets import build
+from cnnpipe.nets import build
 from safetensors.torch import load_file
 model = build("{arch}", {channels}, {height}, {classes}).eval()
 model.load_state_dict(load_file("model.safetensors"))
