@@ -95,9 +95,9 @@ def test_regression_gate_names_the_class_that_got_worse():
     by_class = {r["class"]: r["delta_points"] for r in comparison["per_class"]}
     assert by_class["c"] == pytest.approx(-100.0) and by_class["d"] is None
     (gate,) = gates(new, comparison, None, 70.0)
-    assert not gate["passed"] and gate["value"] == pytest.approx(100.0) and "class c" in gate["detail"]
+    assert not gate.passed and gate.value == pytest.approx(100.0) and "class c" in gate.detail
     same = {"against": "m@v1"} | compare(old, old)
     floor, regression = gates(old, same, 0.99, 0.0)
-    assert floor["passed"] and regression["passed"] and regression["value"] == 0.0
+    assert floor.passed and regression.passed and regression.value == 0.0
     (floor,) = gates(new, None, 0.5, None)
-    assert not floor["passed"]
+    assert not floor.passed
