@@ -85,8 +85,21 @@ Image files straight from the bundle: `cnnpipe predict IMAGE... --bundle BUNDLE`
 """
 
 
+def _origin(source: dict[str, Any]) -> str:
+    """Where a network outside the registry comes from, for the card."""
+    what = {"torchvision": "torchvision", "timm": "timm", "file": "the user's file", "module": "the module"}[source["kind"]]
+    parts = [f"{what} `{source['name']}`"]
+    if source.get("factory"):
+        parts.append(f"factory `{source['factory']}`")
+    if source.get("distribution"):
+        parts.append(source["distribution"])
+    if source.get("sha256"):
+        parts.append(f"code sha256 `{source['sha256'][:16]}…`")
+    return ", ".join(parts)
+
+
 def _model_and_training(ref: str, desc: ModelDescription, train: dict[str, Any]) -> list[str]:
-    spec = get_net(desc.arch)
+    origin = get_net(desc.arch).source if desc.source is None else _origin(desc.source)
     inp, cfg = desc.input, train["config"]
     classes = desc.classes
     return [
@@ -99,7 +112,7 @@ def _model_and_training(ref: str, desc: ModelDescription, train: dict[str, Any])
         "",
         "| | |",
         "| --- | --- |",
-        f"| architecture | `{desc.arch}`, from: {spec.source} |",
+        f"| architecture | `{desc.arch}`, from: {origin} |",
         f"| parameters | {desc.params:,} |",
         f"| input | {inp.channels}x{inp.height}x{inp.width} {inp.layout} float32, "
         f"pixels in [0, 1] normalized with mean {_round(inp.mean)} and std {_round(inp.std)} |",

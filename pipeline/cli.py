@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
 from .options import DEVICES, SPLITS, ExportOptions, GateOptions, TrainConfig, VerifyOptions, parse_batch_sizes
@@ -42,6 +43,9 @@ class StoreName(str, Enum):
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress goes to stderr).")]
 ModelRef = Annotated[str, typer.Argument(help="Model version: NAME, NAME@latest, NAME@vN, or a path.")]
 BundleRef = Annotated[str, typer.Argument(help="Export bundle: NAME, NAME@latest, NAME@vN, or a path.")]
+TrustOpt = Annotated[bool, typer.Option(
+    "--trust-code", help="Rebuild a network defined by the user's code stored in the version (that .py file runs).",
+)]
 MirrorOpt = Annotated[
     str | None, typer.Option(help="Base URL or folder to fetch from instead of the official URLs (also CNNPIPE_MIRROR).")
 ]
@@ -160,7 +164,7 @@ def _call(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except CnnpipeError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt:
         err.print("[bold red]interrupted[/]; nothing partial was kept")
@@ -177,7 +181,7 @@ def _call(fn: Callable[[], T]) -> T:
         if os.environ.get("CNNPIPE_DEBUG"):
             traceback.print_exc()
         err.print(
-            f"[bold red]internal error:[/] {type(e).__name__}: {e} "
+            f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
             "(set CNNPIPE_DEBUG=1 for the traceback; please report it)",
             highlight=False, soft_wrap=True,
         )
@@ -301,6 +305,7 @@ def evaluate(
     split: Annotated[_choice_type(SPLITS), typer.Option(help="Split to evaluate on.")] = "test",  # type: ignore[valid-type]
     batch_size: Annotated[int, typer.Option("--batch-size", help="Inference batch size.")] = 256,
     device: Annotated[_choice_type(DEVICES), typer.Option(help="auto: CUDA when present, else CPU.")] = "auto",  # type: ignore[valid-type]
+    trust_code: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Metrics, per-class table, plots and model card of a model version; optional gates exit 1."""
@@ -309,7 +314,7 @@ def evaluate(
 
     result = _call(lambda: run_evaluate(
         ref, _plain_value(split), _root(ctx), batch_size, _plain_value(device), gates.against, gates.min_accuracy,
-        gates.max_regression,
+        gates.max_regression, trust_code=trust_code,
     ))
     _emit(as_json, result, lambda r: render_evaluate(out, r))
     _gate_exit(result)
@@ -324,35 +329,39 @@ def _gate_exit(result: Any) -> None:
         raise typer.Exit(EXIT_GATE)
 
 
-def _export(ref: str, options: ExportOptions, root: Path) -> Any:
+def _export(ref: str, options: ExportOptions, root: Path, trust_code: bool) -> Any:
     from .stages.export import export as run_export
 
-    return run_export(ref, options, root)
+    return run_export(ref, options, root, trust_code=trust_code)
 
 
-def _verify(ref: str, options: VerifyOptions, root: Path) -> Any:
+def _verify(ref: str, options: VerifyOptions, root: Path, trust_code: bool) -> Any:
     from .stages.verify import verify as run_verify
 
-    return run_verify(ref, root, options)
+    return run_verify(ref, root, options, trust_code=trust_code)
 
 
 @app.command()
 @options_command
-def export(ctx: typer.Context, ref: ModelRef, options: ExportOptions, as_json: JsonOpt = False) -> None:
+def export(
+    ctx: typer.Context, ref: ModelRef, options: ExportOptions, trust_code: TrustOpt = False, as_json: JsonOpt = False
+) -> None:
     """Export a model version to ONNX, pt2, TorchScript and safetensors, with metadata."""
     from .report import render_export
 
-    result = _call(lambda: _export(ref, options, _root(ctx)))
+    result = _call(lambda: _export(ref, options, _root(ctx), trust_code))
     _emit(as_json, result, lambda r: render_export(out, r))
 
 
 @app.command()
 @options_command
-def verify(ctx: typer.Context, ref: BundleRef, options: VerifyOptions, as_json: JsonOpt = False) -> None:
+def verify(
+    ctx: typer.Context, ref: BundleRef, options: VerifyOptions, trust_code: TrustOpt = False, as_json: JsonOpt = False
+) -> None:
     """Reload each export in its own runtime and compare with PyTorch; exit 1 on any breach."""
     from .report import render_verify
 
-    result = _call(lambda: _verify(ref, options, _root(ctx)))
+    result = _call(lambda: _verify(ref, options, _root(ctx), trust_code))
     _emit(as_json, result, lambda r: render_verify(out, r))
     if not result.passed:
         err.print(f"[bold red]verify failed:[/] {result.bundle} (report: {result.report_path})", highlight=False)
@@ -426,13 +435,15 @@ def bench(
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,256",
     seconds: Annotated[float, typer.Option(help="Time spent per runtime and batch size.")] = 2.0,
     threads: Annotated[int | None, typer.Option(help="CPU threads for every runtime (default: torch's).")] = None,
+    trust_code: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Latency (p50, p99) and throughput of each runtime of a bundle at each batch size."""
     from .report import render_bench
     from .stages.bench import bench as run_bench
 
-    result = _call(lambda: run_bench(ref, _root(ctx), parse_batch_sizes(batch_sizes), seconds, threads))
+    result = _call(lambda: run_bench(ref, _root(ctx), parse_batch_sizes(batch_sizes), seconds, threads,
+                                     trust_code=trust_code))
     _emit(as_json, result, lambda r: render_bench(out, r))
 
 

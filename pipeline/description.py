@@ -52,13 +52,14 @@ class ModelDescription:
     input: InputSpec
     dataset_ref: str
     dataset_hash: str
+    source: dict[str, Any] | None = None  # where the code of a network outside the registry comes from
 
     def to_json(self) -> dict[str, Any]:
         """The ``model.json`` layout."""
         return {
             "arch": self.arch, "name": self.name, "params": self.params, "classes": list(self.classes),
             "input": self.input.to_json(), "dataset": {"ref": self.dataset_ref, "hash": self.dataset_hash},
-        }
+        } | ({"source": self.source} if self.source else {})
 
     @classmethod
     def from_json(cls, data: Any, where: str = "model.json") -> ModelDescription:
@@ -76,6 +77,7 @@ class ModelDescription:
                 arch=str(data["arch"]), name=str(data["name"]), params=int(data["params"]),
                 classes=tuple(str(c) for c in data["classes"]), input=spec,
                 dataset_ref=str(data["dataset"]["ref"]), dataset_hash=str(data["dataset"]["hash"]),
+                source=dict(data["source"]) if data.get("source") else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise CnnpipeError(f"{where}: not a cnnpipe model description ({type(e).__name__}: {e})") from None

@@ -64,6 +64,7 @@ class LoadContext:
     variant: dict[str, Any]
     desc: ModelDescription
     threads: int = 0
+    trust_code: bool = False  # a network defined by code stored in the bundle may be rebuilt
 
 
 @dataclass
@@ -353,7 +354,7 @@ def load_safetensors(path: Path, device: str, ctx: LoadContext) -> Runner:
     from .modelfile import build_from, load_weights
 
     _needs(device)
-    model = build_from(ctx.desc)
+    model = build_from(ctx.desc, path.parent, ctx.trust_code)
     load_weights(model, path)
     model.eval().to(device)
     with safe_open(str(path), framework="pt") as f:
@@ -404,9 +405,9 @@ logits = model(torch.from_numpy(x))
         snippet="""safetensors (weights into a freshly built network):
 
 ```python
-from cnnpipe.nets import build
+from cnnpipe.nets.sources import build_arch
 from safetensors.torch import load_file
-model = build("{arch}", {channels}, {height}, {classes}).eval()
+model = build_arch("{arch}", {channels}, {height}, {classes})[0].eval()
 model.load_state_dict(load_file("model.safetensors"))
 ```""",
     ),

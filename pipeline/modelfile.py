@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,19 +13,21 @@ from torch import nn
 from .description import InputSpec, ModelDescription
 from .errors import CnnpipeError
 from .nets import build, param_count
+from .nets.sources import ArchSource, rebuild
 from .store import Version
 
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
 
 
-def describe(arch: str, name: str, model: nn.Module, dataset: Any) -> ModelDescription:
+def describe(arch: str, name: str, model: nn.Module, dataset: Any, source: ArchSource) -> ModelDescription:
     """The description a consumer needs to rebuild the network and feed it images."""
     info = dataset.info
     return ModelDescription(
         arch=arch, name=name, params=param_count(model), classes=tuple(dataset.classes),
         input=InputSpec(info["channels"], info["height"], info["width"], tuple(info["mean"]), tuple(info["std"])),
         dataset_ref=dataset.version.ref, dataset_hash=dataset.dataset_hash,
+        source=None if source.kind == "registry" else source.to_json(),
     )
 
 
@@ -33,9 +36,17 @@ def read_description(version: Version) -> ModelDescription:
     return ModelDescription.from_json(version.read_json(MODEL_JSON), f"{version.ref}: {MODEL_JSON}")
 
 
-def build_from(desc: ModelDescription) -> nn.Module:
-    """A fresh network with the architecture ``desc`` describes (random weights)."""
-    return build(desc.arch, desc.input.channels, desc.input.height, len(desc.classes))
+def build_from(desc: ModelDescription, version_dir: Path | None = None, trust_code: bool = False) -> nn.Module:
+    """A fresh network with the architecture ``desc`` describes (random weights).
+
+    A network from the user's file is rebuilt from the copy inside ``version_dir``, and only
+    with ``trust_code``; one from a module or library only if its code is unchanged.
+    """
+    inp = desc.input
+    if desc.source is None:
+        return build(desc.arch, inp.channels, inp.height, len(desc.classes))
+    source = ArchSource.from_json(desc.source)
+    return rebuild(source, desc.arch, version_dir or Path("."), inp.channels, inp.height, len(desc.classes), trust_code)
 
 
 def load_weights(model: nn.Module, path: Any) -> None:
@@ -56,11 +67,11 @@ def load_weights(model: nn.Module, path: Any) -> None:
     model.load_state_dict(state)
 
 
-def load_model(version: Version, weights: str = WEIGHTS) -> tuple[nn.Module, ModelDescription]:
+def load_model(version: Version, weights: str = WEIGHTS, trust_code: bool = False) -> tuple[nn.Module, ModelDescription]:
     """Rebuild a version's network in eval mode on the CPU, after re-checking its hashes."""
     version.check()
     desc = read_description(version)
-    model = build_from(desc)
+    model = build_from(desc, version.path, trust_code)
     load_weights(model, version.file(weights))
     return model.eval(), desc
 

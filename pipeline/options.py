@@ -105,10 +105,12 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` filled from the network's recipe; raises on unusable values."""
         from .nets import get_net
+        from .nets.registry import SMALL_NET_RECIPE
+        from .nets.sources import default_name, parse
 
-        recipe = get_net(self.arch).recipe
+        recipe = get_net(self.arch).recipe if parse(self.arch).kind == "registry" else SMALL_NET_RECIPE
         out = TrainConfig(**asdict(self))
-        out.name = self.name or self.arch
+        out.name = self.name or default_name(self.arch)
         for key in ("batch_size", "optimizer", "lr", "weight_decay", "schedule"):
             if getattr(out, key) is None:
                 setattr(out, key, recipe[key])

@@ -33,8 +33,8 @@ def test_the_table_is_consistent_and_the_cli_offers_its_formats():
     assert {f"--{flag}" for flag in VARIANT_FLAGS} <= {o for p in export.params for o in p.opts}
     desc = ModelDescription("lenet5", "digits", 61706, tuple("0123456789"), InputSpec(1, 28, 28, (0.1,), (0.3,)), "d@v1", "h")
     snippets = load_snippets(desc)
-    assert all(FORMATS[f].file in snippets for f in BASE_FORMATS) and 'build("lenet5", 1, 28, 10)' in snippets
-    assert "from cnnpipe.nets import build" in snippets  # the snippet imports what a reader can import
+    assert all(FORMATS[f].file in snippets for f in BASE_FORMATS) and 'build_arch("lenet5", 1, 28, 10)' in snippets
+    assert "from cnnpipe.nets.sources import build_arch" in snippets  # the snippet imports what a reader can import
 
 
 def test_garbage_hostile_or_foreign_files_fail_their_row_and_verify_goes_on(root_copy: Path):

@@ -1,6 +1,6 @@
-"""Network architectures and their registry."""
+"""Network architectures: the registry, and references to torchvision, timm and the user's code."""
 
-from ..nets import cifar, small  # noqa: F401  (they register their networks)
-from ..nets.registry import NetSpec, build, get_net, net_names, param_count
+from . import cifar, small  # noqa: F401  (they register their networks)
+from .registry import NetSpec, build, get_net, net_names, param_count
 
 __all__ = ["NetSpec", "build", "get_net", "net_names", "param_count"]

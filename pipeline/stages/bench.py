@@ -55,7 +55,7 @@ def time_calls(call: Call, seconds: float, warmup: int = 5, min_calls: int = 20)
     return np.asarray(times)
 
 
-def _runtimes(bundle: Any, bundle_json: dict[str, Any], threads: int) -> dict[str, Runner]:
+def _runtimes(bundle: Any, bundle_json: dict[str, Any], threads: int, trust_code: bool) -> dict[str, Runner]:
     """Every format of the bundle on every device where it runs here, by bench label.
 
     A device other than the CPU that is absent, or where the runtime falls back to the CPU,
@@ -67,6 +67,7 @@ def _runtimes(bundle: Any, bundle_json: dict[str, Any], threads: int) -> dict[st
         ctx = LoadContext(
             meta=bundle_json.get("metadata", {}), variant=bundle_json.get("variants", {}).get(fmt, {}),
             desc=ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}"), threads=threads,
+            trust_code=trust_code,
         )
         for device in spec.devices:
             try:
@@ -86,6 +87,8 @@ def bench(
     batch_sizes: tuple[int, ...] = (1, 256),
     seconds: float = 2.0,
     threads: int | None = None,
+    *,
+    trust_code: bool = False,
 ) -> BenchResult:
     """Time every runtime of a bundle at each batch size on random inputs of the model's shape."""
     if not batch_sizes or min(batch_sizes) < 1:
@@ -98,7 +101,7 @@ def bench(
     bundle.check()
     bundle_json = bundle.read_json(MODEL_JSON)
     shape = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}").input.shape
-    runtimes = _runtimes(bundle, bundle_json, threads)
+    runtimes = _runtimes(bundle, bundle_json, threads, trust_code)
     if not runtimes:
         raise CnnpipeError(f"{bundle.ref}: holds no format to time")
     result = BenchResult(bundle=bundle.ref, threads=threads, input_shape=shape)

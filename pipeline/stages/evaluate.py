@@ -103,10 +103,10 @@ def check_gate_options(
 
 
 def _baseline(ws: Workspace, ref: str, desc: ModelDescription, images: torch.Tensor, labels: torch.Tensor,
-              batch_size: int, dev: torch.device) -> tuple[Version, dict[str, Any]]:
+              batch_size: int, dev: torch.device, trust_code: bool) -> tuple[Version, dict[str, Any]]:
     """Evaluate model ``ref`` on the same images, in memory: the comparison's other side."""
     version = ws.models.resolve(ref)
-    model, base = load_model(version)
+    model, base = load_model(version, trust_code=trust_code)
     if base.classes != desc.classes or base.input != desc.input:
         raise CnnpipeError(
             f"cannot compare with {version.ref}: its classes or input "
@@ -125,6 +125,8 @@ def evaluate(
     against: str | None = None,
     min_accuracy: float | None = None,
     max_regression: float | None = None,
+    *,
+    trust_code: bool = False,
 ) -> EvalResult:
     """Evaluate ``model_ref`` on ``split`` of the dataset it was trained on and write the evaluation.
 
@@ -137,7 +139,7 @@ def evaluate(
     check_gate_options(min_accuracy, against, max_regression, batch_size)
     ws = Workspace(root)
     version = ws.models.resolve(model_ref)
-    model, desc = load_model(version)
+    model, desc = load_model(version, trust_code=trust_code)
     dataset = load_dataset(ws.data.resolve(desc.dataset_ref))
     if dataset.dataset_hash != desc.dataset_hash:
         raise CnnpipeError(f"dataset {dataset.version.ref} does not have the hash {version.ref} was trained on")
@@ -151,7 +153,7 @@ def evaluate(
     parents = [version, dataset.version]
     comparison = None
     if against is not None:
-        baseline, base_metrics = _baseline(ws, against, desc, images, labels, batch_size, dev)
+        baseline, base_metrics = _baseline(ws, against, desc, images, labels, batch_size, dev, trust_code)
         comparison = {"against": baseline.ref} | compare(result, base_metrics)
         parents.append(baseline)
     checks = gates(result, comparison, min_accuracy, max_regression)

@@ -69,6 +69,16 @@ def calibration_images(ws: Workspace, desc: ModelDescription, count: int) -> np.
     return normalize(batch, list(desc.input.mean), list(desc.input.std)).numpy()
 
 
+def _copy_code(version: Version, desc: ModelDescription, folder: Path) -> dict[str, str]:
+    """The user's file that defines the network travels with the bundle (its sha256 is in model.json)."""
+    rel = (desc.source or {}).get("file")
+    if not rel:
+        return {}
+    (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(version.file(rel), folder / rel)
+    return {rel: "code"}
+
+
 def write_card(version: Version, desc: ModelDescription, folder: Path) -> dict[str, str]:
     """Copy the model's curves and its newest test evaluation (metrics, plots) into ``folder``
     and write the model card beside them; returns the roles of the files written."""
@@ -105,7 +115,9 @@ def _chosen(formats: list[str] | None, flags: dict[str, bool], layout: str, cali
     return chosen
 
 
-def export(model_ref: str, options: ExportOptions | None = None, root: Path = Path(".")) -> ExportResult:
+def export(
+    model_ref: str, options: ExportOptions | None = None, root: Path = Path("."), *, trust_code: bool = False
+) -> ExportResult:
     """Export the evaluated weights of ``model_ref`` in eval mode to each format ``options`` asks for.
 
     ``options`` (``ExportOptions``) names the base formats and the variant flags (fp16 and
@@ -118,7 +130,7 @@ def export(model_ref: str, options: ExportOptions | None = None, root: Path = Pa
     chosen = _chosen(list(options.formats), options.flags, options.layout, calibration)
     ws = Workspace(root)
     version = ws.models.resolve(model_ref)
-    model, desc = load_model(version)
+    model, desc = load_model(version, trust_code=trust_code)
     if any(m.training for m in model.modules()):
         raise CnnpipeError("refusing to export: a module is still in training mode")
     weights_sha256 = next(f["sha256"] for f in version.manifest["files"] if f["path"] == WEIGHTS)
@@ -142,7 +154,7 @@ def export(model_ref: str, options: ExportOptions | None = None, root: Path = Pa
             "metadata": ctx.meta, "variants": variants, "formats": written, "files": files,
             "onnx_opset": ctx.opset_used, "triton": triton,
         })
-        card_roles = write_card(version, desc, draft.path)
+        card_roles = write_card(version, desc, draft.path) | _copy_code(version, desc, draft.path)
         base = [f for f in written if f not in variants]
         bundle = draft.commit(
             stage="export",

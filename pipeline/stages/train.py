@@ -9,6 +9,7 @@ and the run folder removed. Under ``torchrun`` every rank trains its shard of ea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -29,7 +30,8 @@ from ..data.loading import Dataset, load_dataset
 from ..engine import Progress, batched_logits, train_epoch
 from ..errors import CnnpipeError
 from ..modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device
-from ..nets import build, param_count
+from ..nets import param_count
+from ..nets.sources import CODE_DIR, ArchSource, build_arch
 from ..optim import make_optimizer, make_schedule
 from ..options import TrainConfig
 from ..plots import plot_curves
@@ -180,6 +182,7 @@ class _Run:
 
     cfg: TrainConfig
     dataset: Dataset
+    arch_source: ArchSource
     rank: int
     world: int
     device: torch.device
@@ -224,7 +227,7 @@ def _setup(cfg: TrainConfig, ws: Workspace) -> _Run:
         raise CnnpipeError(f"--batch-size {cfg.batch_size} must divide evenly over {world} processes")
     info = dataset.info
     torch.manual_seed(cfg.seed)
-    model = build(cfg.arch, info["channels"], info["height"], len(dataset.classes))
+    model, arch_source = build_arch(cfg.arch, info["channels"], info["height"], len(dataset.classes))
     model = model.to(device, memory_format=torch.channels_last)
     wrapped: torch.nn.Module = model
     if world > 1:
@@ -242,7 +245,7 @@ def _setup(cfg: TrainConfig, ws: Workspace) -> _Run:
     if isinstance(source, DeviceBatches):  # the validation split fits beside it: no copies per epoch
         x_val = x_val.to(device)
     return _Run(
-        cfg, dataset, rank, world, device, compiled, bf16, model,
+        cfg, dataset, arch_source, rank, world, device, compiled, bf16, model,
         torch.compile(wrapped, mode=cfg.compile_mode) if compiled else wrapped, source, drop_last, optimizer, schedule,
         torch.Generator().manual_seed(cfg.seed), x_val, y_val, eval_batch_size(len(y_val), cfg.eval_batch_size),
     )
@@ -358,7 +361,7 @@ def _train(config: TrainConfig, root: Path, progress: Progress | None, resume: s
     if run.rank != 0:
         dist.barrier()
         return result
-    version = _commit(ws, cfg, run.dataset, run.model, best, state.history, timings, result)
+    version = _commit(ws, cfg, run, best, state.history, timings, result)
     if run_dir is not None:
         shutil.rmtree(run_dir, ignore_errors=True)
         _remove_if_empty(run_dir.parent)
@@ -369,12 +372,13 @@ def _train(config: TrainConfig, root: Path, progress: Progress | None, resume: s
 
 
 def _commit(
-    ws: Workspace, cfg: TrainConfig, dataset: Dataset, model: torch.nn.Module, best: dict[str, Any],
+    ws: Workspace, cfg: TrainConfig, run: _Run, best: dict[str, Any],
     history: list[dict[str, Any]], timings: dict[str, Any], result: TrainResult,
 ) -> Any:
-    """Write the best weights, description, records and curves as the next model version."""
+    """Write the best weights, description, records, curves (and the user's code) as the next model version."""
     name = cfg.name or cfg.arch
-    model_desc = describe(cfg.arch, name, model, dataset)
+    dataset = run.dataset
+    model_desc = describe(cfg.arch, name, run.model, dataset, run.arch_source)
     resolved = asdict(cfg) | {
         "device": result.device, "compiled": result.compiled, "precision": result.precision,
         "augmentation": dataset.info["augment"] if cfg.augment else None, "world_size": result.world_size,
@@ -389,12 +393,20 @@ def _commit(
         })
         (draft.path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
         plot_curves(history, draft.path / "curves.png", title=f"{name} on {dataset.version.ref}")
+        code = {}
+        if run.arch_source.file:  # the user's file, as it was when it built this network
+            (draft.path / CODE_DIR).mkdir()
+            copy = draft.path / run.arch_source.file
+            shutil.copyfile(cfg.arch.rpartition(":")[0], copy)
+            if hashlib.sha256(copy.read_bytes()).hexdigest() != run.arch_source.sha256:
+                raise CnnpipeError(f"{cfg.arch.rpartition(':')[0]} changed while the network trained; train again")
+            code = {run.arch_source.file: "code"}
         return draft.commit(
             stage="train",
             roles={
                 WEIGHTS: "weights", MODEL_JSON: "description", "train.json": "config",
                 "history.jsonl": "history", "curves.png": "plot",
-            },
+            } | code,
             lineage=lineage([dataset.version], resolved, seed=cfg.seed, dataset_hash=dataset.dataset_hash),
             results={
                 "best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],

@@ -196,7 +196,9 @@ def _check_triton(bundle: Version, files: list[str], desc: ModelDescription) -> 
     return problems
 
 
-def verify(bundle_ref: str, root: Path = Path("."), options: VerifyOptions | None = None) -> VerifyResult:
+def verify(
+    bundle_ref: str, root: Path = Path("."), options: VerifyOptions | None = None, *, trust_code: bool = False
+) -> VerifyResult:
     """Check a bundle's hashes, then each format's logits against the PyTorch reference.
 
     ``options`` (``VerifyOptions``) sets the batch sizes, the number of real test images
@@ -216,7 +218,7 @@ def verify(bundle_ref: str, root: Path = Path("."), options: VerifyOptions | Non
     except CnnpipeError as e:
         integrity = str(e)
     source = _source_model(ws, bundle)
-    model, source_desc = load_model(source)
+    model, source_desc = load_model(source, trust_code=trust_code)
     dataset = load_dataset(ws.data.resolve(source_desc.dataset_ref))
     labels = dataset.arrays("test", mmap=True)[1][:samples]
     bundle_json = bundle.read_json(MODEL_JSON) if integrity == "ok" else source_desc.to_json()
@@ -245,7 +247,8 @@ def verify(bundle_ref: str, root: Path = Path("."), options: VerifyOptions | Non
         judge = dict(images=images, ref=ref, labels=labels, classes=classes, batch_sizes=list(batch_sizes))
         for fmt in bundle.results.get("formats", []):
             spec = FORMATS[fmt]
-            ctx = LoadContext(meta=meta, variant=bundle_json.get("variants", {}).get(fmt, {}), desc=desc)
+            variant = bundle_json.get("variants", {}).get(fmt, {})
+            ctx = LoadContext(meta=meta, variant=variant, desc=desc, trust_code=trust_code)
             for device in [d for d in providers if d in spec.devices] or ["cpu"]:
                 result.formats.append(_check_one(spec, bundle.file(spec.file), device, ctx, overrides, judge))
         result.passed = result.passed and bool(result.formats) and all(r.passed for r in result.formats)

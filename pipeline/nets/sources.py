@@ -1,0 +1,247 @@
+"""Architectures as references: the registry's names, torchvision and timm models, and the user's code.
+
+``--model`` takes ``NAME`` (cnnpipe's registry), ``torchvision:NAME``, ``timm:NAME``,
+``PATH.py:FACTORY`` or ``package.module:FACTORY``. A factory receives what its signature
+asks for among ``num_classes``, ``in_channels`` and ``image_size`` and returns an
+``nn.Module`` that returns logits. The source is recorded in ``model.json`` so any later
+stage rebuilds the same network; a user's file is copied into the version, and code
+stored in a version runs again only with ``trust_code``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CnnpipeError, first_line
+from .registry import build, get_net
+
+CODE_DIR = "code"  # where a version keeps its copy of the user's file
+FACTORY_ARGS = ("num_classes", "in_channels", "image_size")
+
+
+@dataclass(frozen=True)
+class ArchSource:
+    """Where a network's code comes from (``model.json``'s ``source``)."""
+
+    kind: str  # registry, torchvision, timm, file or module
+    name: str  # the registry, torchvision or timm name; the module; or the file's name
+    factory: str | None = None
+    sha256: str | None = None  # of the code file, for file and module
+    file: str | None = None  # for file: its copy inside the version, relative to it
+    distribution: str | None = None  # "torchvision 0.29.2", "timm 1.0.31", a module's distribution
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ArchSource:
+        return cls(**{k: data.get(k) for k in ("kind", "name", "factory", "sha256", "file", "distribution")})
+
+    @property
+    def runs_stored_code(self) -> bool:
+        """Whether rebuilding runs a file kept inside the version (needs ``trust_code``)."""
+        return self.kind == "file"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _close(name: str, known: list[str]) -> str:
+    near = difflib.get_close_matches(name, known, n=3)
+    return f"; did you mean {', '.join(near)}?" if near else ""
+
+
+def default_name(arch: str) -> str:
+    """The store name a model gets when none is given: the registry name, the torchvision/timm name,
+    the file's stem or the module's last part."""
+    if ":" not in arch:
+        return arch
+    prefix, _, rest = arch.partition(":")
+    target = rest if prefix in ("torchvision", "timm") else arch.rpartition(":")[0]
+    stem = Path(target).stem if target.endswith(".py") else target.split(".")[-1]
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in stem) or "model"
+
+
+def parse(arch: str) -> ArchSource:
+    """The source ``arch`` names, before anything is imported or run."""
+    prefix, _, rest = arch.partition(":")
+    if not rest:
+        get_net(arch)  # an unknown registry name is an error here, with the known ones listed
+        return ArchSource("registry", arch)
+    if prefix in ("torchvision", "timm"):
+        return ArchSource(prefix, rest)
+    target, _, factory = arch.rpartition(":")
+    if not factory.isidentifier():
+        raise CnnpipeError(f"--model {arch!r}: the factory after ':' must be a Python name")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise CnnpipeError(f"--model {arch!r}: no such file {target}")
+        return ArchSource("file", path.name, factory, _sha256(path), str(path))
+    if not all(part.isidentifier() for part in target.split(".")):
+        raise CnnpipeError(f"--model {arch!r}: use NAME, torchvision:NAME, timm:NAME, FILE.py:FACTORY or module:FACTORY")
+    return ArchSource("module", target, factory)
+
+
+def _torchvision(name: str, channels: int, classes: int) -> tuple[nn.Module, str]:
+    import torchvision
+
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        raise CnnpipeError(f"unknown torchvision classification model {name!r}{_close(name, known)}")
+    model = torchvision.models.get_model(name, weights=None, num_classes=classes)
+    if channels != 3:
+        _adapt_first_conv(model, channels)
+    return model, f"torchvision {torchvision.__version__}"
+
+
+def _adapt_first_conv(model: nn.Module, channels: int) -> None:
+    """Replace the first 3-channel convolution by one taking ``channels`` inputs (same geometry)."""
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
+                setattr(parent, child_name, nn.Conv2d(
+                    channels, child.out_channels, child.kernel_size, child.stride, child.padding, child.dilation,
+                    child.groups if child.groups == 1 else channels, child.bias is not None, child.padding_mode,
+                ))
+                return
+    raise CnnpipeError(f"cannot adapt {type(model).__name__} to {channels}-channel input: no 3-channel convolution")
+
+
+def _timm(name: str, channels: int, classes: int) -> tuple[nn.Module, str]:
+    try:
+        import timm
+    except ImportError:
+        raise CnnpipeError('timm is not installed: pip install -e ".[timm]"') from None
+    known = timm.list_models()
+    if name not in known:
+        raise CnnpipeError(f"unknown timm model {name!r}{_close(name, known)}")
+    return timm.create_model(name, pretrained=False, num_classes=classes, in_chans=channels), f"timm {timm.__version__}"
+
+
+def _load_file(path: Path, factory: str) -> Any:
+    module_name = f"cnnpipe_user_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise CnnpipeError(f"{path}: not a Python file that can be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # the user's code may raise anything
+        raise CnnpipeError(f"{path}: importing it failed ({type(e).__name__}: {first_line(e)})") from None
+    if not callable(getattr(module, factory, None)):
+        raise CnnpipeError(f"{path}: has no factory function {factory!r}")
+    return getattr(module, factory)
+
+
+def _load_module(name: str, factory: str) -> tuple[Any, Path, str | None]:
+    try:
+        module = importlib.import_module(name)
+    except Exception as e:  # ImportError, or the module's own code failing
+        raise CnnpipeError(f"cannot import module {name!r} ({type(e).__name__}: {first_line(e)})") from None
+    if not callable(getattr(module, factory, None)):
+        raise CnnpipeError(f"module {name!r} has no factory function {factory!r}")
+    top = name.split(".")[0]
+    dists = metadata.packages_distributions().get(top, [])
+    version = f"{dists[0]} {metadata.version(dists[0])}" if dists else None
+    return getattr(module, factory), Path(module.__file__ or ""), version
+
+
+def _call_factory(fn: Any, where: str, channels: int, size: int, classes: int) -> nn.Module:
+    offered = {"num_classes": classes, "in_channels": channels, "image_size": size}
+    try:
+        wanted = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        wanted = {}
+    kwargs = {k: v for k, v in offered.items() if k in wanted}
+    try:
+        model = fn(**kwargs)
+    except Exception as e:  # the user's factory may raise anything
+        raise CnnpipeError(f"{where}: the factory raised {type(e).__name__}: {first_line(e)}") from None
+    if not isinstance(model, nn.Module):
+        raise CnnpipeError(f"{where}: the factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _check_logits(model: nn.Module, where: str, channels: int, size: int, classes: int) -> None:
+    """The network maps a batch of 2 inputs to ``[2, classes]`` logits."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, channels, size, size))
+    except Exception as e:  # a network that cannot take the dataset's input
+        raise CnnpipeError(
+            f"{where} cannot take the dataset's {channels}x{size}x{size} input ({type(e).__name__}: {first_line(e)})"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or list(out.shape) != [2, classes]:
+        shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise CnnpipeError(f"{where} returns {shape} for a batch of 2, not [2, {classes}] logits")
+
+
+def build_arch(arch: str, channels: int, size: int, classes: int) -> tuple[nn.Module, ArchSource]:
+    """Build the network ``arch`` names (running the user's code if it names some) and its source record."""
+    source = parse(arch)
+    if source.kind == "registry":
+        return build(arch, channels, size, classes), source
+    model, source = _build(source, Path(source.file or "."), channels, size, classes)
+    _check_logits(model, f"--model {arch}", channels, size, classes)
+    return model, source
+
+
+def _build(source: ArchSource, file: Path, channels: int, size: int, classes: int) -> tuple[nn.Module, ArchSource]:
+    if source.kind == "torchvision":
+        model, dist = _torchvision(source.name, channels, classes)
+        return model, ArchSource("torchvision", source.name, distribution=dist)
+    if source.kind == "timm":
+        model, dist = _timm(source.name, channels, classes)
+        return model, ArchSource("timm", source.name, distribution=dist)
+    assert source.factory is not None
+    if source.kind == "file":
+        fn = _load_file(file, source.factory)
+        model = _call_factory(fn, f"{file}:{source.factory}", channels, size, classes)
+        return model, ArchSource("file", source.name, source.factory, _sha256(file), f"{CODE_DIR}/{source.name}")
+    fn, path, dist = _load_module(source.name, source.factory)
+    model = _call_factory(fn, f"{source.name}:{source.factory}", channels, size, classes)
+    return model, ArchSource("module", source.name, source.factory, _sha256(path) if path.is_file() else None,
+                             distribution=dist)
+
+
+def rebuild(source: ArchSource, arch: str, version_dir: Path, channels: int, size: int, classes: int,
+            trust_code: bool = False) -> nn.Module:
+    """The network a version's ``source`` record describes, refusing code that is missing, changed or untrusted."""
+    if source.kind == "registry":
+        return build(arch, channels, size, classes)
+    file = Path(".")
+    if source.kind == "file":
+        file = version_dir / (source.file or "")
+        if not file.is_file():
+            raise CnnpipeError(f"{version_dir}: the model's code {source.file} is missing")
+        if _sha256(file) != source.sha256:
+            raise CnnpipeError(f"{file}: the model's code changed since it was recorded (sha256 differs)")
+        if not trust_code:
+            raise CnnpipeError(
+                f"{version_dir.parent.name}@{version_dir.name}: its network is defined by code stored in it "
+                f"({source.file}); rebuilding it runs "
+                "that file: pass --trust-code if you trust it"
+            )
+    model, found = _build(source, file, channels, size, classes)
+    if source.kind == "module" and source.sha256 and found.sha256 != source.sha256:
+        raise CnnpipeError(f"module {source.name!r} changed since the model was trained (its file's sha256 differs)")
+    return model
