@@ -100,7 +100,7 @@ def _origin(source: dict[str, Any]) -> str:
 
 def _model_and_training(ref: str, desc: ModelDescription, train: dict[str, Any]) -> list[str]:
     origin = get_net(desc.arch).source if desc.source is None else _origin(desc.source)
-    inp, cfg = desc.input, train["config"]
+    inp = desc.input
     classes = desc.classes
     return [
         f"# {ref}",
@@ -118,6 +118,16 @@ def _model_and_training(ref: str, desc: ModelDescription, train: dict[str, Any])
         f"pixels in [0, 1] normalized with mean {_round(inp.mean)} and std {_round(inp.std)} |",
         f"| classes | {', '.join(classes)} |",
         "",
+    ] + _training(desc, train)
+
+
+def _training(desc: ModelDescription, train: dict[str, Any]) -> list[str]:
+    if "imported_from" in train:  # weights trained elsewhere
+        source = train["imported_from"]
+        return ["## Training", "", f"Not trained by cnnpipe: the weights were imported from `{source['file']}` "
+                f"(sha256 `{source['sha256']}`) for the dataset `{desc.dataset_ref}`.", ""]
+    cfg = train["config"]
+    return [
         "## Training",
         "",
         "| | |",

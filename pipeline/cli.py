@@ -273,6 +273,25 @@ def train(
         _emit(as_json, result, lambda r: render_train(out, r))
 
 
+@app.command("import")
+@options_command
+def import_model(
+    ctx: typer.Context,
+    weights: Annotated[Path, typer.Argument(help="A .safetensors file or a PyTorch checkpoint (read weights-only).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Architecture: NAME, torchvision:NAME, timm:NAME, "
+                                       "FILE.py:FACTORY or module:FACTORY.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset version the weights are for.")],
+    name: Annotated[str | None, typer.Option(help="Name of the model in the store (default from --model).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a model version from weights trained elsewhere; every key and shape must match the network."""
+    from .report import render_import
+    from .stages.import_weights import import_weights
+
+    result = _call(lambda: import_weights(weights, model, dataset, _root(ctx), name))
+    _emit(as_json, result, lambda r: render_import(out, r))
+
+
 def _launch_torchrun(nproc: int) -> int:
     """Re-run this command under torchrun with ``nproc`` processes; returns its exit code."""
     import socket

@@ -55,14 +55,20 @@ def load_weights(model: nn.Module, path: Any) -> None:
         state = load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise CnnpipeError(f"{path}: not a readable safetensors weights file ({e})") from None
+    load_state(model, state, path)
+
+
+def load_state(model: nn.Module, state: dict[str, Any], where: Any, shown: int = 3) -> None:
+    """Load ``state`` into ``model``; every tensor must match by name and shape (the first ``shown``
+    missing, unexpected and mis-shaped keys are named otherwise)."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
     if missing or extra or wrong:
         raise CnnpipeError(
-            f"{path}: weights do not fit the architecture "
-            f"(missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {wrong[:3]})"
+            f"{where}: weights do not fit the architecture "
+            f"(missing {missing[:shown]}, unexpected {extra[:shown]}, wrong shape {wrong[:shown]})"
         )
     model.load_state_dict(state)
 

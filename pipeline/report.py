@@ -129,6 +129,11 @@ def render_train(console: Console, r: Any) -> None:
     )
 
 
+def render_import(console: Console, r: Any) -> None:
+    console.print(f"import: wrote [bold]{r.ref}[/] at {r.path} from {r.source} (sha256 {r.sha256[:16]}…), "
+                  f"{r.params:,} params", highlight=False)
+
+
 def render_models(console: Console, rows: list[dict[str, Any]]) -> None:
     console.print(table(
         ["model", "params", "input", "recipe", "source"],

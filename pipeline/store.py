@@ -109,6 +109,10 @@ class Version:
     def results(self) -> dict[str, Any]:
         return self.manifest.get("results", {})
 
+    def lists(self, rel: str) -> bool:
+        """Whether the manifest lists ``rel``."""
+        return any(f["path"] == rel for f in self.manifest["files"])
+
     def file(self, rel: str) -> Path:
         """Path of a file the manifest lists."""
         if not any(f["path"] == rel for f in self.manifest["files"]):

@@ -103,3 +103,67 @@ def test_a_module_factory_is_recorded_with_its_file_hash(own_root: Path):
     assert proc.returncode == 0, proc.stderr
     source = json.loads((own_root / "models/frommodule/v1/model.json").read_text())["source"]
     assert source["kind"] == "module" and source["name"] == "mynet" and len(source["sha256"]) == 64
+
+
+PLAIN_TRAINING = """
+import json, sys
+import numpy as np, torch
+from torch import nn
+sys.path.insert(0, sys.argv[1])
+from mynet import build_net
+
+root = sys.argv[1]
+info = json.load(open(f"{root}/data/mnist-sample/v1/dataset.json"))
+def batches(split):
+    x = torch.from_numpy(np.load(f"{root}/data/mnist-sample/v1/splits/{split}-images.npy")).float() / 255
+    y = torch.from_numpy(np.load(f"{root}/data/mnist-sample/v1/splits/{split}-labels.npy"))
+    return (x - info["mean"][0]) / info["std"][0], y
+torch.manual_seed(0)
+net = build_net(10, 1)
+x, y = batches("train")
+opt = torch.optim.Adam(net.parameters(), 3e-3)
+for epoch in range(3):
+    for i in range(0, len(y), 64):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x[i:i + 64]), y[i:i + 64]).backward()
+        opt.step()
+torch.save({"model": {"_orig_mod." + k: v for k, v in net.state_dict().items()}}, f"{root}/plain.pt")
+xt, yt = batches("test")
+with torch.no_grad():
+    pred = net.eval()(xt).argmax(1)
+print(json.dumps({"accuracy": float((pred == yt).float().mean()), "predicted": pred.tolist()}))
+"""
+
+
+def test_weights_trained_by_plain_pytorch_import_and_evaluate_to_the_image(own_root: Path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", PLAIN_TRAINING, str(own_root)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    plain = json.loads(proc.stdout)
+    imported = cnnpipe_json(own_root, "import", "plain.pt", "--model", "mynet.py:build_net", "--dataset", "mnist-sample",
+                            "--name", "plain")
+    assert imported["ref"] == "plain@v1"
+    evaluated = cnnpipe_json(own_root, "evaluate", "plain", "--trust-code")
+    assert evaluated["accuracy"] == pytest.approx(plain["accuracy"], abs=1e-6) and plain["accuracy"] > 0.3
+    confusion = [[0] * 10 for _ in range(10)]
+    labels = __import__("numpy").load(own_root / "data/mnist-sample/v1/splits/test-labels.npy")
+    for t, p in zip(labels.tolist(), plain["predicted"]):
+        confusion[t][p] += 1
+    assert evaluated["confusion"] == confusion  # the same prediction for every image
+
+    before = tree_state(own_root / "models")
+    assert_clean_error(cnnpipe(own_root, "import", "plain.pt", "--model", "lenet5", "--dataset", "mnist-sample"), 2,
+                       "weights do not fit the architecture", "missing ['")
+    (own_root / "code.pt").write_bytes(__import__("pickle").dumps(RunsCode()))
+    assert_clean_error(cnnpipe(own_root, "import", "code.pt", "--model", "mynet.py:build_net", "--dataset", "mnist-sample"),
+                       2, "not a weights-only PyTorch checkpoint")
+    assert_clean_error(cnnpipe(own_root, "import", "gone.pt", "--model", "lenet5", "--dataset", "mnist-sample"), 2,
+                       "no such weights file")
+    assert tree_state(own_root / "models") == before
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this ran",))

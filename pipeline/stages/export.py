@@ -83,7 +83,8 @@ def write_card(version: Version, desc: ModelDescription, folder: Path) -> dict[s
     """Copy the model's curves and its newest test evaluation (metrics, plots) into ``folder``
     and write the model card beside them; returns the roles of the files written."""
     evaluation = latest_evaluation(version, "test")
-    sources = {"curves.png": version} | ({p: evaluation for p in ("metrics.json", *PLOT_FILES)} if evaluation else {})
+    curves = {"curves.png": version} if version.lists("curves.png") else {}  # an imported model has none
+    sources = curves | ({p: evaluation for p in ("metrics.json", *PLOT_FILES)} if evaluation else {})
     for rel, source in sources.items():
         shutil.copyfile(source.file(rel), folder / rel)
     metrics = evaluation.read_json("metrics.json") if evaluation else None
