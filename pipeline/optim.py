@@ -15,7 +15,7 @@ def make_optimizer(
     model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float, nesterov: bool
 ) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD (momentum, Nesterov); fused kernels where the device has them."""
-    params = model.parameters()
+    params = [p for p in model.parameters() if p.requires_grad]  # a frozen backbone is left out
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
     if name == "adamw":
@@ -23,7 +23,7 @@ def make_optimizer(
     if name == "sgd":
         if nesterov and momentum <= 0:
             raise CnnpipeError("--nesterov needs a positive --momentum")
-        fused = next(model.parameters()).is_cuda  # one multi-tensor kernel per step on CUDA
+        fused = params[0].is_cuda  # one multi-tensor kernel per step on CUDA
         return torch.optim.SGD(
             params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, fused=fused or None
         )

@@ -100,6 +100,11 @@ class TrainConfig:
     loader: str = option("auto", "device: the split on the device; stream: memory-mapped through a DataLoader; "
                          "auto: device when it fits.", choices=LOADERS)
     workers: int = option(2, "DataLoader workers when streaming.")
+    init_from: str | None = option(None, "Start from these weights: a model version (NAME, NAME@vN, a path) or a "
+                                   ".safetensors/checkpoint file.", "--init-from")
+    reset_head: bool = option(False, "With --init-from: re-initialise the module that produces the logits "
+                              "(needed when the class count differs).", "--reset-head")
+    freeze_backbone: bool = option(False, "Train only the module that produces the logits.", "--freeze-backbone")
     eval_batch_size: int = 1000
 
     def resolved(self) -> TrainConfig:
@@ -130,6 +135,8 @@ class TrainConfig:
             (self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, not {self.grad_clip}"),
             (self.patience is None or self.patience >= 1, f"--patience must be at least 1, not {self.patience}"),
             (self.workers >= 0, f"--workers must be 0 or more, not {self.workers}"),
+            (not self.reset_head or self.init_from is not None,
+             "--reset-head re-initialises what --init-from loaded: add --init-from"),
         ]
         for ok, message in checks:
             if not ok:

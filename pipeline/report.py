@@ -120,6 +120,7 @@ def render_train(console: Console, r: Any) -> None:
             f", stopped early after epoch {r.epochs_run}" if r.stopped_early else "",
             f", resumed from {r.resumed_from}" if r.resumed_from else "",
             f", {r.world_size} processes" if r.world_size > 1 else "",
+            f"; {r.fine_tune}" if r.fine_tune else "",
         ]
     )
     console.print(

@@ -167,3 +167,18 @@ def test_weights_trained_by_plain_pytorch_import_and_evaluate_to_the_image(own_r
 class RunsCode:
     def __reduce__(self):
         return (print, ("this ran",))
+
+
+def test_fine_tuning_starts_from_a_version_and_trains_only_the_head(own_root: Path):
+    from safetensors.torch import load_file
+
+    cnnpipe_json(own_root, "train", "--epochs", "1", "--name", "base")
+    tuned = cnnpipe_json(own_root, "train", "--epochs", "1", "--name", "tuned", "--init-from", "base", "--reset-head",
+                         "--freeze-backbone", "--lr", "0.01")
+    assert "head 'classifier.4' re-initialised" in tuned["fine_tune"] and "only 'classifier.4' trains" in tuned["fine_tune"]
+    base = load_file(own_root / "models/base/v1/weights.safetensors")
+    after = load_file(own_root / "models/tuned/v1/weights.safetensors")
+    for key, value in base.items():
+        same = bool((after[key] == value).all())
+        assert same != key.startswith("classifier.4."), key  # the backbone is untouched, the head is not
+    assert_clean_error(cnnpipe(own_root, "train", "--reset-head"), 2, "add --init-from")

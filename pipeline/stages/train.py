@@ -29,6 +29,7 @@ from ..data.batches import DeviceBatches, StreamBatches, batch_order
 from ..data.loading import Dataset, load_dataset
 from ..engine import Progress, batched_logits, train_epoch
 from ..errors import CnnpipeError
+from ..finetune import apply_init, find_head, freeze_all_but, initial_state
 from ..modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device
 from ..nets import param_count
 from ..nets.sources import CODE_DIR, ArchSource, build_arch
@@ -63,6 +64,7 @@ class TrainResult:
     resumed_from: str | None
     world_size: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    fine_tune: str | None = None  # what --init-from, --reset-head and --freeze-backbone did
 
 
 def fits_in_memory(nbytes: int, device: torch.device) -> bool:
@@ -183,6 +185,7 @@ class _Run:
     cfg: TrainConfig
     dataset: Dataset
     arch_source: ArchSource
+    fine_tune: str | None  # what --init-from, --reset-head and --freeze-backbone did
     rank: int
     world: int
     device: torch.device
@@ -228,6 +231,7 @@ def _setup(cfg: TrainConfig, ws: Workspace) -> _Run:
     info = dataset.info
     torch.manual_seed(cfg.seed)
     model, arch_source = build_arch(cfg.arch, info["channels"], info["height"], len(dataset.classes))
+    fine_tune = _fine_tune(model, cfg, ws.root, torch.zeros(2, info["channels"], info["height"], info["width"]))
     model = model.to(device, memory_format=torch.channels_last)
     wrapped: torch.nn.Module = model
     if world > 1:
@@ -245,10 +249,25 @@ def _setup(cfg: TrainConfig, ws: Workspace) -> _Run:
     if isinstance(source, DeviceBatches):  # the validation split fits beside it: no copies per epoch
         x_val = x_val.to(device)
     return _Run(
-        cfg, dataset, arch_source, rank, world, device, compiled, bf16, model,
+        cfg, dataset, arch_source, fine_tune, rank, world, device, compiled, bf16, model,
         torch.compile(wrapped, mode=cfg.compile_mode) if compiled else wrapped, source, drop_last, optimizer, schedule,
         torch.Generator().manual_seed(cfg.seed), x_val, y_val, eval_batch_size(len(y_val), cfg.eval_batch_size),
     )
+
+
+def _fine_tune(model: torch.nn.Module, cfg: TrainConfig, root: Path, example: torch.Tensor) -> str | None:
+    """``--init-from``, ``--reset-head`` and ``--freeze-backbone``; what was done, naming the head."""
+    if not (cfg.init_from or cfg.freeze_backbone):
+        return None
+    head = find_head(model, example) if cfg.reset_head or cfg.freeze_backbone else None
+    done = []
+    if cfg.init_from:
+        apply_init(model, initial_state(cfg.init_from, root), head if cfg.reset_head else None, cfg.init_from)
+        done.append(f"started from {cfg.init_from}" + (f", head {head!r} re-initialised" if cfg.reset_head else ""))
+    if cfg.freeze_backbone and head is not None:
+        trainable = freeze_all_but(model, head)
+        done.append(f"backbone frozen, only {head!r} trains ({trainable:,} parameters)")
+    return "; ".join(done)
 
 
 def _restore(run: _Run, saved: dict[str, Any]) -> _State:
@@ -356,7 +375,7 @@ def _train(config: TrainConfig, root: Path, progress: Progress | None, resume: s
         precision="bf16" if run.bf16 else "fp32", compile_s=timings["compile_s"], train_s=timings["train_s"],
         images_per_s=timings["images"] / timings["train_s"] if timings["train_s"] > 0 else 0.0,
         epochs_run=state.epoch, stopped_early=stopped_early, resumed_from=str(run_dir) if resume else None,
-        world_size=run.world, history=state.history,
+        world_size=run.world, history=state.history, fine_tune=run.fine_tune,
     )
     if run.rank != 0:
         dist.barrier()

@@ -1,0 +1,76 @@
+"""Fine-tuning: start from other weights, re-initialise the head, freeze the backbone.
+
+The head is the module that produces the logits: the last module with parameters whose
+output, on a batch of 2, has the shape of the logits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CnnpipeError
+from .modelfile import WEIGHTS
+from .store import Workspace
+
+
+def find_head(model: nn.Module, example: torch.Tensor) -> str:
+    """The name of the module that produces ``model``'s logits."""
+    produced: list[str] = []
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, out, name=name: produced.append(name))
+        for name, module in model.named_modules()
+        if name and any(True for _ in module.parameters(recurse=False))
+    ]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            logits = model.eval()(example)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    modules = dict(model.named_modules())
+    for name in reversed(produced):
+        weight = getattr(modules[name], "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.shape[0] == logits.shape[1]:
+            return name
+    raise CnnpipeError("cannot find the module that produces the logits (no layer with one output per class)")
+
+
+def initial_state(ref: str, root: Path) -> dict[str, torch.Tensor]:
+    """The weights ``--init-from`` names: a model version in the store, or a weights file."""
+    from .stages.import_weights import read_state
+
+    path = Path(ref)
+    if path.is_file():
+        return read_state(path)
+    from safetensors.torch import load_file
+
+    version = Workspace(root).models.resolve(ref)
+    version.check()
+    return load_file(version.file(WEIGHTS))
+
+
+def apply_init(model: nn.Module, state: dict[str, Any], head: str | None, where: str) -> None:
+    """Load ``state`` into ``model``; with ``head`` its parameters are left freshly initialised."""
+    from .modelfile import load_state
+
+    if head is None:
+        load_state(model, state, where, shown=10)
+        return
+    own = model.state_dict()
+    kept = {k: v for k, v in state.items() if not k.startswith(head + ".")}
+    load_state(model, kept | {k: v for k, v in own.items() if k.startswith(head + ".")}, where, shown=10)
+
+
+def freeze_all_but(model: nn.Module, head: str) -> int:
+    """Stop gradients everywhere but in ``head``; returns the parameters left trainable."""
+    trainable = 0
+    for name, param in model.named_parameters():
+        param.requires_grad = name.startswith(head + ".")
+        trainable += param.numel() if param.requires_grad else 0
+    return trainable
