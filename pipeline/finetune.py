@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .errors import CnnpipeError
-from .modelfile import WEIGHTS
+from .modelfile import WEIGHTS, read_safetensors, read_state
 from .store import Workspace
 
 
@@ -43,16 +43,12 @@ def find_head(model: nn.Module, example: torch.Tensor) -> str:
 
 def initial_state(ref: str, root: Path) -> dict[str, torch.Tensor]:
     """The weights ``--init-from`` names: a model version in the store, or a weights file."""
-    from .stages.import_weights import read_state
-
     path = Path(ref)
     if path.is_file():
         return read_state(path)
-    from safetensors.torch import load_file
-
     version = Workspace(root).models.resolve(ref)
     version.check()
-    return load_file(version.file(WEIGHTS))
+    return read_safetensors(version.file(WEIGHTS))
 
 
 def apply_init(model: nn.Module, state: dict[str, Any], head: str | None, where: str) -> None:

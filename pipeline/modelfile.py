@@ -11,13 +11,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .description import InputSpec, ModelDescription
-from .errors import CnnpipeError
+from .errors import CnnpipeError, first_line
 from .nets import build, param_count
 from .nets.sources import ArchSource, rebuild
 from .store import Version
 
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
+PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
 
 
 def describe(arch: str, name: str, model: nn.Module, dataset: Any, source: ArchSource) -> ModelDescription:
@@ -49,13 +50,39 @@ def build_from(desc: ModelDescription, version_dir: Path | None = None, trust_co
     return rebuild(source, desc.arch, version_dir or Path("."), inp.channels, inp.height, len(desc.classes), trust_code)
 
 
-def load_weights(model: nn.Module, path: Any) -> None:
-    """Load safetensors weights into ``model``; every tensor must match by name and shape."""
+def read_safetensors(path: Any) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a usage error naming the file if it is not one."""
     try:
-        state = load_file(path)
+        return load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise CnnpipeError(f"{path}: not a readable safetensors weights file ({e})") from None
-    load_state(model, state, path)
+
+
+def read_state(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file or a weights-only PyTorch checkpoint, prefixes stripped."""
+    if not path.is_file():
+        raise CnnpipeError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        state: Any = read_safetensors(path)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a pickle that holds code, or not a checkpoint at all
+            raise CnnpipeError(f"{path}: not a weights-only PyTorch checkpoint ({type(e).__name__}: {first_line(e)})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CnnpipeError(f"{path}: holds no state dict of tensors (plain, 'state_dict' or 'model')")
+    for prefix in PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights(model: nn.Module, path: Any) -> None:
+    """Load safetensors weights into ``model``; every tensor must match by name and shape."""
+    load_state(model, read_safetensors(path), path)
 
 
 def load_state(model: nn.Module, state: dict[str, Any], where: Any, shown: int = 3) -> None:

@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -90,7 +91,7 @@ def parse(arch: str) -> ArchSource:
         path = Path(target)
         if not path.is_file():
             raise CnnpipeError(f"--model {arch!r}: no such file {target}")
-        return ArchSource("file", path.name, factory, _sha256(path), str(path))
+        return ArchSource("file", path.name, factory, file=str(path))  # hashed when it is loaded
     if not all(part.isidentifier() for part in target.split(".")):
         raise CnnpipeError(f"--model {arch!r}: use NAME, torchvision:NAME, timm:NAME, FILE.py:FACTORY or module:FACTORY")
     return ArchSource("module", target, factory)
@@ -221,6 +222,20 @@ def _build(source: ArchSource, file: Path, channels: int, size: int, classes: in
     model = _call_factory(fn, f"{source.name}:{source.factory}", channels, size, classes)
     return model, ArchSource("module", source.name, source.factory, _sha256(path) if path.is_file() else None,
                              distribution=dist)
+
+
+def store_code(arch: str, source: ArchSource, folder: Path) -> dict[str, str]:
+    """Copy the user's file that built the network into ``folder`` (a version draft) as it was when
+    it built it; returns the copy's manifest role (nothing for other sources)."""
+    if not source.file:
+        return {}
+    copy = folder / source.file
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    original = arch.rpartition(":")[0]
+    shutil.copyfile(original, copy)
+    if _sha256(copy) != source.sha256:
+        raise CnnpipeError(f"{original} changed after it built the network; run the command again")
+    return {source.file: "code"}
 
 
 def rebuild(source: ArchSource, arch: str, version_dir: Path, channels: int, size: int, classes: int,

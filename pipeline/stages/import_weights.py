@@ -10,23 +10,16 @@ then evaluates, exports and verifies like a trained one.
 from __future__ import annotations
 
 import hashlib
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..data.loading import load_dataset
-from ..errors import CnnpipeError, first_line
-from ..modelfile import MODEL_JSON, WEIGHTS, describe, load_state
-from ..nets.sources import CODE_DIR, build_arch, default_name
+from ..modelfile import MODEL_JSON, WEIGHTS, describe, load_state, read_state
+from ..nets.sources import build_arch, default_name, store_code
 from ..provenance import environment, lineage
 from ..store import Workspace, check_name, write_json
-
-PREFIXES = ("module.", "_orig_mod.")
 
 
 @dataclass
@@ -38,31 +31,6 @@ class ImportResult:
     source: str
     sha256: str
     params: int
-
-
-def read_state(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file or a weights-only PyTorch checkpoint, prefixes stripped."""
-    if not path.is_file():
-        raise CnnpipeError(f"{path}: no such weights file")
-    if path.suffix == ".safetensors":
-        try:
-            state: Any = load_file(path)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CnnpipeError(f"{path}: not a readable safetensors weights file ({e})") from None
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a pickle that holds code, or not a checkpoint at all
-            raise CnnpipeError(f"{path}: not a weights-only PyTorch checkpoint ({type(e).__name__}: {first_line(e)})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CnnpipeError(f"{path}: holds no state dict of tensors (plain, 'state_dict' or 'model')")
-    for prefix in PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
 
 
 def import_weights(weights: Path, arch: str, dataset_ref: str, root: Path = Path("."), name: str | None = None) -> ImportResult:
@@ -82,11 +50,7 @@ def import_weights(weights: Path, arch: str, dataset_ref: str, root: Path = Path
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, draft.path / WEIGHTS, metadata={"arch": arch})
         write_json(draft.path / MODEL_JSON, desc.to_json())
         write_json(draft.path / "train.json", record)
-        code = {}
-        if source.file:
-            (draft.path / CODE_DIR).mkdir()
-            shutil.copyfile(arch.rpartition(":")[0], draft.path / source.file)
-            code = {source.file: "code"}
+        code = store_code(arch, source, draft.path)
         version = draft.commit(
             stage="train",
             roles={WEIGHTS: "weights", MODEL_JSON: "description", "train.json": "config"} | code,

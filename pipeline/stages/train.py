@@ -9,7 +9,6 @@ and the run folder removed. Under ``torchrun`` every rank trains its shard of ea
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,7 +31,7 @@ from ..errors import CnnpipeError
 from ..finetune import apply_init, find_head, freeze_all_but, initial_state
 from ..modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device
 from ..nets import param_count
-from ..nets.sources import CODE_DIR, ArchSource, build_arch
+from ..nets.sources import ArchSource, build_arch, store_code
 from ..optim import make_optimizer, make_schedule
 from ..options import TrainConfig
 from ..plots import plot_curves
@@ -412,14 +411,7 @@ def _commit(
         })
         (draft.path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
         plot_curves(history, draft.path / "curves.png", title=f"{name} on {dataset.version.ref}")
-        code = {}
-        if run.arch_source.file:  # the user's file, as it was when it built this network
-            (draft.path / CODE_DIR).mkdir()
-            copy = draft.path / run.arch_source.file
-            shutil.copyfile(cfg.arch.rpartition(":")[0], copy)
-            if hashlib.sha256(copy.read_bytes()).hexdigest() != run.arch_source.sha256:
-                raise CnnpipeError(f"{cfg.arch.rpartition(':')[0]} changed while the network trained; train again")
-            code = {run.arch_source.file: "code"}
+        code = store_code(cfg.arch, run.arch_source, draft.path)
         return draft.commit(
             stage="train",
             roles={
