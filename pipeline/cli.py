@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE
 from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
 from .options import DEVICES, SPLITS, ExportOptions, GateOptions, TrainConfig, VerifyOptions, parse_batch_sizes
 
@@ -147,6 +148,8 @@ def _root(ctx: typer.Context) -> Path:
     return ctx.obj["root"]
 
 
+SIZE_HELP = (f"Resize images to SIZE x SIZE ({MIN_SIZE} to {MAX_SIZE}) on import, for networks made for larger "
+             f"inputs (default: the dataset's own size; {FOLDER_SIZE} for imagefolder).")
 ROOT_HELP = "Folder holding the data/, models/ and exports/ stores (also CNNPIPE_ROOT)."
 RootOpt = Annotated[Path | None, typer.Option("--root", help=ROOT_HELP, callback=_set_root, show_default=False)]
 ConfigOpt = Annotated[Path | None, typer.Option(
@@ -217,7 +220,7 @@ def download(
     refresh: Annotated[bool, typer.Option(help="Fetch again even if an intact version exists.")] = False,
     plots: Annotated[bool, typer.Option(help="Write samples.png and classes.png into the version.")] = True,
     as_name: Annotated[str | None, typer.Option("--name", help="With imagefolder: the dataset's name.")] = None,
-    size: Annotated[int, typer.Option(help="With imagefolder: images are resized to SIZE x SIZE.")] = 32,
+    size: Annotated[int | None, typer.Option(help=SIZE_HELP)] = None,
     channels: Annotated[int, typer.Option(help="With imagefolder: 1 (grayscale) or 3 (RGB).")] = 3,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="With imagefolder: "
         "validation share when the folder has no val/.")] = 0.1,
@@ -238,12 +241,13 @@ def download(
             if path is None or as_name is None:
                 raise CnnpipeError("usage: cnnpipe download imagefolder PATH --name NAME")
             return import_folder(
-                path, as_name, _root(ctx), size, channels, val_fraction, test_fraction, seed, skip_bad, flip, plots
+                path, as_name, _root(ctx), size or FOLDER_SIZE, channels, val_fraction, test_fraction, seed,
+                skip_bad, flip, plots,
             )
         if path is not None:
             raise CnnpipeError(f"unexpected PATH {str(path)!r}: only imagefolder takes one")
         with ByteProgress(err) as progress:
-            return run_download(name, _root(ctx), mirror, val_size, seed, refresh, plots, progress.update)
+            return run_download(name, _root(ctx), mirror, val_size, seed, refresh, plots, progress.update, size=size)
 
     result = _call(run_stage)
     _emit(as_json, result, lambda r: render_download(out, r))
@@ -396,6 +400,10 @@ def run(
     verify_options: VerifyOptions,
     gates: GateOptions,
     mirror: MirrorOpt = None,
+    size: Annotated[int | None, typer.Option(help="Standard datasets: " + SIZE_HELP)] = None,
+    skip_train: Annotated[bool, typer.Option("--skip-train", help="Release the newest version of the model --name "
+        "(default from --model) as it is, e.g. weights brought in with `cnnpipe import`: evaluate, export, verify.")] = False,
+    trust_code: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """download → train → evaluate → export → verify; stops at the first failure with its exit code."""
@@ -415,7 +423,8 @@ def run(
 
         result = _call(lambda: run_pipeline(
             train_options, export_options, verify_options, gates,
-            root=_root(ctx), mirror=mirror, progress=progress, on_stage=on_stage,
+            root=_root(ctx), mirror=mirror, size=size, skip_train=skip_train, trust_code=trust_code,
+            progress=progress, on_stage=on_stage,
         ))
     if as_json:
         print(json.dumps({k: _plain(v) for k, v in dataclasses.asdict(result).items() if v is not None and k != "failed"},
@@ -472,13 +481,15 @@ def models(
     ctx: typer.Context,
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Count parameters for this "
         "dataset's input (a standard name needs no download).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Show this architecture only: NAME, "
+        "torchvision:NAME, timm:NAME, FILE.py:FACTORY or module:FACTORY (built, and checked on the input).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List every registered network with its parameter count for a dataset's input shape."""
+    """List every registered network (or one --model) with its parameter count for a dataset's input shape."""
     from .report import render_models
     from .stages.models import list_models
 
-    result = _call(lambda: list_models(dataset, _root(ctx)))
+    result = _call(lambda: list_models(dataset, _root(ctx), model))
     _emit(as_json, result, lambda r: render_models(out, r))
 
 

@@ -153,6 +153,15 @@ def test_weights_trained_by_plain_pytorch_import_and_evaluate_to_the_image(own_r
         confusion[t][p] += 1
     assert evaluated["confusion"] == confusion  # the same prediction for every image
 
+    # the release job on imported weights: no training, the same accuracy, exports that verify
+    assert_clean_error(cnnpipe(own_root, "run", "--skip-train", "--name", "plain"), 2, "pass --trust-code")
+    released = cnnpipe_json(own_root, "run", "--skip-train", "--name", "plain", "--trust-code", "--format", "onnx",
+                            "--format", "safetensors", "--samples", "16", "--batch-sizes", "1,3")
+    assert "train" not in released and released["evaluate"]["model"] == "plain@v1"
+    assert released["evaluate"]["accuracy"] == evaluated["accuracy"] and released["verify"]["passed"]
+    assert sorted(p.name for p in (own_root / "models/plain").iterdir() if p.name.startswith("v")) == ["v1"]
+    assert_clean_error(cnnpipe(own_root, "run", "--skip-train", "--name", "nobody"), 2, "no model 'nobody'")
+
     before = tree_state(own_root / "models")
     assert_clean_error(cnnpipe(own_root, "import", "plain.pt", "--model", "lenet5", "--dataset", "mnist-sample"), 2,
                        "weights do not fit the architecture", "missing ['")
@@ -182,3 +191,35 @@ def test_fine_tuning_starts_from_a_version_and_trains_only_the_head(own_root: Pa
         same = bool((after[key] == value).all())
         assert same != key.startswith("classifier.4."), key  # the backbone is untouched, the head is not
     assert_clean_error(cnnpipe(own_root, "train", "--reset-head"), 2, "add --init-from")
+
+
+def test_download_size_lets_a_network_made_for_larger_inputs_train(tmp_path: Path):
+    assert_clean_error(cnnpipe(tmp_path, "models", "--model", "torchvision:alexnet", "-d", "mnist-sample"), 2,
+                       "cannot take the dataset's 1x28x28 input", "torchvision lists 63x63", "--size")
+    assert_clean_error(cnnpipe(tmp_path, "download", "--size", "4"), 2, "--size must be between 8 and 512")
+    assert_clean_error(cnnpipe(tmp_path, "download", "--size", "513"), 2, "--size must be between 8 and 512")
+    assert not (tmp_path / "data").exists()
+
+    import numpy as np
+
+    native = cnnpipe_json(tmp_path, "download", "--no-plots")
+    resized = cnnpipe_json(tmp_path, "download", "--size", "64", "--no-plots")
+    assert (native["ref"], resized["ref"]) == ("mnist-sample@v1", "mnist-sample@v2") and not resized["reused"]
+    assert cnnpipe_json(tmp_path, "download", "--size", "64")["reused"]
+    info = json.loads((tmp_path / "data/mnist-sample/v2/dataset.json").read_text())
+    assert (info["height"], info["width"], info["resized"]["from"]) == (64, 64, 28)
+    small = np.load(tmp_path / "data/mnist-sample/v1/splits/test-images.npy")
+    large = np.load(tmp_path / "data/mnist-sample/v2/splits/test-images.npy")
+    assert large.shape == (2000, 1, 64, 64) and small.shape == (2000, 1, 28, 28)
+    assert abs(float(large.mean()) - float(small.mean())) < 2  # the same digits, scaled
+    assert resized["mean"][0] == pytest.approx(native["mean"][0], abs=0.01)
+
+    row = cnnpipe_json(tmp_path, "models", "--model", "torchvision:alexnet", "-d", "mnist-sample")[0]
+    assert row["input"] == "1x64x64, 10 classes" and row["params"] > 50_000_000 and row["source"].startswith("torchvision ")
+    assert_clean_error(cnnpipe(tmp_path, "run", "--dataset", "mnist-sample@v1", "--size", "64"), 2,
+                       "--size resizes a standard dataset on download")
+    assert cnnpipe_json(tmp_path, "train", "--epochs", "1")["ref"] == "lenet5@v1"  # trains on the newest, 64 px
+    model = json.loads((tmp_path / "models/lenet5/v1/model.json").read_text())
+    manifest = json.loads((tmp_path / "models/lenet5/v1/manifest.json").read_text())
+    assert (model["input"]["height"], model["input"]["width"]) == (64, 64)
+    assert manifest["lineage"]["parents"][0]["ref"] == "mnist-sample@v2"

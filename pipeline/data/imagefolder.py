@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import CnnpipeError
+from .resize import resize_image
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 SPLIT_DIRS = ("train", "val", "test")
@@ -69,9 +70,7 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")
         img = img.convert("L" if channels == 1 else "RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
+        arr = np.asarray(resize_image(img, size), dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 

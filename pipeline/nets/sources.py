@@ -17,6 +17,7 @@ import importlib.util
 import inspect
 import shutil
 import sys
+import warnings
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -97,13 +98,25 @@ def parse(arch: str) -> ArchSource:
     return ArchSource("module", target, factory)
 
 
-def _torchvision(name: str, channels: int, classes: int) -> tuple[nn.Module, str]:
+# torchvision families whose builders take the input size (their default is 224), by builder module
+TORCHVISION_SIZE_ARGS = {"torchvision.models.vision_transformer": "image_size"}
+
+
+def _torchvision(name: str, channels: int, size: int, classes: int) -> tuple[nn.Module, str]:
     import torchvision
 
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:
         raise CnnpipeError(f"unknown torchvision classification model {name!r}{_close(name, known)}")
-    model = torchvision.models.get_model(name, weights=None, num_classes=classes)
+    size_arg = TORCHVISION_SIZE_ARGS.get(torchvision.models.get_model_builder(name).__module__)
+    with warnings.catch_warnings():  # inception_v3 and googlenet warn about a future default on every build
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            model = torchvision.models.get_model(name, weights=None, num_classes=classes,
+                                                 **({size_arg: size} if size_arg else {}))
+        except Exception as e:  # a builder that refuses the input size, e.g. a ViT's patch size
+            raise CnnpipeError(f"torchvision could not build {name} for {channels}x{size}x{size} input "
+                               f"({type(e).__name__}: {first_line(e)})") from None
     if channels != 3:
         _adapt_first_conv(model, channels)
     return model, f"torchvision {torchvision.__version__}"
@@ -178,7 +191,17 @@ def _call_factory(fn: Any, where: str, channels: int, size: int, classes: int) -
     return model
 
 
-def _check_logits(model: nn.Module, where: str, channels: int, size: int, classes: int) -> None:
+def min_size(source: ArchSource) -> int | None:
+    """The smallest input side the architecture's publisher lists (torchvision's weights metadata), if any."""
+    if source.kind != "torchvision":
+        return None
+    import torchvision
+
+    weights = list(torchvision.models.get_model_weights(source.name))
+    return max((w.meta.get("min_size", (1, 1))[0] for w in weights), default=None) if weights else None
+
+
+def _check_logits(model: nn.Module, source: ArchSource, where: str, channels: int, size: int, classes: int) -> None:
     """The network maps a batch of 2 inputs to ``[2, classes]`` logits."""
     was_training = model.training
     model.eval()
@@ -186,8 +209,11 @@ def _check_logits(model: nn.Module, where: str, channels: int, size: int, classe
         with torch.no_grad():
             out = model(torch.zeros(2, channels, size, size))
     except Exception as e:  # a network that cannot take the dataset's input
+        least = min_size(source)
+        needs = f"torchvision lists {least}x{least} as its smallest input; " if least and least > size else ""
         raise CnnpipeError(
-            f"{where} cannot take the dataset's {channels}x{size}x{size} input ({type(e).__name__}: {first_line(e)})"
+            f"{where} cannot take the dataset's {channels}x{size}x{size} input ({type(e).__name__}: {first_line(e)}); "
+            f"{needs}store the dataset at a larger size with `cnnpipe download NAME --size N`"
         ) from None
     finally:
         model.train(was_training)
@@ -202,13 +228,13 @@ def build_arch(arch: str, channels: int, size: int, classes: int) -> tuple[nn.Mo
     if source.kind == "registry":
         return build(arch, channels, size, classes), source
     model, source = _build(source, Path(source.file or "."), channels, size, classes)
-    _check_logits(model, f"--model {arch}", channels, size, classes)
+    _check_logits(model, source, f"--model {arch}", channels, size, classes)
     return model, source
 
 
 def _build(source: ArchSource, file: Path, channels: int, size: int, classes: int) -> tuple[nn.Module, ArchSource]:
     if source.kind == "torchvision":
-        model, dist = _torchvision(source.name, channels, classes)
+        model, dist = _torchvision(source.name, channels, size, classes)
         return model, ArchSource("torchvision", source.name, distribution=dist)
     if source.kind == "timm":
         model, dist = _timm(source.name, channels, classes)

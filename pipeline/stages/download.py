@@ -14,6 +14,7 @@ from ..data.catalog import CATALOG, FetchOptions, Prepared, get_spec, hold_out_v
 from ..data.fetch import OnBytes
 from ..data.imagefolder import decode_all, scan
 from ..data.loading import INFO, split_files
+from ..data.resize import FOLDER_SIZE, channel_stats, check_size, resize_split
 from ..data.split import stratified_split
 from ..errors import CnnpipeError
 from ..plots import plot_class_counts, plot_samples
@@ -55,10 +56,7 @@ def _commit(
     draft: Draft, prepared: Prepared, info: dict[str, Any], config: dict[str, Any], plots: bool
 ) -> tuple[Version, bool]:
     """Write splits, description and plots into ``draft``; commit unless identical to the latest."""
-    x_train = prepared.splits["train"][0]
-    scaled = x_train.reshape(len(x_train), x_train.shape[1], -1).astype(np.float64) / 255.0
-    mean = scaled.mean(axis=(0, 2)).tolist()
-    std = scaled.std(axis=(0, 2)).tolist()
+    mean, std = channel_stats(prepared.splits["train"][0])
     classes = prepared.classes
     counts = {
         part: dict(zip(classes, map(int, np.bincount(prepared.splits[part][1], minlength=len(classes)))))
@@ -111,15 +109,22 @@ def download(
     refresh: bool = False,
     plots: bool = True,
     on_bytes: OnBytes | None = None,
+    *,
+    size: int | None = None,
 ) -> DownloadResult:
     """Fetch dataset ``name`` (checksums checked whatever the source) into a new version.
 
-    Without ``refresh``, an intact latest version made with the same options is reused
-    without touching the network; an identical re-fetch also reuses it.
+    ``size`` resizes every image to ``size`` x ``size`` on import (bilinear), for networks
+    made for larger inputs; the version's ``dataset.json`` records it. Without ``refresh``,
+    an intact latest version made with the same options is reused without touching the
+    network; an identical re-fetch also reuses it.
     """
     spec = get_spec(name)
     store = Workspace(root).data
-    config = {"name": name, "val_size": val_size, "seed": seed}
+    config: dict[str, Any] = {"name": name, "val_size": val_size, "seed": seed}
+    if size is not None and size != spec.size:
+        check_size(size)
+        config["size"] = size
     if not refresh and store.has(name):
         latest = store.latest(name)
         if latest.manifest["lineage"].get("config") == config:
@@ -131,6 +136,11 @@ def download(
             "name": name, "summary": spec.summary, "license": spec.license,
             "channels": spec.channels, "height": spec.size, "width": spec.size, "augment": spec.augment,
         }
+        if "size" in config:
+            prepared.splits = {part: (resize_split(x, size), y) for part, (x, y) in prepared.splits.items()}
+            padding = round(spec.augment["crop_padding"] * size / spec.size)
+            info |= {"height": size, "width": size, "augment": spec.augment | {"crop_padding": padding},
+                     "resized": {"from": spec.size, "to": size, "method": "bilinear (Pillow)"}}
         version, reused = _commit(draft, prepared, info, config, plots)
     return _result(version, reused)
 
@@ -139,7 +149,7 @@ def import_folder(
     path: Path,
     name: str,
     root: Path = Path("."),
-    size: int = 32,
+    size: int = FOLDER_SIZE,
     channels: int = 3,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
@@ -156,8 +166,9 @@ def import_folder(
     check_name(name, "dataset name")
     if name in CATALOG:
         raise CnnpipeError(f"{name!r} is a standard dataset's name; choose another --name")
-    if size < 8 or channels not in (1, 3):
-        raise CnnpipeError(f"--size must be at least 8 and --channels 1 or 3 (got {size}, {channels})")
+    check_size(size)
+    if channels not in (1, 3):
+        raise CnnpipeError(f"--channels must be 1 or 3, not {channels}")
     if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise CnnpipeError("--val-fraction and --test-fraction must be fractions that leave images to train on")
     found = scan(path.resolve())

@@ -9,22 +9,40 @@ from ..data.catalog import CATALOG
 from ..data.loading import INFO
 from ..errors import CnnpipeError
 from ..nets import build, get_net, net_names, param_count
+from ..nets.registry import SMALL_NET_RECIPE
+from ..nets.sources import build_arch, parse
+from ..options import TrainConfig
 from ..store import Workspace
+
+DEFAULT_DATASET = TrainConfig.dataset  # what train uses when --dataset is not given
 
 
 def input_shape(dataset: str, root: Path) -> tuple[int, int, int]:
-    """(channels, size, classes) of a standard dataset (no download) or of a stored one."""
-    if dataset in CATALOG:
+    """(channels, size, classes) of a stored dataset version (what ``train`` would use), or of a
+    standard dataset not downloaded yet (its own size)."""
+    data = Workspace(root).data
+    if dataset in CATALOG and not data.has(dataset):
         spec = CATALOG[dataset]
         return spec.channels, spec.size, len(spec.classes)
-    info = Workspace(root).data.resolve(dataset).read_json(INFO)
+    info = data.resolve(dataset).read_json(INFO)
     return info["channels"], info["height"], len(info["classes"])
 
 
-def list_models(dataset: str | None = None, root: Path = Path(".")) -> list[dict[str, Any]]:
-    """Every network with its parameter count for ``dataset`` (default: each net's own dataset)."""
+def list_models(dataset: str | None = None, root: Path = Path("."), arch: str | None = None) -> list[dict[str, Any]]:
+    """Every registered network with its parameter count for ``dataset`` (default: each net's own
+    dataset), or only ``arch`` (any ``--model`` reference, built and checked on the input: a network
+    that cannot take it is a usage error)."""
+    if arch is not None and parse(arch).kind != "registry":
+        channels, size, classes = input_shape(dataset or DEFAULT_DATASET, root)
+        model, source = build_arch(arch, channels, size, classes)
+        where = source.distribution or " ".join([source.kind, *([f"sha256 {source.sha256[:12]}"] if source.sha256 else [])])
+        return [{
+            "name": arch, "params": param_count(model), "error": None, "input": f"{channels}x{size}x{size}, "
+            f"{classes} classes", "dataset": dataset or DEFAULT_DATASET, "source": where,
+            "recipe": SMALL_NET_RECIPE,
+        }]
     rows = []
-    for name in net_names():
+    for name in [arch] if arch else net_names():
         spec = get_net(name)
         channels, size, classes = input_shape(dataset or spec.dataset, root)
         try:

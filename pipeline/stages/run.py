@@ -9,6 +9,7 @@ from typing import Any
 
 from ..data.catalog import CATALOG
 from ..engine import Progress
+from ..errors import CnnpipeError
 from ..options import ExportOptions, GateOptions, VerifyOptions
 from ..store import Workspace
 from .download import download
@@ -44,25 +45,39 @@ def run(
     *,
     root: Path = Path("."),
     mirror: str | None = None,
+    size: int | None = None,
+    skip_train: bool = False,
+    trust_code: bool = False,
     progress: Progress | None = None,
     on_stage: Stage | None = None,
 ) -> RunResult:
     """Run every stage as a CI release job would, stopping at the first failed gate.
 
-    A standard dataset is fetched (or an intact version reused); an imported folder is used
-    as it is. ``gates.against`` is pinned before training, so ``NAME`` means the version that
-    was latest when the run started. ``on_stage(name, result)`` is called after each stage.
-    A network from the user's file is trusted for the stages after training: this call
-    already ran that file to train it, and the copy it rebuilds from is checked by sha256.
+    A standard dataset is fetched (or an intact version reused; ``size`` resizes it on
+    download); an imported folder is used as it is. ``skip_train`` releases the newest
+    version of the model ``config.name`` (default from ``config.arch``) as it is, for
+    weights brought in with ``import``. ``gates.against`` is pinned before training, so
+    ``NAME`` means the version that was latest when the run started. ``on_stage(name,
+    result)`` is called after each stage. A network from the user's file is trusted for the
+    stages after training: this call already ran that file to train it, and the copy it
+    rebuilds from is checked by sha256; with ``skip_train`` it runs only with ``trust_code``.
     Bad input raises ``CnnpipeError`` before anything is written.
     """
     export_options = export_options or ExportOptions()
     verify_options = verify_options or VerifyOptions()
     gates = gates or GateOptions()
-    config.resolved()
+    resolved = config.resolved()
     check_gate_options(gates.min_accuracy, gates.against, gates.max_regression)
     verify_options.batch_size_list(), verify_options.provider_list()  # usage errors before any work
-    against = Workspace(root).models.resolve(gates.against).ref if gates.against else None
+    if size is not None and (skip_train or config.dataset not in CATALOG):
+        raise CnnpipeError("--size resizes a standard dataset on download; "
+                           f"{'a trained model' if skip_train else config.dataset} keeps the size it was stored at")
+    models = Workspace(root).models
+    against = models.resolve(gates.against).ref if gates.against else None
+    trusted = trust_code or not skip_train
+    if skip_train and not models.has(resolved.name):
+        raise CnnpipeError(f"--skip-train: no model {resolved.name!r} in the store; train it, or bring its weights "
+                           "with `cnnpipe import`, first (or name it with --name)")
     result = RunResult()
 
     def done(stage: str, value: Any) -> Any:
@@ -71,18 +86,21 @@ def run(
             on_stage(stage, value)
         return value
 
-    if config.dataset in CATALOG:
-        done("download", download(config.dataset, root, mirror))
-    model = done("train", train(config, root, progress))
+    if skip_train:
+        model_ref = models.latest(resolved.name).ref
+    else:
+        if config.dataset in CATALOG:
+            done("download", download(config.dataset, root, mirror, size=size))
+        model_ref = done("train", train(config, root, progress)).ref
     evaluation = done("evaluate", evaluate(
-        model.ref, "test", root, device=config.device, against=against,
-        min_accuracy=gates.min_accuracy, max_regression=gates.max_regression, trust_code=True,
+        model_ref, "test", root, device=config.device, against=against,
+        min_accuracy=gates.min_accuracy, max_regression=gates.max_regression, trust_code=trusted,
     ))
     if not evaluation.passed:
         result.failed = "evaluate"
         return result
-    bundle = done("export", export(model.ref, export_options, root, trust_code=True))
-    verdict = done("verify", verify(bundle.ref, root, verify_options, trust_code=True))
+    bundle = done("export", export(model_ref, export_options, root, trust_code=trusted))
+    verdict = done("verify", verify(bundle.ref, root, verify_options, trust_code=trusted))
     if not verdict.passed:
         result.failed = "verify"
     return result
