@@ -11,8 +11,14 @@ torch); each function imports what it needs.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
 import logging
+import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +34,8 @@ from .onnx_session import PROVIDERS, onnx_session
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 META_FILE = "cnnpipe.json"  # the metadata's name inside TorchScript, pt2 and AOTInductor files
+META_KEY = "cnnpipe_meta"  # the metadata's name inside OpenVINO IR (rt_info) and ExecuTorch (a constant method)
+PTE_MAX_BATCH = 64  # an ExecuTorch program's memory is planned for batches up to this; larger ones run in parts
 
 
 @dataclass(frozen=True)
@@ -53,7 +61,16 @@ class ExportContext:
     calibration: Callable[[], np.ndarray]  # normalized training images for int8
     dataset: str  # the reference of the dataset the model was trained on
     opset_used: int | None = None
-    program: Any = None  # the torch.export program, once pt2 is written
+    program: Any = None  # the torch.export program, made once by ``exported()``
+
+    def exported(self) -> Any:
+        """The ``torch.export`` program with a dynamic batch axis, shared by every format made from it."""
+        if self.program is None:
+            import torch
+
+            with quiet():
+                self.program = torch.export.export(self.model, (self.example,), dynamic_shapes=_batch_axis())
+        return self.program
 
 
 @dataclass(frozen=True)
@@ -111,6 +128,9 @@ class Format:
     devices: tuple[str, ...] = ("cpu",)
     parent: str | None = None
     flag: str | None = None
+    needs: str | None = None  # a base format this one is converted from, exported in the same bundle
+    companions: tuple[str, ...] = ()  # further files of the format (OpenVINO's weights beside its graph)
+    extra: tuple[str, str] | None = None  # (module, pip extra) of an optional runtime
     native: bool = False  # holds machine code that runs when loaded
     legacy: bool = False
     snippet: str = ""  # the model card's "how to load"; {arch}, {channels}, {height}, {classes} are filled in
@@ -124,8 +144,34 @@ class Format:
         """The runtime's label in reports: with the device where the format runs on several."""
         return f"{self.runtime}[{device}]" if len(self.devices) > 1 else self.runtime
 
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file the format writes."""
+        return (self.file, *self.companions)
+
+    @property
+    def installed(self) -> bool:
+        """Whether the format's optional package (if any) can be imported here."""
+        return not self.extra or importlib.util.find_spec(self.extra[0]) is not None
+
+    def require(self) -> None:
+        """A usage error naming the pip extra when the format's optional package is not installed."""
+        if self.extra and not self.installed:
+            raise CnnpipeError(f"the {self.name} format needs the {self.extra[0]} package, which is not installed: "
+                               f'pip install "cnnpipe[{self.extra[1]}]" (from a checkout: pip install -e ".[{self.extra[1]}]")')
+
+    def save(self, ctx: ExportContext, path: Path) -> dict[str, Any] | None:
+        """Write the file; whatever the exporter raises becomes one CnnpipeError naming the format."""
+        try:
+            return self.write(ctx, path)
+        except CnnpipeError:
+            raise
+        except Exception as e:  # exporters raise many types; all mean "no file"
+            raise CnnpipeError(f"{self.name} export failed: {type(e).__name__}: {first_line(e)}") from None
+
     def open(self, path: Path, device: str, ctx: LoadContext) -> Runner:
         """Load the file on ``device``; whatever goes wrong becomes one CnnpipeError with the reason."""
+        self.require()
         try:
             return self.load(path, device, ctx)
         except CnnpipeError:
@@ -233,6 +279,11 @@ def write_onnx_int8(ctx: ExportContext, path: Path) -> dict[str, Any]:
 def load_onnx(path: Path, device: str, ctx: LoadContext) -> Runner:
     """An onnxruntime session on exactly the provider asked for, after the graph check."""
     check_onnx_graph(path)
+    return load_ort(path, device, ctx)
+
+
+def load_ort(path: Path, device: str, ctx: LoadContext) -> Runner:
+    """An onnxruntime session on exactly the provider asked for (an ONNX or ORT-format file)."""
     try:
         session = onnx_session(path, device, ctx.threads)
     except Exception as e:  # onnxruntime raises its own exception types for files it cannot load
@@ -303,12 +354,9 @@ def write_pt2(ctx: ExportContext, path: Path) -> None:
     """A ``torch.export`` program with a dynamic batch axis, the metadata as an extra file."""
     import torch
 
-    try:
-        with quiet():
-            ctx.program = torch.export.export(ctx.model, (ctx.example,), dynamic_shapes=_batch_axis())
-            torch.export.save(ctx.program, str(path), extra_files={META_FILE: json.dumps(ctx.meta)})
-    except Exception as e:  # torch.export raises many types; all mean "no pt2 file"
-        raise CnnpipeError(f"pt2 export (torch.export) failed: {first_line(e)}") from None
+    program = ctx.exported()
+    with quiet():
+        torch.export.save(program, str(path), extra_files={META_FILE: json.dumps(ctx.meta)})
 
 
 def load_pt2(path: Path, device: str, ctx: LoadContext) -> Runner:
@@ -324,7 +372,7 @@ def write_aoti(ctx: ExportContext, path: Path) -> dict[str, Any]:
     """The pt2 program compiled by AOTInductor for this machine; records what it was compiled for."""
     from .aoti import compile_package
 
-    return {"compiled_for": compile_package(ctx.program, path, ctx.meta)}
+    return {"compiled_for": compile_package(ctx.exported(), path, ctx.meta)}
 
 
 def load_aoti(path: Path, device: str, ctx: LoadContext) -> Runner:
@@ -362,6 +410,113 @@ def load_safetensors(path: Path, device: str, ctx: LoadContext) -> Runner:
     return _torch_runner(model, device, problems)
 
 
+# ---- OpenVINO, ExecuTorch, ONNX Runtime's mobile format ------------------------------------
+
+
+def write_openvino(ctx: ExportContext, path: Path) -> None:
+    """OpenVINO IR converted from the ``torch.export`` program: float32 weights (``.bin`` beside the ``.xml``)."""
+    import openvino as ov
+
+    with quiet():
+        model = ov.convert_model(ctx.exported())
+    model.set_rt_info(json.dumps(ctx.meta), [META_KEY])
+    ov.save_model(model, str(path), compress_to_fp16=False)
+
+
+def write_openvino_fp16(ctx: ExportContext, path: Path) -> dict[str, Any]:
+    """The OpenVINO IR with its weights compressed to fp16 (computed in float32 on the CPU)."""
+    import openvino as ov
+
+    variant = {"precision": "fp16"}
+    model = ov.Core().read_model(str(path.parent / FORMATS["openvino"].file))
+    model.set_rt_info(json.dumps(ctx.meta | variant), [META_KEY])
+    ov.save_model(model, str(path), compress_to_fp16=True)
+    return variant
+
+
+def load_openvino(path: Path, device: str, ctx: LoadContext) -> Runner:
+    """The IR compiled by the OpenVINO CPU plugin in float32 (it would pick bf16 on CPUs that have it)."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    found = model.get_rt_info([META_KEY]).astype(str) if model.has_rt_info([META_KEY]) else "{}"
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+    if ctx.threads:
+        config["INFERENCE_NUM_THREADS"] = ctx.threads
+    compiled = core.compile_model(model, "CPU", config)
+    problems = [] if json.loads(found) == ctx.meta | ctx.variant else [f"{path.name}: OpenVINO rt_info differs from model.json"]
+    return Runner(prepare=lambda x: x, call=lambda x: compiled([x])[0], to_numpy=np.asarray, problems=problems)
+
+
+def write_executorch(ctx: ExportContext, path: Path) -> dict[str, Any]:
+    """An ExecuTorch program lowered to the XNNPACK delegate, its memory planned for batches up to
+    PTE_MAX_BATCH (exported from an example of that batch: with a smaller one the delegate plans
+    for fewer); the metadata is a constant method."""
+    import torch
+
+    with quiet():  # importing executorch logs a torch warning
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+        from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+
+    example = ctx.example[:1].expand(PTE_MAX_BATCH, *ctx.example.shape[1:]).contiguous()
+    with quiet():
+        program = torch.export.export(ctx.model, (example,),
+                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=PTE_MAX_BATCH)},))
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+                                              constant_methods={META_KEY: json.dumps(ctx.meta)})
+        path.write_bytes(lowered.to_executorch(
+            ExecutorchBackendConfig(sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass())).buffer)
+    return {"delegate": "XNNPACK", "max_batch": PTE_MAX_BATCH}
+
+
+@contextmanager
+def native_quiet() -> Iterator[None]:
+    """Silence what a native runtime prints on the process's stderr (ExecuTorch logs CPU probing)."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def load_executorch(path: Path, device: str, ctx: LoadContext) -> Runner:
+    """The ``.pte`` in the ExecuTorch runtime's Python bindings; batches over its planned size run in parts."""
+    import torch
+
+    with native_quiet(), quiet():
+        from executorch.runtime import Runtime
+
+        program = Runtime.get().load_program(str(path))
+        forward = program.load_method("forward")
+        found = program.load_method(META_KEY).execute([])[0] if META_KEY in program.method_names else "{}"
+    limit = int(ctx.variant.get("max_batch", PTE_MAX_BATCH))
+
+    def call(x: Any) -> Any:
+        with native_quiet():
+            return torch.cat([forward.execute([x[i:i + limit]])[0] for i in range(0, len(x), limit)])
+
+    problems = [] if json.loads(found) == ctx.meta else [f"{path.name}: ExecuTorch metadata differs from model.json"]
+    return Runner(prepare=lambda x: torch.from_numpy(x), call=call, to_numpy=lambda y: y.numpy(), problems=problems)
+
+
+def write_ort(ctx: ExportContext, path: Path) -> None:
+    """``model.onnx`` converted by onnxruntime's own converter to the ORT format (ONNX Runtime Mobile)."""
+    with quiet():
+        from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".ort-") as tmp:
+        work = Path(tmp)
+        shutil.copyfile(path.parent / FORMATS["onnx"].file, work / "model.onnx")
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), quiet():
+            convert_onnx_models_to_ort(work / "model.onnx", work / "out", [OptimizationStyle.Fixed])
+        os.replace(work / "out" / "model.ort", path)
+
+
 # ---- the table --------------------------------------------------------------------------
 
 _FP32 = Tolerance(1e-5, 1e-5, 1.0, None)
@@ -387,13 +542,12 @@ On CUDA, ask for `("CUDAExecutionProvider", {{"use_tf32": "0"}})`: onnxruntime o
 runs float32 convolutions in TF32, which verify does not cover.""",
     ),
     Format(
-        "torchscript", "model.torchscript.pt", "torch.jit", "torchscript", write_torchscript, load_torchscript,
-        {"cpu": _FP32}, legacy=True,
-        snippet="""TorchScript (legacy: deprecated upstream; prefer pt2):
+        "pt2", "model.pt2", "torch.export", "pt2", write_pt2, load_pt2, {"cpu": _FP32},
+        snippet="""pt2 (`torch.export` program):
 
 ```python
 import torch
-model = torch.jit.load("model.torchscript.pt").eval()
+model = torch.export.load("model.pt2").module()
 logits = model(torch.from_numpy(x))
 ```""",
     ),
@@ -412,12 +566,48 @@ model.load_state_dict(load_file("model.safetensors"))
 ```""",
     ),
     Format(
-        "pt2", "model.pt2", "torch.export", "pt2", write_pt2, load_pt2, {"cpu": _FP32},
-        snippet="""pt2 (`torch.export` program):
+        "openvino", "model.openvino.xml", "openvino", "openvino", write_openvino, load_openvino, {"cpu": _FP32},
+        companions=("model.openvino.bin",), extra=("openvino", "openvino"),
+        snippet="""OpenVINO IR (`model.openvino.xml` with its weights `model.openvino.bin`):
+
+```python
+import openvino as ov
+compiled = ov.Core().compile_model("model.openvino.xml", "CPU", {{"INFERENCE_PRECISION_HINT": "f32"}})
+logits = compiled([x])[0]
+```
+
+The f32 hint keeps the CPU plugin in float32; on CPUs with bf16 it would otherwise pick bf16.""",
+    ),
+    Format(
+        "executorch", "model.pte", "executorch (xnnpack)", "executorch", write_executorch, load_executorch,
+        {"cpu": Tolerance(1e-4, 1e-4, 1.0, None)}, extra=("executorch", "executorch"),
+        snippet=f"""ExecuTorch (`model.pte`, XNNPACK delegate; batches of 1 to {PTE_MAX_BATCH}):
 
 ```python
 import torch
-model = torch.export.load("model.pt2").module()
+from executorch.runtime import Runtime
+forward = Runtime.get().load_program("model.pte").load_method("forward")
+logits = forward.execute([torch.from_numpy(x)])[0]
+```""",
+    ),
+    Format(
+        "ort", "model.ort", "onnxruntime (ORT format)", "onnxruntime .ort", write_ort, load_ort,
+        {"cpu": Tolerance(1e-4, 1e-4, 1.0, None)}, needs="onnx",
+        snippet="""ORT format (ONNX Runtime Mobile; the same session API as ONNX):
+
+```python
+import onnxruntime as ort
+session = ort.InferenceSession("model.ort", providers=["CPUExecutionProvider"])
+```""",
+    ),
+    Format(
+        "torchscript", "model.torchscript.pt", "torch.jit", "torchscript", write_torchscript, load_torchscript,
+        {"cpu": _FP32}, legacy=True,
+        snippet="""TorchScript (legacy: deprecated upstream; prefer pt2):
+
+```python
+import torch
+model = torch.jit.load("model.torchscript.pt").eval()
 logits = model(torch.from_numpy(x))
 ```""",
     ),
@@ -430,13 +620,18 @@ logits = model(torch.from_numpy(x))
         {"cpu": Tolerance(None, 0.0, 0.95, 2.0)}, devices=("cpu", "cuda"), parent="onnx", flag="int8",
     ),
     Format(
+        "openvino-fp16", "model.openvino.fp16.xml", "openvino", "openvino fp16", write_openvino_fp16, load_openvino,
+        {"cpu": _FP16}, parent="openvino", flag="fp16", companions=("model.openvino.fp16.bin",),
+        extra=("openvino", "openvino"),
+    ),
+    Format(
         "pt2-aoti", "model.aoti.pt2", "AOTInductor", "aoti", write_aoti, load_aoti,
         {"cpu": Tolerance(1e-4, 1e-4, 1.0, None)}, parent="pt2", flag="aoti", native=True,
     ),
 )}
 
 BASE_FORMATS = tuple(name for name, f in FORMATS.items() if f.parent is None)
-VARIANT_FLAGS = tuple(f.flag for f in FORMATS.values() if f.flag)
+VARIANT_FLAGS = tuple(dict.fromkeys(f.flag for f in FORMATS.values() if f.flag))
 
 
 def load_snippets(desc: ModelDescription) -> str:

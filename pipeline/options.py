@@ -156,7 +156,8 @@ class ExportOptions:
     """What ``export`` writes; the variants and their flags come from the format table."""
 
     formats: tuple[str, ...] = option(
-        ("all",), "Export format (repeatable): " + ", ".join(BASE_FORMATS) + " (torchscript is legacy), or all.",
+        ("all",), "Export format (repeatable): " + ", ".join(BASE_FORMATS) + " (torchscript is legacy), or all (every "
+        "format whose runtime is installed).",
         "--format", "-f", choices=FORMAT_CHOICES, multiple=True,
     )
     opset: int | None = option(None, "ONNX opset (default: the exporter's).")

@@ -20,12 +20,15 @@ from conftest import assert_clean_error, choices_of, cnnpipe, resign
 
 def test_the_table_is_consistent_and_the_cli_offers_its_formats():
     assert BASE_FORMATS[0] == "onnx"  # written first: its opset goes into every later file's metadata
-    files = [f.file for f in FORMATS.values()]
+    files = [rel for f in FORMATS.values() for rel in f.files]
     assert len(set(files)) == len(files)
+    order = list(FORMATS)
     for spec in FORMATS.values():
         assert "cpu" in spec.tolerances and "cpu" in spec.devices
         assert (spec.parent is None) == (spec.flag is None), spec.name
-        assert spec.parent is None or list(FORMATS).index(spec.parent) < list(FORMATS).index(spec.name)
+        for source in (spec.parent, spec.needs):  # what a format is made from is written before it
+            assert source is None or order.index(source) < order.index(spec.name)
+    assert BASE_FORMATS.index("pt2") < BASE_FORMATS.index("torchscript") and FORMATS["torchscript"].legacy
     assert len(set(VARIANT_FLAGS)) == len(VARIANT_FLAGS) and [f for f in FORMATS.values() if f.native] == [FORMATS["pt2-aoti"]]
     export = typer.main.get_command(app).commands["export"]
     (fmt,) = [p for p in export.params if p.name == "formats"]

@@ -18,6 +18,7 @@ import inspect
 import shutil
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -98,8 +99,13 @@ def parse(arch: str) -> ArchSource:
     return ArchSource("module", target, factory)
 
 
-# torchvision families whose builders take the input size (their default is 224), by builder module
-TORCHVISION_SIZE_ARGS = {"torchvision.models.vision_transformer": "image_size"}
+# builder arguments some torchvision families need, by builder module: ViTs take the input size
+# (default 224); GoogLeNet and Inception v3 without auxiliary heads return plain logits in training
+TORCHVISION_ARGS: dict[str, Callable[[int], dict[str, Any]]] = {
+    "torchvision.models.vision_transformer": lambda size: {"image_size": size},
+    "torchvision.models.googlenet": lambda size: {"aux_logits": False},
+    "torchvision.models.inception": lambda size: {"aux_logits": False},
+}
 
 
 def _torchvision(name: str, channels: int, size: int, classes: int) -> tuple[nn.Module, str]:
@@ -108,12 +114,12 @@ def _torchvision(name: str, channels: int, size: int, classes: int) -> tuple[nn.
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:
         raise CnnpipeError(f"unknown torchvision classification model {name!r}{_close(name, known)}")
-    size_arg = TORCHVISION_SIZE_ARGS.get(torchvision.models.get_model_builder(name).__module__)
+    family_args = TORCHVISION_ARGS.get(torchvision.models.get_model_builder(name).__module__)
     with warnings.catch_warnings():  # inception_v3 and googlenet warn about a future default on every build
         warnings.simplefilter("ignore", FutureWarning)
         try:
             model = torchvision.models.get_model(name, weights=None, num_classes=classes,
-                                                 **({size_arg: size} if size_arg else {}))
+                                                 **(family_args(size) if family_args else {}))
         except Exception as e:  # a builder that refuses the input size, e.g. a ViT's patch size
             raise CnnpipeError(f"torchvision could not build {name} for {channels}x{size}x{size} input "
                                f"({type(e).__name__}: {first_line(e)})") from None

@@ -95,7 +95,8 @@ def write_card(version: Version, desc: ModelDescription, folder: Path) -> dict[s
 
 def _chosen(formats: list[str] | None, flags: dict[str, bool], layout: str, calibration: int) -> list[Format]:
     """The records to write, in table order: the base formats asked for, then the variants flagged."""
-    asked = set(BASE_FORMATS) if not formats or "all" in formats else set(formats)
+    everything = not formats or "all" in formats
+    asked = {f for f in BASE_FORMATS if FORMATS[f].installed} if everything else set(formats)
     unknown = sorted(asked - set(BASE_FORMATS))
     if unknown:
         raise CnnpipeError(f"unknown export format {unknown[0]!r}; use {', '.join(BASE_FORMATS)} or all")
@@ -105,14 +106,16 @@ def _chosen(formats: list[str] | None, flags: dict[str, bool], layout: str, cali
         raise CnnpipeError("--layout triton holds the ONNX file: add --format onnx")
     if calibration < 1:
         raise CnnpipeError(f"--calibration-images must be at least 1, not {calibration}")
-    chosen = []
-    for spec in FORMATS.values():
-        if spec.parent is None and spec.name in asked:
-            chosen.append(spec)
-        elif spec.flag and flags.get(spec.flag):
-            if spec.parent not in asked:
-                raise CnnpipeError(f"--{spec.flag} derives from the {spec.parent} file: add --format {spec.parent}")
-            chosen.append(spec)
+    chosen = [spec for spec in FORMATS.values()
+              if (spec.parent is None and spec.name in asked) or (spec.flag and flags.get(spec.flag) and spec.parent in asked)]
+    for flag in (f for f, on in flags.items() if on):
+        parents = [spec.parent for spec in FORMATS.values() if spec.flag == flag]
+        if not any(spec.flag == flag for spec in chosen):
+            raise CnnpipeError(f"--{flag} derives from the {' or '.join(parents)} file: add --format {parents[0]}")
+    for spec in chosen:
+        if spec.needs and spec.needs not in asked:
+            raise CnnpipeError(f"--format {spec.name} is converted from the {spec.needs} file: add --format {spec.needs}")
+        spec.require()
     return chosen
 
 
@@ -143,7 +146,7 @@ def export(
     written, variants, triton = [], {}, []
     with ws.exports.draft(version.name) as draft:
         for spec in chosen:
-            record = spec.write(ctx, draft.path / spec.file)
+            record = spec.save(ctx, draft.path / spec.file)
             if record is not None:
                 variants[spec.name] = record
             written.append(spec.name)
@@ -151,15 +154,16 @@ def export(
             config = triton_config(desc.name, INPUT_NAME, OUTPUT_NAME, desc.input.shape, len(desc.classes), max_batch=256)
             triton = triton_repository(draft.path, desc.name, version.number, draft.path / FORMATS["onnx"].file, config)
         files = {f: FORMATS[f].file for f in written}
+        roles = {rel: f if rel == FORMATS[f].file else f"{f} data" for f in written for rel in FORMATS[f].files}
         write_json(draft.path / MODEL_JSON, desc.to_json() | {
             "metadata": ctx.meta, "variants": variants, "formats": written, "files": files,
             "onnx_opset": ctx.opset_used, "triton": triton,
         })
         card_roles = write_card(version, desc, draft.path) | _copy_code(version, desc, draft.path)
-        base = [f for f in written if f not in variants]
+        base = [f for f in written if FORMATS[f].parent is None]
         bundle = draft.commit(
             stage="export",
-            roles={files[f]: f for f in written} | {MODEL_JSON: "description"} | card_roles
+            roles=roles | {MODEL_JSON: "description"} | card_roles
             | {rel: "triton" for rel in triton},
             lineage=lineage([version], {"formats": base, "opset": opset, **options.flags, "layout": options.layout,
                                         "calibration": calibration if options.int8 else None}),
