@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,10 @@ def load_state(model: nn.Module, state: dict[str, Any], where: Any, shown: int =
             f"{where}: weights do not fit the architecture "
             f"(missing {missing[:shown]}, unexpected {extra[:shown]}, wrong shape {wrong[:shown]})"
         )
-    model.load_state_dict(state)
+    # module versions (``_metadata``) are lost in safetensors; they are the rebuilt code's own (MNASNet checks them)
+    versioned = OrderedDict(state)
+    versioned._metadata = getattr(expected, "_metadata", None)  # type: ignore[attr-defined]
+    model.load_state_dict(versioned)
 
 
 def load_model(version: Version, weights: str = WEIGHTS, trust_code: bool = False) -> tuple[nn.Module, ModelDescription]:
