@@ -387,7 +387,7 @@ def verify(
     result = _call(lambda: _verify(ref, options, _root(ctx), trust_code))
     _emit(as_json, result, lambda r: render_verify(out, r))
     if not result.passed:
-        err.print(f"[bold red]verify failed:[/] {result.bundle} (report: {result.report_path})", highlight=False)
+        err.print(f"[bold red]verify failed:[/] {result.bundle} (report: {result.report_path})", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_GATE)
 
 
@@ -432,7 +432,7 @@ def run(
     if result.failed == "evaluate":
         _gate_exit(result.evaluate)
     if result.failed == "verify":
-        err.print(f"[bold red]verify failed:[/] {result.verify.bundle}", highlight=False)
+        err.print(f"[bold red]verify failed:[/] {result.verify.bundle}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_GATE)
 
 

@@ -15,5 +15,7 @@ class CnnpipeError(Exception):
 
 def first_line(e: BaseException) -> str:
     """The first line of an exception from a library (at most 200 characters), or its type's name."""
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    # native runtimes (OpenVINO) put source locations before the reason: skip those lines
+    reasons = [line for line in lines if not line.startswith("Exception from ") and " failed at src/" not in line]
+    return (reasons or lines or [type(e).__name__])[0][:200]

@@ -213,8 +213,8 @@ def check_onnx_graph(path: Path) -> int:
 def quiet() -> Iterator[None]:
     """Silence exporters' log lines and warnings (their failures reach the user as one error line)."""
     logging.disable(logging.CRITICAL)
-    try:
-        with warnings.catch_warnings():
+    try:  # torch.export prints the graph it could not capture on stderr
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -439,7 +439,8 @@ def load_openvino(path: Path, device: str, ctx: LoadContext) -> Runner:
     import openvino as ov
 
     core = ov.Core()
-    model = core.read_model(str(path))
+    with native_quiet():  # its frontends log on stderr while they try the file
+        model = core.read_model(str(path))
     found = model.get_rt_info([META_KEY]).astype(str) if model.has_rt_info([META_KEY]) else "{}"
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
     if ctx.threads:

@@ -173,6 +173,8 @@ def render_export(console: Console, r: Any) -> None:
     opset = f" (ONNX opset {r.opset})" if r.opset else ""
     triton = f"; Triton repository {r.triton[0].rsplit('/', 1)[0]}/" if r.triton else ""
     console.print(f"export: wrote [bold]{r.ref}[/] from {r.model} at {r.path}: {', '.join(r.formats)}{opset}{triton}")
+    for fmt, extra in r.not_installed.items():
+        console.print(f"  left out {fmt}: its runtime is not installed (pip install \"cnnpipe\\[{extra}]\")")
 
 
 def _bound(tol: dict[str, Any]) -> str:

@@ -23,17 +23,17 @@ def cli_env() -> dict[str, str]:
     return env | {"PYTHONUNBUFFERED": "1"}
 
 
-def cnnpipe(root: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m cnnpipe --root ROOT ARGS...`` and return the finished process."""
+def cnnpipe(root: Path, *args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m cnnpipe --root ROOT ARGS...`` (``env`` added to the environment) and return the finished process."""
     return subprocess.run(
         [sys.executable, "-m", "cnnpipe", "--root", str(root), *args],
-        cwd=root, env=cli_env(), capture_output=True, text=True, timeout=timeout,
+        cwd=root, env=cli_env() | (env or {}), capture_output=True, text=True, timeout=timeout,
     )
 
 
-def cnnpipe_json(root: Path, *args: str) -> dict:
+def cnnpipe_json(root: Path, *args: str, env: dict[str, str] | None = None) -> dict:
     """Run a command with ``--json``; it must succeed and print one JSON document."""
-    proc = cnnpipe(root, *args, "--json")
+    proc = cnnpipe(root, *args, "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 

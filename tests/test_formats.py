@@ -15,7 +15,7 @@ from cnnpipe.description import InputSpec, ModelDescription
 from cnnpipe.formats import BASE_FORMATS, FORMATS, VARIANT_FLAGS, load_snippets
 from cnnpipe.nets import build
 
-from conftest import assert_clean_error, choices_of, cnnpipe, resign
+from conftest import assert_clean_error, choices_of, cnnpipe, cnnpipe_json, resign, tree_state
 
 
 def test_the_table_is_consistent_and_the_cli_offers_its_formats():
@@ -48,7 +48,11 @@ def test_garbage_hostile_or_foreign_files_fail_their_row_and_verify_goes_on(root
     meta = json.loads((bundle / "model.json").read_text())["metadata"]
     torch.export.save(program, str(bundle / "model.pt2"), extra_files={"cnnpipe.json": json.dumps(meta)})
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, bundle / "model.safetensors", metadata=meta)
-    for rel in ("model.torchscript.pt", "model.pt2", "model.safetensors"):
+    (bundle / "model.pte").write_bytes(b"\x00" * 64)
+    (bundle / "model.ort").write_bytes(b"\x00\x00\x00\x00ORTM" * 8)
+    weights = (bundle / "model.openvino.bin").read_bytes()
+    (bundle / "model.openvino.bin").write_bytes(weights[: len(weights) // 2])  # truncated
+    for rel in ("model.torchscript.pt", "model.pt2", "model.safetensors", "model.pte", "model.ort", "model.openvino.bin"):
         resign(bundle, rel)
 
     proc = cnnpipe(root_copy, "verify", "lenet5", "--samples", "32", "--json")
@@ -60,6 +64,10 @@ def test_garbage_hostile_or_foreign_files_fail_their_row_and_verify_goes_on(root
     assert not rows["torchscript"]["passed"] and "torch.jit cannot load it" in rows["torchscript"]["reasons"][0]
     assert not rows["pt2"]["passed"] and "logits beyond" in rows["pt2"]["reasons"][0]
     assert not rows["safetensors"]["passed"] and "do not fit the architecture" in rows["safetensors"]["reasons"][0]
+    assert not rows["executorch"]["passed"] and "executorch (xnnpack) cannot load it" in rows["executorch"]["reasons"][0]
+    assert not rows["ort"]["passed"] and "onnxruntime cannot load it" in rows["ort"]["reasons"][0]
+    assert not rows["openvino"]["passed"] and "Incorrect weights in bin file" in rows["openvino"]["reasons"][0]
+    assert proc.stderr.startswith("verify failed") and proc.stderr.count("\n") == 1  # no runtime logs
     assert Path(report["report_path"]).is_file()
 
 
@@ -79,3 +87,22 @@ def test_a_malformed_model_description_is_one_line(root_copy: Path):
         (version / "model.json").write_text(json.dumps({"arch": "lenet5", "input": {"channels": "many"}}))
         resign(version, "model.json")
         assert_clean_error(cnnpipe(root_copy, command, "lenet5"), 2, "not a cnnpipe model description")
+
+
+def test_a_format_whose_package_is_missing_names_its_extra(root_copy: Path, tmp_path: Path):
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['openvino'] = None\nsys.modules['executorch'] = None\n")
+    without = {"PYTHONPATH": str(hide)}
+    before = tree_state(root_copy / "exports")
+    assert_clean_error(cnnpipe(root_copy, "export", "lenet5", "--format", "openvino", env=without), 2,
+                       "the openvino format needs the openvino package", 'pip install "cnnpipe[openvino]"')
+    assert tree_state(root_copy / "exports") == before  # nothing written
+
+    exported = cnnpipe_json(root_copy, "export", "lenet5", env=without)  # all: what is installed
+    assert "openvino" not in exported["formats"] and "executorch" not in exported["formats"]
+    assert exported["not_installed"] == {"openvino": "openvino", "executorch": "executorch"}
+    proc = cnnpipe(root_copy, "verify", "lenet5@v1", "--samples", "8", "--json", env=without)
+    rows = {r["format"]: r for r in json.loads(proc.stdout)["formats"]}
+    assert proc.returncode == 1 and rows["onnx"]["passed"]
+    assert not rows["executorch"]["passed"] and 'cnnpipe[executorch]' in rows["executorch"]["reasons"][0]

@@ -30,6 +30,17 @@ def not_a_module(num_classes):
 
 def wrong_output(num_classes, in_channels, image_size):
     return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes + 1))
+
+
+class Branchy(nn.Module):
+    def __init__(self, num_classes, in_channels, image_size):
+        super().__init__()
+        self.fc = nn.Linear(in_channels * image_size * image_size, num_classes)
+
+    def forward(self, x):
+        if x.mean() > 0:  # data-dependent control flow: torch.export cannot capture it
+            x = x * 2
+        return self.fc(x.flatten(1))
 """
 
 
@@ -228,3 +239,13 @@ def test_download_size_lets_a_network_made_for_larger_inputs_train(tmp_path: Pat
     manifest = json.loads((tmp_path / "models/lenet5/v1/manifest.json").read_text())
     assert (model["input"]["height"], model["input"]["width"]) == (64, 64)
     assert manifest["lineage"]["parents"][0]["ref"] == "mnist-sample@v2"
+
+
+def test_a_network_the_exporter_cannot_take_is_one_line_naming_the_format(own_root: Path):
+    assert cnnpipe_json(own_root, "train", "--model", "mynet.py:Branchy", "--epochs", "1", "--name", "branchy")["ref"]
+    before = tree_state(own_root / "exports") if (own_root / "exports").exists() else {}
+    for fmt in ("pt2", "openvino"):
+        proc = cnnpipe(own_root, "export", "branchy", "--format", fmt, "--trust-code")
+        assert_clean_error(proc, 2, f"{fmt} export failed: ", "data-dependent")
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert (tree_state(own_root / "exports") if (own_root / "exports").exists() else {}) == before

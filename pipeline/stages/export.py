@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ class ExportResult:
     files: dict[str, str]
     opset: int | None
     triton: list[str]
+    not_installed: dict[str, str] = field(default_factory=dict)  # formats "all" left out: their pip extra
 
 
 def metadata(desc: ModelDescription, model_ref: str, weights_sha256: str) -> dict[str, str]:
@@ -170,7 +171,10 @@ def export(
             results={"formats": written, "onnx_opset": ctx.opset_used, "weights_sha256": weights_sha256,
                      "triton": triton},
         )
+    everything = not options.formats or "all" in options.formats
+    missing = {f: spec.extra[1] for f, spec in FORMATS.items() if everything and spec.extra and not spec.installed
+               and spec.parent is None}
     return ExportResult(
         ref=bundle.ref, path=str(bundle.path), model=version.ref, formats=written,
-        files=files, opset=ctx.opset_used, triton=triton,
+        files=files, opset=ctx.opset_used, triton=triton, not_installed=missing,
     )
