@@ -131,6 +131,7 @@ class Format:
     needs: str | None = None  # a base format this one is converted from, exported in the same bundle
     companions: tuple[str, ...] = ()  # further files of the format (OpenVINO's weights beside its graph)
     extra: tuple[str, str] | None = None  # (module, pip extra) of an optional runtime
+    onnx_graph: bool = False  # an ONNX protobuf: verify can compare its intermediate tensors layer by layer
     native: bool = False  # holds machine code that runs when loaded
     legacy: bool = False
     snippet: str = ""  # the model card's "how to load"; {arch}, {channels}, {height}, {classes} are filled in
@@ -528,7 +529,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
         "onnx", "model.onnx", "onnxruntime", "onnxruntime", write_onnx, load_onnx,
         # the cuda sessions run in float32 (use_tf32=0, see onnx_session.py)
         {"cpu": Tolerance(1e-4, 1e-4, 1.0, None), "cuda": Tolerance(1e-3, 1e-3, 1.0, None)},
-        devices=("cpu", "cuda"),
+        devices=("cpu", "cuda"), onnx_graph=True,
         snippet="""ONNX (onnxruntime only, no torch needed):
 
 ```python
@@ -614,11 +615,11 @@ logits = model(torch.from_numpy(x))
     ),
     Format(
         "onnx-fp16", "model.fp16.onnx", "onnxruntime", "onnxruntime fp16", write_onnx_fp16, load_onnx,
-        {"cpu": _FP16}, devices=("cpu", "cuda"), parent="onnx", flag="fp16",
+        {"cpu": _FP16}, devices=("cpu", "cuda"), parent="onnx", flag="fp16", onnx_graph=True,
     ),
     Format(
         "onnx-int8", "model.int8.onnx", "onnxruntime", "onnxruntime int8", write_onnx_int8, load_onnx,
-        {"cpu": Tolerance(None, 0.0, 0.95, 2.0)}, devices=("cpu", "cuda"), parent="onnx", flag="int8",
+        {"cpu": Tolerance(None, 0.0, 0.95, 2.0)}, devices=("cpu", "cuda"), parent="onnx", flag="int8", onnx_graph=True,
     ),
     Format(
         "openvino-fp16", "model.openvino.fp16.xml", "openvino", "openvino fp16", write_openvino_fp16, load_openvino,

@@ -188,7 +188,8 @@ def render_verify(console: Console, r: Any) -> None:
     rows = [
         [
             f.format, escape(f.runtime), "[green]pass[/]" if f.passed else "[red]FAIL[/]", shown(f.max_abs_diff, ".1e"),
-            shown(f.p99_abs_diff, ".1e"), _bound(f.tolerance), shown(f.top1_agreement, ".2%"), len(f.flipped),
+            shown(f.p99_abs_diff, ".1e"), _bound(f.tolerance), shown(f.bound_ratio, ".2f"), shown(f.top1_agreement, ".2%"),
+            len(f.flipped),
             shown(f.accuracy, ".4f"), shown(f.accuracy_delta_points, "+.2f"),
         ]
         for f in r.formats
@@ -198,7 +199,8 @@ def render_verify(console: Console, r: Any) -> None:
         f"{', '.join(map(str, r.batch_sizes))}; PyTorch accuracy {r.reference_accuracy:.4f}"
     )
     console.print(table(
-        ["format", "runtime", "verdict", "max abs", "p99 abs", "atol/rtol", "top-1 agree", "flips", "accuracy", "Δ points"],
+        ["format", "runtime", "verdict", "max abs", "p99 abs", "atol/rtol", "of bound", "top-1 agree", "flips", "accuracy",
+         "Δ points"],
         rows,
     ))
     if r.integrity != "ok":

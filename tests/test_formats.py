@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import torch
 import typer
 from safetensors.torch import save_file
@@ -106,3 +107,31 @@ def test_a_format_whose_package_is_missing_names_its_extra(root_copy: Path, tmp_
     rows = {r["format"]: r for r in json.loads(proc.stdout)["formats"]}
     assert proc.returncode == 1 and rows["onnx"]["passed"]
     assert not rows["executorch"]["passed"] and 'cnnpipe[executorch]' in rows["executorch"]["reasons"][0]
+
+
+def test_a_tampered_onnx_weight_fails_and_verify_names_the_first_layer_that_departs(root_copy: Path):
+    from onnx import numpy_helper
+
+    bundle = root_copy / "exports/lenet5/v1"
+    graph = onnx.load(str(bundle / "model.onnx"))
+    (weight,) = [t for t in graph.graph.initializer if t.name == "features.3.weight"]  # lenet5's second convolution
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[0] += 3.0
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    onnx.save(graph, str(bundle / "model.onnx"))
+    resign(bundle, "model.onnx")  # the hashes pass: only the numbers can tell
+
+    proc = cnnpipe(root_copy, "verify", "lenet5", "--samples", "64", "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    rows = {r["format"]: r for r in json.loads(proc.stdout)["formats"]}
+    onnx_row = rows["onnx"]
+    assert not onnx_row["passed"] and rows["pt2"]["passed"]
+    first = onnx_row["localization"]["first_divergent"]
+    assert (first["layer"], first["module"]) == ("features.3", "Conv2d")
+    compared = [layer["layer"] for layer in onnx_row["localization"]["layers"]]
+    assert compared.index("features.0") < compared.index("features.3")  # the layers before it agreed
+    assert all(layer["relative"] < 1e-3 for layer in onnx_row["localization"]["layers"][: compared.index("features.3")])
+    assert any("first layer that departs from PyTorch: features.3 (Conv2d" in r for r in onnx_row["reasons"])
+    for key in ("mean_abs_diff", "median_abs_diff", "p99_abs_diff", "topk_agreement"):
+        assert onnx_row[key] is not None and onnx_row["by_batch_size"]["1"][key] is not None
+    assert onnx_row["nonfinite"] == 0 and onnx_row["bound_ratio"] > 1 >= rows["pt2"]["bound_ratio"]

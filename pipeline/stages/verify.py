@@ -24,11 +24,14 @@ from ..data.loading import load_dataset, normalize
 from ..description import ModelDescription
 from ..errors import CnnpipeError, first_line
 from ..formats import FORMATS, Format, LoadContext, Tolerance
+from ..localize import localize_onnx
 from ..modelfile import MODEL_JSON, load_model
 from ..options import VerifyOptions
 from ..store import Version, Workspace
 
 CHUNK = 256  # small activations: larger chunks let glibc's heap high-water creep up per chunk
+LOCALIZE_IMAGES = 16  # images a failed ONNX file is compared on, layer by layer
+LAYER_LIMIT = 0.1  # relative departure that marks a layer of a format with no logit bound (int8)
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -49,8 +52,15 @@ class FormatReport:
     accuracy: float | None = None
     accuracy_delta_points: float | None = None
     per_class_accuracy: dict[str, float | None] = field(default_factory=dict)
-    by_batch_size: dict[str, dict[str, float]] = field(default_factory=dict)
+    mean_abs_diff: float | None = None
+    median_abs_diff: float | None = None
+    nonfinite: int | None = None  # NaN or Inf logits
+    topk_agreement: float | None = None  # images whose top-k class indices are the same set (k = min(5, classes))
+    bound_ratio: float | None = None  # max of |diff| / (atol + rtol·|reference|): above 1 breaches the bound
+    max_abs_diff_by_class: dict[str, float] = field(default_factory=dict)
+    by_batch_size: dict[str, dict[str, float | None]] = field(default_factory=dict)
     providers: list[str] | None = None
+    localization: dict[str, Any] | None = None  # for a failed ONNX file: the first layer that departs
 
 
 @dataclass
@@ -69,15 +79,36 @@ class VerifyResult:
     formats: list[FormatReport] = field(default_factory=list)
 
 
-def _diffs(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
-    diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
-    rel = diff / np.maximum(np.abs(ref), 1e-3)
+def _diffs(out: np.ndarray, ref: np.ndarray, tol: Tolerance) -> dict[str, float | int | None]:
+    """Error statistics of ``out`` against the reference logits (over the finite logits; NaN/Inf counted)."""
+    finite = np.isfinite(out)
+    magnitude = np.abs(ref.astype(np.float64))[finite]
+    diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))[finite]
+    if not diff.size:  # every logit NaN or Inf
+        diff, magnitude = np.array([np.inf]), np.array([0.0])
+    k = min(5, ref.shape[1])
+    top = np.sort(np.argsort(-out, axis=1)[:, :k], axis=1), np.sort(np.argsort(-ref, axis=1)[:, :k], axis=1)
+
+    def number(value: float) -> float | None:  # strict JSON: no Infinity
+        return float(value) if np.isfinite(value) else None
+
     return {
-        "max_abs_diff": float(diff.max()),
-        "max_rel_diff": float(rel.max()),
-        "p99_abs_diff": float(np.quantile(diff, 0.99)),
+        "max_abs_diff": number(diff.max()),
+        "max_rel_diff": number((diff / np.maximum(magnitude, 1e-3)).max()),
+        "p99_abs_diff": number(np.quantile(diff, 0.99)),
+        "mean_abs_diff": number(diff.mean()),
+        "median_abs_diff": number(np.median(diff)),
+        "nonfinite": int((~finite).sum()),
         "top1_agreement": float((out.argmax(1) == ref.argmax(1)).mean()),
+        "topk_agreement": float((top[0] == top[1]).all(axis=1).mean()),
+        "bound_ratio": None if tol.atol is None else number((diff / (tol.atol + tol.rtol * magnitude)).max()),
     }
+
+
+def _by_class(out: np.ndarray, ref: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """The largest difference of each class's logit (NaN/Inf logits are counted apart, as 0 here)."""
+    diff = np.where(np.isfinite(out), np.abs(out.astype(np.float64) - ref), 0.0)
+    return {c: float(v) for c, v in zip(classes, diff.max(axis=0))}
 
 
 def _per_class(pred: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float | None]:
@@ -124,7 +155,9 @@ def check_format(
         if out.shape != ref.shape:
             raise CnnpipeError(f"{name}: output shape {out.shape} at batch {b}, expected {ref.shape}")
         outputs[b] = out
-        d = by_batch[str(b)] = _diffs(out, ref)
+        d = by_batch[str(b)] = _diffs(out, ref, tol)
+        if d["nonfinite"]:
+            reasons.append(f"{d['nonfinite']} NaN or Inf logits at batch {b}")
         excess = None if bound is None else np.abs(out.astype(np.float64) - ref) - bound
         if excess is not None and not excess.max() <= 0:  # NaN fails too
             where = np.unravel_index(np.nanargmax(excess), excess.shape)
@@ -134,7 +167,7 @@ def check_format(
             )
         if d["top1_agreement"] < tol.min_agreement:
             reasons.append(f"top-1 agreement {d['top1_agreement']:.4f} < {tol.min_agreement} at batch {b}")
-    worst = max(outputs, key=lambda b: by_batch[str(b)]["max_abs_diff"])
+    worst = max(outputs, key=lambda b: (by_batch[str(b)]["nonfinite"], by_batch[str(b)]["max_abs_diff"] or np.inf))
     pred = outputs[worst].argmax(1)
     accuracy = float((pred == labels).mean())
     delta = round(100 * (accuracy - ref_accuracy), 4)
@@ -144,7 +177,8 @@ def check_format(
     return FormatReport(
         format=name, runtime=runtime, passed=not reasons, reasons=reasons, tolerance=asdict(tol),
         flipped=flipped[:100], accuracy=accuracy, accuracy_delta_points=delta,
-        per_class_accuracy=_per_class(pred, labels, classes), by_batch_size=by_batch, **_diffs(outputs[worst], ref),
+        per_class_accuracy=_per_class(pred, labels, classes), by_batch_size=by_batch, **_diffs(outputs[worst], ref, tol),
+        max_abs_diff_by_class=_by_class(outputs[worst], ref, classes),
     )
 
 
@@ -157,7 +191,8 @@ def _reference(model: torch.nn.Module) -> Runner:
 
 
 def _check_one(
-    spec: Format, path: Path, device: str, ctx: LoadContext, overrides: dict[str, float | None], judge: dict[str, Any]
+    spec: Format, path: Path, device: str, ctx: LoadContext, overrides: dict[str, float | None], judge: dict[str, Any],
+    model: torch.nn.Module,
 ) -> FormatReport:
     """Load one format on one device and judge it; a file that cannot be loaded or run fails with the reason."""
     tol, runtime = spec.tolerance(device, **overrides), spec.runtime_on(device)
@@ -168,7 +203,29 @@ def _check_one(
         reason = str(e) if isinstance(e, CnnpipeError) else f"{path.name} failed while running: {first_line(e)}"
         return FormatReport(spec.name, runtime, False, [reason], asdict(tol))
     report.providers = runner.providers
+    if not report.passed and spec.onnx_graph:
+        report.localization = _localize(path, model, judge["images"], tol)
+        first, layers = report.localization.get("first_divergent"), report.localization.get("layers")
+        if first:
+            report.reasons.append(f"first layer that departs from PyTorch: {first['layer']} ({first['module']}, "
+                                  f"ONNX node {first['onnx_node']}): max abs diff {first['max_abs_diff']:.3g} on "
+                                  f"activations up to {first['max_abs_activation']:.3g}")
+        elif layers:
+            worst = max(layers, key=lambda row: row["relative"] or 0.0)
+            report.reasons.append(f"no layer departs by more than {report.localization['limit']:g} of its activations; "
+                                  f"the largest relative error is {worst['relative']:.3g} in {worst['layer']} "
+                                  f"({worst['module']})")
     return report
+
+
+def _localize(path: Path, model: torch.nn.Module, images: Images, tol: Tolerance) -> dict[str, Any]:
+    """Layer-by-layer comparison of a failed ONNX file on the first LOCALIZE_IMAGES images."""
+    limit = LAYER_LIMIT if tol.atol is None else max(10 * tol.rtol, 1e-3)
+    _, x = next(images.chunks(LOCALIZE_IMAGES))
+    try:
+        return localize_onnx(path, model, x[:LOCALIZE_IMAGES], limit)
+    except Exception as e:  # noqa: BLE001 - the verdict stands; only the diagnosis is missing
+        return {"error": f"could not compare layers: {type(e).__name__}: {first_line(e)}"}
 
 
 def _source_model(ws: Workspace, bundle: Version) -> Version:
@@ -250,7 +307,8 @@ def verify(
             variant = bundle_json.get("variants", {}).get(fmt, {})
             ctx = LoadContext(meta=meta, variant=variant, desc=desc, trust_code=trust_code)
             for device in [d for d in providers if d in spec.devices] or ["cpu"]:
-                result.formats.append(_check_one(spec, bundle.file(spec.file), device, ctx, overrides, judge))
+                result.formats.append(_check_one(spec, bundle.file(spec.file), device, ctx, overrides, judge,
+                                                     model))
         result.passed = result.passed and bool(result.formats) and all(r.passed for r in result.formats)
     _write_report(bundle, result)
     return result
