@@ -2,22 +2,40 @@
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 
 import pytest
 
 from cnnpipe.formats import BASE_FORMATS
 from cnnpipe.nets import net_names
-from test_imagefolder import _make_folder
+from test_imagefolder import CIFAR_JPEG, _make_folder
 
 from conftest import cnnpipe_json
+
+CLASSES, PER_CLASS = ("airplane", "cat", "ship"), 16
+
+
+def _cifar_jpegs(folder: Path) -> bool:
+    """The first PER_CLASS training JPEGs of three CIFAR-10 classes from ../shared/datasets, if it is there."""
+    if not CIFAR_JPEG.is_file():
+        return False
+    wanted = {f"cifar10-jpeg/train/{c}/{i:04d}.jpg" for c in CLASSES for i in range(PER_CLASS)}
+    with tarfile.open(CIFAR_JPEG) as tar:
+        for member in tar:
+            if member.name in wanted:
+                target = folder / Path(member.name).relative_to("cifar10-jpeg/train")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
+    return True
 
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store holding 'tiny': 3 classes x 16 generated RGB images at 32x32."""
+    """A store holding 'tiny': 3 classes x 16 real CIFAR-10 JPEGs (generated RGB images where they are absent)."""
     base = tmp_path_factory.mktemp("tiny")
-    _make_folder(base / "images", per_class=16)
+    if not _cifar_jpegs(base / "images"):
+        _make_folder(base / "images", per_class=PER_CLASS)
     root = base / "store"
     root.mkdir()
     cnnpipe_json(root, "download", "imagefolder", str(base / "images"), "--name", "tiny", "--no-plots")
