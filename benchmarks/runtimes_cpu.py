@@ -1,6 +1,8 @@
 """`cnnpipe bench` on this CPU for lenet5 (1x28x28) and resnet18 (3x32x32): PyTorch eager vs
-TorchScript vs pt2 (and its AOTInductor package) vs onnxruntime (fp32, fp16, int8), p50/p99
-latency at batch 1 and throughput at a large batch.
+TorchScript vs pt2 (and its AOTInductor package) vs onnxruntime (fp32, fp16, int8, and the
+.ort file) vs OpenVINO (fp32, fp16 weights) vs ExecuTorch (XNNPACK), p50/p99 latency at
+batch 1 and throughput at a large batch, with each format's file size and the fastest
+runtime per batch size.
 
 Each network is trained for one short epoch (the weights do not change the timing) on a
 small generated image folder of its input shape, exported, and benched through the real
@@ -14,6 +16,7 @@ Usage: python benchmarks/runtimes_cpu.py [--seconds 3] [--threads N] [--batch 25
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cnnpipe.formats import FORMATS
 from cnnpipe.options import ExportOptions
 from cnnpipe.stages.bench import bench
 from cnnpipe.stages.download import import_folder
@@ -29,7 +33,8 @@ from cnnpipe.stages.export import export
 from cnnpipe.stages.train import TrainConfig, train
 
 NETWORKS = {"lenet5": 1, "resnet18": 3}  # name: channels (lenet5 at 28x28, resnet18 at 32x32)
-COMPILED = ("aoti (cpu)", "onnxruntime (cpu)", "onnxruntime fp16 (cpu)", "onnxruntime int8 (cpu)")
+COMPILED = ("aoti (cpu)", "onnxruntime (cpu)", "onnxruntime fp16 (cpu)", "onnxruntime int8 (cpu)", "onnxruntime .ort (cpu)",
+            "openvino (cpu)", "openvino fp16 (cpu)", "executorch (cpu)")
 
 
 def make_folder(root: Path, channels: int, size: int, per_class: int = 12) -> None:
@@ -65,6 +70,13 @@ def main() -> None:
             for r in result.rows:
                 print(f"{r.runtime:<26} {r.batch:>5} {r.calls:>6} {r.p50_ms:>8.3f} "
                       f"{r.p99_ms:>8.3f} {r.images_per_s:>10,.0f}")
+            files = json.loads((Path(bundle.path) / "model.json").read_text())["files"]
+            sizes = {fmt: sum((Path(bundle.path) / rel).stat().st_size for rel in FORMATS[fmt].files) for fmt in files}
+            print("file sizes: " + ", ".join(f"{fmt} {size / 1024:,.0f} KiB" for fmt, size in sizes.items()))
+            for batch in (1, args.batch):
+                rows = [r for r in result.rows if r.batch == batch]
+                best = max(rows, key=lambda r: r.images_per_s)
+                print(f"fastest at batch {batch}: {best.runtime} ({best.images_per_s:,.0f} images/s)")
             rounds = [result.rows] + [bench(bundle.ref, root, (1,), args.seconds, args.threads).rows
                                       for _ in range(args.rounds - 1)]
             for runtime in COMPILED:
