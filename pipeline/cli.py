@@ -6,7 +6,7 @@ import dataclasses
 import errno
 import functools
 import inspect
-import json
+import math
 import os
 import sys
 import traceback
@@ -23,6 +23,7 @@ from rich.markup import escape
 from .data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE
 from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
 from .options import DEVICES, SPLITS, ExportOptions, GateOptions, TrainConfig, VerifyOptions, parse_batch_sizes
+from .store import dumps
 
 app = typer.Typer(
     add_completion=False,
@@ -101,9 +102,16 @@ def options_command(fn: Callable[..., None]) -> Callable[..., None]:
         inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ConfigOpt),
     ]
 
+    flags = {f.name: (f.metadata["cli"].flags or ("--" + f.name.replace("_", "-"),))[0]
+             for cls in groups.values() for f in dataclasses.fields(cls) if "cli" in f.metadata}
+
     @functools.wraps(fn)
     def command(**kwargs: Any) -> None:
         kwargs.pop("root"), kwargs.pop("config")  # applied by their callbacks
+        for name, value in kwargs.items():  # no option means anything by NaN or Infinity
+            if isinstance(value, float) and not math.isfinite(value):
+                flag = flags.get(name, "--" + name.replace("_", "-"))
+                _call(lambda flag=flag, value=value: _raise(f"{flag} must be a finite number, not {value}"))
         for name, cls in groups.items():
             keys = [f.name for f in dataclasses.fields(cls) if "cli" in f.metadata]
             kwargs[name] = cls(**{k: _plain_value(kwargs.pop(k)) for k in keys})
@@ -112,6 +120,10 @@ def options_command(fn: Callable[..., None]) -> Callable[..., None]:
     command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     return command
+
+
+def _raise(message: str) -> None:
+    raise CnnpipeError(message)
 
 
 def config_defaults(path: Path, params: list[Any]) -> dict[str, Any]:
@@ -193,7 +205,7 @@ def _call(fn: Callable[[], T]) -> T:
 
 def _emit(as_json: bool, result: Any, render: Callable[[Any], None]) -> None:
     if as_json:
-        print(json.dumps(_plain(result), indent=2, default=str))
+        print(dumps(_plain(result), indent=2, default=str))
     else:
         render(result)
 
@@ -427,7 +439,7 @@ def run(
             progress=progress, on_stage=on_stage,
         ))
     if as_json:
-        print(json.dumps({k: _plain(v) for k, v in dataclasses.asdict(result).items() if v is not None and k != "failed"},
+        print(dumps({k: _plain(v) for k, v in dataclasses.asdict(result).items() if v is not None and k != "failed"},
                          indent=2, default=str))
     if result.failed == "evaluate":
         _gate_exit(result.evaluate)

@@ -125,6 +125,9 @@ class TrainConfig:
 
     def _check(self) -> None:
         check_name(self.name or "", "model name")
+        for key, value in asdict(self).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise CnnpipeError(f"--{key.replace('_', '-')} must be a finite number, not {value}")
         checks = [
             (self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}"),
             (self.batch_size >= 1 and self.eval_batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}"),

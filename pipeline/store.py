@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -63,9 +64,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None (JSON's null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON (no NaN or Infinity, which other parsers reject): a non-finite number is written as null."""
+    return json.dumps(_finite(obj), allow_nan=False, **kwargs)
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON (the stores' one JSON style)."""
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    path.write_text(dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def safe_member(base: Path, rel: str) -> Path:
@@ -222,7 +239,7 @@ class Draft:
             }
             manifest_path = self.path / MANIFEST
             with open(manifest_path, "w") as f:
-                f.write(json.dumps(manifest, indent=2) + "\n")
+                f.write(dumps(manifest, indent=2) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             _fsync_dir(self.path)

@@ -132,3 +132,30 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(root_copy: Path, tmp_
 #                                    test_imagefolder.py::test_a_corrupt_image_fails_the_import_by_path_and_writes_nothing
 #   NaN loss                         test_cli.py::test_a_failed_stage_leaves_no_version_behind
 #   a pickled checkpoint             test_training.py::test_a_hostile_checkpoint_is_refused
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (("train", "--weight-decay", "inf"), "--weight-decay"),  # committed NaN weights before
+    (("train", "--momentum", "nan"), "--momentum"),
+    (("run", "--min-accuracy", "nan"), "--min-accuracy"),
+    (("verify", "lenet5", "--rtol", "nan"), "--rtol"),
+    (("bench", "lenet5", "--seconds", "inf"), "--seconds"),
+])
+def test_nan_or_infinity_in_a_numeric_option_is_refused(pipeline_root: Path, args: tuple[str, ...], flag: str):
+    before = {store: tree_state(pipeline_root / store) for store in ("models", "exports")}
+    assert_clean_error(cnnpipe(pipeline_root, *args), 2, f"{flag} must be a finite number")
+    assert {store: tree_state(pipeline_root / store) for store in ("models", "exports")} == before
+
+
+def test_every_json_file_cnnpipe_writes_is_strict_json(pipeline_root: Path):
+    from cnnpipe.store import dumps
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    files = [*pipeline_root.rglob("*.json"), *pipeline_root.rglob("*.jsonl")]
+    assert len(files) > 10
+    for path in files:
+        for line in path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]:
+            json.loads(line, parse_constant=refuse)
+    assert dumps({"loss": float("nan"), "bound": [float("inf"), 1.5]}) == '{"loss": null, "bound": [null, 1.5]}'

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from ..data.split import stratified_split
 from ..errors import CnnpipeError
 from ..plots import plot_class_counts, plot_samples
 from ..provenance import lineage
-from ..store import Draft, Version, Workspace, check_name, sha256_file, write_json
+from ..store import Draft, Version, Workspace, check_name, dumps, sha256_file, write_json
 
 
 @dataclass
@@ -70,9 +69,9 @@ def _commit(
         np.save(draft.path / labels_rel, np.ascontiguousarray(y, dtype=np.int64))
     info = info | {"classes": classes, "mean": mean, "std": std, "counts": counts, "source": prepared.source}
     write_json(draft.path / INFO, info)
-    (draft.path / "split.json").write_text(json.dumps(prepared.split) + "\n")
+    (draft.path / "split.json").write_text(dumps(prepared.split) + "\n")
     if prepared.inventory is not None:
-        (draft.path / "sources.json").write_text(json.dumps(prepared.inventory) + "\n")
+        (draft.path / "sources.json").write_text(dumps(prepared.inventory) + "\n")
     if plots:
         plot_samples(prepared.splits["train"], classes, draft.path / "samples.png", info["name"])
         plot_class_counts(counts, draft.path / "classes.png", info["name"])

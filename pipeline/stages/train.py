@@ -36,7 +36,7 @@ from ..optim import make_optimizer, make_schedule
 from ..options import TrainConfig
 from ..plots import plot_curves
 from ..provenance import environment, lineage
-from ..store import Workspace, check_name, write_json
+from ..store import Workspace, check_name, dumps, write_json
 
 CHECKPOINT = "checkpoint.pt"
 RUN_CONFIG = "config.json"
@@ -291,6 +291,15 @@ def _checkpoint(run: _Run, state: _State, run_dir: Path) -> None:
     })
 
 
+def _diverged(what: str, epoch: int, run_dir: Path | None) -> None:
+    """Stop a run that produced non-finite numbers: nothing is committed, the last good checkpoint stays."""
+    kept = f"the last good checkpoint (epoch {epoch - 1}) is in {run_dir}" if epoch > 1 else "no epoch finished"
+    raise CnnpipeError(
+        f"{what} in epoch {epoch}; no version was written and {kept}. "
+        "Lower the learning rate or weight decay (or clip the gradient norm) and train again"
+    )
+
+
 def _epoch(run: _Run, state: _State, epoch: int, progress: Progress | None, run_dir: Path | None) -> dict[str, Any]:
     """Train one epoch, validate, and record it in ``state``; a non-finite loss stops the run."""
     cfg, info, lead = run.cfg, run.dataset.info, run.rank == 0
@@ -306,11 +315,7 @@ def _epoch(run: _Run, state: _State, epoch: int, progress: Progress | None, run_
         grad_clip=cfg.grad_clip, bf16=run.bf16,
     )
     if not math.isfinite(stats.loss):
-        kept = f"the last good checkpoint (epoch {epoch - 1}) is in {run_dir}" if epoch > 1 else "no epoch finished"
-        raise CnnpipeError(
-            f"training loss became {stats.loss} in epoch {epoch}; no version was written and {kept}. "
-            "Lower the learning rate (or clip the gradient norm) and train again"
-        )
+        _diverged(f"training loss became {stats.loss}", epoch, run_dir)
     timings = state.timings
     if epoch == 1 and run.compiled:
         timings["compile_s"] = stats.first_step_s
@@ -319,6 +324,11 @@ def _epoch(run: _Run, state: _State, epoch: int, progress: Progress | None, run_
     t0 = time.perf_counter()
     logits = batched_logits(run.step_model, run.x_val, info["mean"], info["std"], run.val_batch, run.device, run.bf16)
     val_loss = F.cross_entropy(logits, run.y_val).item()
+    if not math.isfinite(val_loss):
+        _diverged(f"validation loss became {val_loss}", epoch, run_dir)
+    broken = [k for k, v in run.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        _diverged(f"weights became NaN or Inf ({broken[0]})", epoch, run_dir)
     val_acc = (logits.argmax(1) == run.y_val).float().mean().item()
     record = {
         "epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
@@ -409,7 +419,7 @@ def _commit(
             "stopped_early": result.stopped_early, "resumed_from": result.resumed_from,
             "timings": timings, "environment": environment(),
         })
-        (draft.path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        (draft.path / "history.jsonl").write_text("".join(dumps(r) + "\n" for r in history))
         plot_curves(history, draft.path / "curves.png", title=f"{name} on {dataset.version.ref}")
         code = store_code(cfg.arch, run.arch_source, draft.path)
         return draft.commit(

@@ -7,7 +7,6 @@ number of images verified; only the logits (N × classes) are kept.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -27,7 +26,7 @@ from ..formats import FORMATS, Format, LoadContext, Tolerance
 from ..localize import localize_onnx
 from ..modelfile import MODEL_JSON, load_model
 from ..options import VerifyOptions
-from ..store import Version, Workspace
+from ..store import Version, Workspace, dumps
 
 CHUNK = 256  # small activations: larger chunks let glibc's heap high-water creep up per chunk
 LOCALIZE_IMAGES = 16  # images a failed ONNX file is compared on, layer by layer
@@ -323,5 +322,5 @@ def _write_report(bundle: Version, result: VerifyResult) -> None:
     path = folder / f"{stamp}-{host}-{os.getpid()}.json"
     tmp = folder / f".{path.name}.tmp"
     result.report_path = str(path)
-    tmp.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    tmp.write_text(dumps(asdict(result), indent=2) + "\n")
     os.replace(tmp, path)
