@@ -1,10 +1,12 @@
-"""Peak RSS of `cnnpipe predict` on thousands of image files and of `cnnpipe verify --full` on
-test splits of different sizes, each command in a fresh process.
+"""Peak RSS of `cnnpipe download imagefolder` importing 10,000 images at several sizes (against
+the target: twice the uint8 split plus 500 MB), of `cnnpipe predict` on thousands of image
+files and of `cnnpipe verify --full` on test splits of different sizes, each command in a
+fresh process.
 
 The peak is the process's VmHWM from /proc (Linux), which starts afresh at exec; ru_maxrss
 would carry over this script's own memory into the child.
 
-Usage: python benchmarks/memory.py [--counts 1000,4000,16000]
+Usage: python benchmarks/memory.py [--counts 1000,4000,16000] [--import-sizes 32,64,128]
 """
 
 from __future__ import annotations
@@ -44,11 +46,21 @@ def peak_rss_mb(root: Path, *args: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="1000,4000,16000")
+    parser.add_argument("--import-sizes", default="32,64,128")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_folder(root / "digits")
+        folder = root / "digits" / "train"  # 10,000 digits in class folders
+        images = sum(1 for _ in folder.rglob("*.png"))
+        print(f"{'command':<58} {'images':>7} {'uint8 MiB':>10} {'peak RSS MiB':>13} {'target MiB':>11}")
+        for size in (int(s) for s in args.import_sizes.split(",")):
+            rss = peak_rss_mb(root, "download", "imagefolder", str(folder), "--name", f"rgb{size}", "--size",
+                              str(size), "--channels", "3", "--no-plots", "--json")
+            split = images * 3 * size * size / 2**20
+            print(f"{f'cnnpipe download imagefolder --size {size} --channels 3':<58} {images:>7,} {split:>10.1f} "
+                  f"{rss:>13.1f} {2 * split + 500:>11.1f}")
         for command in (
             ["run", "--epochs", "1", "--format", "onnx", "--format", "safetensors"],
             ["download", "imagefolder", str(root / "digits"), "--name", "digits", "--size", "28", "--channels", "1",

@@ -23,21 +23,27 @@ def _version(*dists: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=1)
-def environment() -> dict[str, Any]:
-    """Versions of Python and the libraries that shape a result, and the device."""
-    import torch
-
-    cuda = torch.cuda.is_available()
+def _versions() -> dict[str, Any]:
     return {
         "cnnpipe": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "torch": torch.__version__,
+        "torch": _version("torch"),
         "torchvision": _version("torchvision"),
         "onnx": _version("onnx"),
         "onnxscript": _version("onnxscript"),
         "onnxruntime": _version("onnxruntime-gpu", "onnxruntime"),
         "safetensors": _version("safetensors"),
+    }
+
+
+def environment() -> dict[str, Any]:
+    """Versions of Python and the libraries that shape a result, and the device. A stage that
+    did not import torch (download) used no device; torch is not imported just to say so."""
+    torch = sys.modules.get("torch")
+    cuda = torch is not None and torch.cuda.is_available()
+    return _versions() | {
+        "torch": torch.__version__ if torch is not None else _version("torch"),
         "cuda": torch.version.cuda if cuda else None,
         "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
     }

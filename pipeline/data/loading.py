@@ -7,13 +7,15 @@ Images are stored once, decoded, as ``splits/<split>-images.npy`` (uint8 N×C×H
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..errors import CnnpipeError
 from ..store import Version
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: importing a dataset needs none
+    import torch
 
 INFO = "dataset.json"
 
@@ -59,6 +61,8 @@ class Dataset:
 
     def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (uint8 N×C×H×W) and labels (int64) of one split, in memory."""
+        import torch
+
         images, labels = self.arrays(name)
         return torch.from_numpy(images), torch.from_numpy(labels)
 
@@ -71,6 +75,8 @@ def load_dataset(version: Version) -> Dataset:
 
 def normalize(images: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
     """uint8 N×C×H×W images to float32 ``(pixel / 255 - mean) / std``, on their device."""
+    import torch
+
     m = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255.0 - m) / s

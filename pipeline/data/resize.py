@@ -46,17 +46,26 @@ def resize_split(images: np.ndarray, size: int, workers: int | None = None) -> n
     return out
 
 
-def channel_stats(images: np.ndarray, chunk: int = 1024) -> tuple[list[float], list[float]]:
+def channel_stats(images: np.ndarray, chunk_bytes: int = 64 * 2**20) -> tuple[list[float], list[float]]:
     """Per-channel mean and standard deviation of uint8 N x C x H x W images scaled to [0, 1],
-    summed in float64 a chunk at a time (two passes) so no float copy of the whole split is made."""
+    summed in float64 over chunks of at most ``chunk_bytes`` (two passes), so no float copy of
+    the whole split is made."""
     channels = images.shape[1]
+    rows = max(1, chunk_bytes // (8 * images[0].size)) if len(images) else 1
 
     def chunks() -> Iterator[np.ndarray]:
-        for start in range(0, len(images), chunk):
-            part = images[start:start + chunk].transpose(1, 0, 2, 3).reshape(channels, -1)
-            yield part.astype(np.float64) / 255.0
+        for start in range(0, len(images), rows):
+            part = images[start:start + rows].transpose(1, 0, 2, 3).reshape(channels, -1).astype(np.float64)
+            part /= 255.0
+            yield part
 
     count = images.size // channels
     mean = sum((part.sum(axis=1) for part in chunks()), np.zeros(channels)) / count
-    var = sum((np.square(part - mean[:, None]).sum(axis=1) for part in chunks()), np.zeros(channels)) / count
+
+    def squares(part: np.ndarray) -> np.ndarray:
+        part -= mean[:, None]
+        np.square(part, out=part)
+        return part.sum(axis=1)
+
+    var = sum((squares(part) for part in chunks()), np.zeros(channels)) / count
     return mean.tolist(), np.sqrt(var).tolist()
