@@ -14,15 +14,31 @@ import sys
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
+from PIL import Image, ImageOps
+
+
+def to_8bit(img):
+    """16-bit and 32-bit integer images scaled to 8 bits (65535 -> 255); float images from [0, 1]
+    (or [0, max] above 1): as cnnpipe does, where Pillow's convert would clip at 255."""
+    arr = np.asarray(img)
+    if img.mode == "F":
+        top = float(np.nanmax(arr)) if arr.size else 1.0
+        scaled = np.nan_to_num(arr, nan=0.0) * (255.0 / max(top, 1.0) if top > 1.0 else 255.0)
+    else:
+        scaled = arr.astype(np.float64) / 257.0
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
 
 
 def load(path, channels, size):
-    """Decode to uint8 C x size x size: grayscale or RGB, bilinear resize, as cnnpipe imports images."""
+    """Decode to uint8 C x size x size as cnnpipe imports images: upright by EXIF orientation,
+    wide (16-bit, float) images scaled, grayscale or RGB, bilinear resize."""
     with Image.open(path) as img:
         img.load()
+        img = ImageOps.exif_transpose(img)
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")
+        if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+            img = to_8bit(img)
         img = img.convert("L" if channels == 1 else "RGB")
         if img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.BILINEAR)

@@ -98,6 +98,13 @@ def _origin(source: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def md_text(text: str) -> str:
+    """``text`` safe inside a Markdown table cell or sentence: control characters shown escaped
+    (a newline would end the row), ``|`` and Markdown's punctuation escaped."""
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return "".join("\\" + c if c in "\\`*_[]<>|#" else c for c in shown)
+
+
 def _model_and_training(ref: str, desc: ModelDescription, train: dict[str, Any]) -> list[str]:
     origin = get_net(desc.arch).source if desc.source is None else _origin(desc.source)
     inp = desc.input
@@ -116,7 +123,7 @@ def _model_and_training(ref: str, desc: ModelDescription, train: dict[str, Any])
         f"| parameters | {desc.params:,} |",
         f"| input | {inp.channels}x{inp.height}x{inp.width} {inp.layout} float32, "
         f"pixels in [0, 1] normalized with mean {_round(inp.mean)} and std {_round(inp.std)} |",
-        f"| classes | {', '.join(classes)} |",
+        f"| classes | {', '.join(map(md_text, classes))} |",
         "",
     ] + _training(desc, train)
 
@@ -164,7 +171,7 @@ def _evaluation(metrics: dict[str, Any], split: str, plots: list[str]) -> list[s
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [
-        f"| {c['class']} | {c['support']} | {_fmt(c['accuracy'])} | {_fmt(c['precision'])} | "
+        f"| {md_text(c['class'])} | {c['support']} | {_fmt(c['accuracy'])} | {_fmt(c['precision'])} | "
         f"{_fmt(c['recall'])} | {_fmt(c['f1'])} |"
         for c in sorted(metrics["per_class"], key=lambda c: (c["accuracy"] is None, c["accuracy"] or 0.0))
     ]
@@ -180,7 +187,7 @@ def _limitations(desc: ModelDescription, metrics: dict[str, Any], split: str) ->
         "",
         f"- These figures hold for the {split} split of `{desc.dataset_ref}` only "
         f"({metrics['images']:,} images). Images from another source, camera or resolution may score lower.",
-        f"- The weakest class is `{worst[0]['class']}` at {worst[0]['accuracy']:.2%} accuracy."
+        f"- The weakest class is {md_text(worst[0]['class'])} at {worst[0]['accuracy']:.2%} accuracy."
         if worst else "- No class had test images.",
         f"- The model always answers one of its {len(classes)} classes, even for an image that "
         "belongs to none of them.",

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import CnnpipeError
-from .formats import BASE_FORMATS
+from .formats import BASE_FORMATS, FORMATS, Format
 from .store import check_name
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -56,6 +56,16 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise CnnpipeError("--batch-sizes must be positive integers")
     return sizes
+
+
+MAX_EPOCHS = 100_000  # a bound that catches a typo: at one second an epoch, over a day
+MAX_SEED = 2**63 - 1  # torch and numpy generators both take seeds in [0, 2^63)
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """A usage error unless ``seed`` is one every generator cnnpipe seeds accepts."""
+    if not 0 <= seed <= MAX_SEED:
+        raise CnnpipeError(f"{flag} must be between 0 and 2^63-1, not {seed}")
 
 
 def check_choice(value: Any, choices: tuple[str, ...], flag: str) -> None:
@@ -128,8 +138,9 @@ class TrainConfig:
         for key, value in asdict(self).items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise CnnpipeError(f"--{key.replace('_', '-')} must be a finite number, not {value}")
+        check_seed(self.seed)
         checks = [
-            (self.epochs >= 1, f"--epochs must be at least 1, not {self.epochs}"),
+            (1 <= self.epochs <= MAX_EPOCHS, f"--epochs must be between 1 and {MAX_EPOCHS:,}, not {self.epochs}"),
             (self.batch_size >= 1 and self.eval_batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}"),
             (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, not {self.lr}"),
             (self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}"),
@@ -175,6 +186,37 @@ class ExportOptions:
         """The variant flags by name, as the format table's ``flag`` fields name them."""
         return {"fp16": self.fp16, "int8": self.int8, "aoti": self.aoti}
 
+    @property
+    def everything(self) -> bool:
+        """Whether ``all`` (or nothing) was asked for: every format whose runtime is installed."""
+        return not self.formats or "all" in self.formats
+
+    def chosen(self) -> list[Format]:
+        """The records to write, in table order: the base formats asked for, then the variants
+        flagged; a usage error for any combination that cannot be written (checked before work)."""
+        asked = {f for f in BASE_FORMATS if FORMATS[f].installed} if self.everything else set(self.formats)
+        unknown = sorted(asked - set(BASE_FORMATS))
+        if unknown:
+            raise CnnpipeError(f"unknown export format {unknown[0]!r}; use {', '.join(BASE_FORMATS)} or all")
+        check_choice(self.layout, LAYOUTS, "--layout")
+        if self.layout == "triton" and "onnx" not in asked:
+            raise CnnpipeError("--layout triton holds the ONNX file: add --format onnx")
+        if self.calibration < 1:
+            raise CnnpipeError(f"--calibration-images must be at least 1, not {self.calibration}")
+        flags = self.flags
+        chosen = [spec for spec in FORMATS.values() if (spec.parent is None and spec.name in asked)
+                  or (spec.flag and flags.get(spec.flag) and spec.parent in asked)]
+        for flag in (f for f, on in flags.items() if on):
+            parents = [spec.parent for spec in FORMATS.values() if spec.flag == flag]
+            if not any(spec.flag == flag for spec in chosen):
+                raise CnnpipeError(f"--{flag} derives from the {' or '.join(map(str, parents))} file: "
+                                   f"add --format {parents[0]}")
+        for spec in chosen:
+            if spec.needs and spec.needs not in asked:
+                raise CnnpipeError(f"--format {spec.name} is converted from the {spec.needs} file: add --format {spec.needs}")
+            spec.require()
+        return chosen
+
 
 @dataclass(frozen=True)
 class VerifyOptions:
@@ -189,6 +231,12 @@ class VerifyOptions:
     providers: str = option(
         "cpu", "Devices to verify on: cpu, cuda or cpu,cuda (onnxruntime's provider, and the network rebuilt from safetensors)."
     )
+
+    def check(self) -> None:
+        """Every usage error these options can hold, before any work."""
+        self.batch_size_list(), self.provider_list()
+        if not self.full and self.samples < 1:
+            raise CnnpipeError(f"--samples must be at least 1, not {self.samples}")
 
     def batch_size_list(self) -> tuple[int, ...]:
         """The batch sizes as integers; a usage error when they are not."""

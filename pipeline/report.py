@@ -18,6 +18,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 
 class ByteProgress:
@@ -94,13 +95,19 @@ class TrainProgress:
         )
 
 
+def plain(text: Any) -> str:
+    """Text from data (a class or file name) shown as it is: control characters escaped, no rich markup."""
+    return escape("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text)))
+
+
 def table(columns: list[str], rows: list[list[Any]]) -> Table:
-    """A rich table; floats are shown with 4 decimals."""
+    """A rich table; floats are shown with 4 decimals; strings are data, shown as ``plain`` text
+    (pass ``Text.from_markup`` for a cell with cnnpipe's own markup)."""
     t = Table()
     for c in columns:
         t.add_column(c, justify="left" if c == columns[0] else "right")
     for row in rows:
-        t.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+        t.add_row(*(v if isinstance(v, Text) else f"{v:.4f}" if isinstance(v, float) else plain(v) for v in row))
     return t
 
 
@@ -166,7 +173,7 @@ def render_evaluate(console: Console, r: Any) -> None:
     )
     for g in r.gates:
         verdict = "[green]pass[/]" if g.passed else "[red]FAIL[/]"
-        console.print(f"  gate {g.gate}: {verdict}: {g.detail}", highlight=False)
+        console.print(f"  gate {g.gate}: {verdict}: {plain(g.detail)}", highlight=False)
 
 
 def render_export(console: Console, r: Any) -> None:
@@ -187,7 +194,7 @@ def render_verify(console: Console, r: Any) -> None:
 
     rows = [
         [
-            f.format, escape(f.runtime), "[green]pass[/]" if f.passed else "[red]FAIL[/]", shown(f.max_abs_diff, ".1e"),
+            f.format, f.runtime, Text.from_markup("[green]pass[/]" if f.passed else "[red]FAIL[/]"), shown(f.max_abs_diff, ".1e"),
             shown(f.p99_abs_diff, ".1e"), _bound(f.tolerance), shown(f.bound_ratio, ".2f"), shown(f.top1_agreement, ".2%"),
             len(f.flipped),
             shown(f.accuracy, ".4f"), shown(f.accuracy_delta_points, "+.2f"),
@@ -216,7 +223,7 @@ def render_predict(console: Console, r: Any) -> None:
     console.print(table(
         ["image", "class", "probability", "next"],
         [
-            [escape(p["path"]), p["top"][0]["class"], p["top"][0]["probability"],
+            [p["path"], p["top"][0]["class"], p["top"][0]["probability"],
              ", ".join(f"{t['class']} {t['probability']:.3f}" for t in p["top"][1:])]
             for p in r.predictions
         ],

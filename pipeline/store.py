@@ -37,7 +37,7 @@ _VERSION_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
 
 def check_name(name: str, what: str = "name") -> str:
     """Return ``name`` if it is a safe artifact name, else raise a usage error."""
-    if not _NAME_RE.match(name) or ".." in name:
+    if not _NAME_RE.fullmatch(name) or ".." in name:
         raise CnnpipeError(
             f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-' "
             "(no '/', '..', spaces or control characters)"
@@ -309,7 +309,7 @@ class Store:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.fullmatch(p.name))
 
     def versions(self, name: str) -> list[Version]:
         """Committed versions of ``name``, oldest first."""
@@ -361,6 +361,11 @@ class Workspace:
     """The three stores under one root folder: ``data/``, ``models/`` and ``exports/``."""
 
     root: Path
+
+    def __post_init__(self) -> None:
+        if Path(self.root).exists() and not Path(self.root).is_dir():
+            raise CnnpipeError(f"--root {self.root} is a file, not a folder; give the folder that holds (or will "
+                               "hold) data/, models/ and exports/")
 
     @property
     def data(self) -> Store:

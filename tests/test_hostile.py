@@ -71,7 +71,7 @@ def test_an_onnx_file_with_external_data_outside_its_folder_is_refused(root_copy
     assert_clean_error(cnnpipe(root_copy, "predict", str(digit), "--bundle", "lenet5"), 2, "cannot load it")
 
 
-@pytest.mark.parametrize("name", ["../up", "a/b", "tab\there", "bell\x07", "nul\x01"])
+@pytest.mark.parametrize("name", ["../up", "a/b", "tab\there", "bell\x07", "nul\x01", "trailing\n"])
 def test_names_with_dots_slashes_or_control_characters_are_refused(root_copy: Path, name: str):
     before = tree_state(root_copy)
     assert_clean_error(cnnpipe(root_copy, "train", "--name", name, "--epochs", "1"), 2, "invalid model name")
@@ -159,3 +159,63 @@ def test_every_json_file_cnnpipe_writes_is_strict_json(pipeline_root: Path):
         for line in path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]:
             json.loads(line, parse_constant=refuse)
     assert dumps({"loss": float("nan"), "bound": [float("inf"), 1.5]}) == '{"loss": null, "bound": [null, 1.5]}'
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--samples", "0"), "--samples must be at least 1"),
+    (("--providers", "tpu"), "unknown provider 'tpu'"),
+    (("--format", "ort"), "add --format onnx"),
+    (("--fp16", "--format", "pt2"), "--fp16 derives from the onnx or openvino file"),
+])
+def test_run_checks_every_stage_before_its_first_stage_writes(tmp_path: Path, args: tuple[str, ...], message: str):
+    assert_clean_error(cnnpipe(tmp_path, "run", *args), 2, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no dataset, model or bundle was written
+
+
+def test_class_names_with_separators_markup_or_newlines_are_shown_as_they_are(tmp_path: Path):
+    from test_imagefolder import _make_folder
+
+    classes = ("a|b", "[bold]x", "line\nbreak")
+    _make_folder(tmp_path / "odd", classes=classes, per_class=10)
+    cnnpipe(tmp_path, "download", "imagefolder", str(tmp_path / "odd"), "--name", "odd", "--size", "16", "--no-plots")
+    assert cnnpipe(tmp_path, "train", "--dataset", "odd", "--model", "cnn-small", "--epochs", "1").returncode == 0
+    proc = cnnpipe(tmp_path, "evaluate", "cnn-small")
+    assert proc.returncode == 0, proc.stderr
+    assert "[bold]x" in proc.stdout and "line\\nbreak" in proc.stdout  # no markup applied, the newline shown escaped
+    card = next((tmp_path / "models/cnn-small/v1/eval/test").rglob("README.md")).read_text()
+    rows = [line for line in card.splitlines() if line.startswith("| a") or line.startswith("| line")]
+    assert any(line.startswith("| a\\|b |") for line in rows) and any(line.startswith("| line\\nbreak |") for line in rows)
+    assert "| \\[bold\\]x |" in card
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("train", "--seed", "99999999999999999999999"), "--seed must be between 0 and 2^63-1"),  # was an overflow, exit 3
+    (("train", "--seed", "-1"), "--seed must be between 0 and 2^63-1"),
+    (("download", "--seed", "-1"), "--seed must be between 0 and 2^63-1"),
+    (("train", "--epochs", "99999999999"), "--epochs must be between 1 and 100,000"),
+    (("bench", "lenet5", "--threads", "-3"), "--threads must be 0"),  # was torch's RuntimeError, exit 3
+])
+def test_numbers_out_of_range_are_one_line(pipeline_root: Path, args: tuple[str, ...], message: str):
+    before = {store: tree_state(pipeline_root / store) for store in ("models", "exports")}
+    assert_clean_error(cnnpipe(pipeline_root, *args), 2, message)
+    assert {store: tree_state(pipeline_root / store) for store in ("models", "exports")} == before
+
+
+def test_a_root_that_is_a_file_is_one_line(tmp_path: Path):
+    (tmp_path / "file").write_text("not a folder")
+    for command in (("ls",), ("train",), ("verify", "lenet5")):
+        assert_clean_error(cnnpipe(tmp_path, "--root", str(tmp_path / "file"), *command), 2, "is a file, not a folder")
+
+
+def test_a_resume_checkpoint_with_missing_or_mistyped_fields_is_refused(root_copy: Path):
+    import torch
+
+    run = root_copy / "models/lenet5/.runs/broken"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"arch": "lenet5", "dataset": "mnist-sample", "epochs": 2, "name": "lenet5"}))
+    for checkpoint in ({"epoch": 1}, {"model": {}, "epoch": "one"}, [1, 2, 3]):
+        torch.save(checkpoint, run / "checkpoint.pt")
+        before = tree_state(root_copy / "models/lenet5")
+        proc = cnnpipe(root_copy, "train", "--resume", str(run))
+        assert_clean_error(proc, 2, "cannot")
+        assert tree_state(root_copy / "models/lenet5") == before

@@ -95,3 +95,55 @@ def test_the_cifar10_jpeg_folder_imports_and_trains(tmp_path: Path):
     assert result["counts"]["test"]["airplane"] == 1000
     trained = cnnpipe_json(root, "train", "--dataset", "cifar10-jpeg", "--epochs", "1", "--batch-size", "256", "--lr", "3e-3")
     assert trained["val_accuracy"] > 0.3  # one epoch of LeNet-5 on real CIFAR-10 is far above 10% chance
+
+
+def _png_with_chunk(image: Image.Image, kind: bytes, payload: bytes) -> bytes:
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    data = buf.getvalue()
+    at = data.find(b"IDAT") - 4
+    chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    return data[:at] + chunk + data[at:]
+
+
+def test_wide_rotated_corrupt_and_huge_images_are_decoded_one_way(tmp_path: Path):
+    import importlib.util
+
+    from cnnpipe.data.imagefolder import load_image
+
+    folder = tmp_path / "imgs"
+    for name in ("turned", "wide"):
+        (folder / name).mkdir(parents=True)
+    half = np.zeros((16, 16), np.uint8)
+    half[:, :8] = 255  # white left half, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 3  # orientation: rotated 180 degrees, so upright the white half is on the right
+    for i in range(6):
+        Image.fromarray(half).save(folder / "turned" / f"{i}.png", exif=exif)
+        Image.fromarray(np.full((16, 16), 30000, np.uint16)).save(folder / "wide" / f"{i}.png")  # 16-bit grey
+    (folder / "wide" / "exif.png").write_bytes(_png_with_chunk(Image.fromarray(half), b"eXIf", b"garbage!"))
+    Image.new("L", (8000, 8000)).save(folder / "wide" / "huge.png")  # 64 megapixels
+
+    proc = cnnpipe(tmp_path, "download", "imagefolder", str(folder), "--name", "imgs", "--size", "16", "--channels", "1",
+                   "--skip-bad", "--no-plots", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr and "Traceback" not in proc.stderr
+    skipped = json.loads(proc.stdout)["skipped"]
+    assert any("exif.png: SyntaxError" in s for s in skipped)  # the EXIF parser's error is a bad image like any other
+    assert any("huge.png" in s and "over the limit of 50,000,000 pixels" in s for s in skipped)
+    version = tmp_path / "data/imgs/v1/splits"
+    images = np.concatenate([np.load(version / f"{p}-images.npy") for p in ("train", "val", "test")])
+    labels = np.concatenate([np.load(version / f"{p}-labels.npy") for p in ("train", "val", "test")])
+    assert abs(float(images[labels == 1].mean()) - 30000 / 257) < 1  # scaled, not clipped at 255
+    upright = images[labels == 0][:, 0]
+    assert upright[:, :, 8:].mean() > 250 and upright[:, :, :8].mean() < 5  # EXIF orientation applied
+
+    spec = importlib.util.spec_from_file_location("onnx_predict", Path(__file__).parents[1] / "examples/onnx_predict.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    for path in (folder / "turned" / "0.png", folder / "wide" / "0.png"):  # predict decodes with load_image too
+        assert np.array_equal(example.load(path, 1, 16), load_image(path, 16, 1))

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from ..errors import CnnpipeError
 from .resize import resize_image
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+MAX_PIXELS = 50_000_000  # an image over this (e.g. 7072x7072) is a bad image: decoding it would take ~150 MB or more
+WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}  # more than 8 bits per sample
+# Pillow warns on stderr about corrupt EXIF or large images; a file is either decoded or listed as bad, with
+# the reason (set once for the process: warnings.catch_warnings is not thread-safe, and decoding runs in threads)
+warnings.filterwarnings("ignore", module=r"PIL\.")
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 SPLIT_DIRS = ("train", "val", "test")
 
 
@@ -63,12 +70,30 @@ def scan(path: Path) -> Scan:
     return Scan(path, "train/val/test folders" if presplit else "class folders", classes, files)
 
 
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit and 32-bit integer images scaled to 8 bits (65535 -> 255), float images from [0, 1]
+    (or from [0, max] when they exceed 1), instead of Pillow's clipping at 255."""
+    arr = np.asarray(img)
+    if img.mode == "F":
+        top = float(np.nanmax(arr)) if arr.size else 1.0
+        scaled = np.nan_to_num(arr, nan=0.0) * (255.0 / max(top, 1.0) if top > 1.0 else 255.0)
+    else:  # I;16 (and its byte orders) or I: 16-bit ranges
+        scaled = arr.astype(np.float64) / 257.0
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), "L")
+
+
 def load_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """Decode any mode (L, RGB, RGBA, P, …) to uint8 C×size×size."""
+    """Decode any mode (L, RGB, RGBA, P, 16-bit, float, …) to uint8 C×size×size, upright by its
+    EXIF orientation; an image over MAX_PIXELS is refused before it is decoded."""
     with Image.open(path) as img:
+        if img.width * img.height > MAX_PIXELS:
+            raise ValueError(f"{img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,} pixels")
         img.load()
+        img = ImageOps.exif_transpose(img)
         if img.mode == "P" and "transparency" in img.info:
             img = img.convert("RGBA")
+        if img.mode in WIDE_MODES:
+            img = _to_8bit(img)
         img = img.convert("L" if channels == 1 else "RGB")
         arr = np.asarray(resize_image(img, size), dtype=np.uint8)
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
@@ -80,7 +105,7 @@ def _decode(item: tuple[Path, int, int]) -> tuple[np.ndarray | None, str | None,
         data = path.read_bytes()
         sha = hashlib.sha256(data).hexdigest()
         return load_image(path, size, channels), None, sha
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except Exception as e:  # noqa: BLE001 - a malformed file may make a decoder raise anything: an unreadable image
         return None, f"{path}: {type(e).__name__}: {e}", ""
 
 

@@ -95,6 +95,8 @@ def bench(
         raise CnnpipeError("--batch-sizes must be positive integers")
     if seconds <= 0:
         raise CnnpipeError(f"--seconds must be positive, not {seconds}")
+    if threads is not None and threads < 0:
+        raise CnnpipeError(f"--threads must be 0 (torch's default) or more, not {threads}")
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     bundle = Workspace(root).exports.resolve(bundle_ref)

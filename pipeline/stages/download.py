@@ -16,6 +16,7 @@ from ..data.loading import INFO, split_files
 from ..data.resize import FOLDER_SIZE, channel_stats, check_size, resize_split
 from ..data.split import stratified_split
 from ..errors import CnnpipeError
+from ..options import check_seed
 from ..plots import plot_class_counts, plot_samples
 from ..provenance import lineage
 from ..store import Draft, Version, Workspace, check_name, dumps, sha256_file, write_json
@@ -119,6 +120,7 @@ def download(
     network; an identical re-fetch also reuses it.
     """
     spec = get_spec(name)
+    check_seed(seed)
     store = Workspace(root).data
     config: dict[str, Any] = {"name": name, "val_size": val_size, "seed": seed}
     if size is not None and size != spec.size:
@@ -166,6 +168,7 @@ def import_folder(
     if name in CATALOG:
         raise CnnpipeError(f"{name!r} is a standard dataset's name; choose another --name")
     check_size(size)
+    check_seed(seed)
     if channels not in (1, 3):
         raise CnnpipeError(f"--channels must be 1 or 3, not {channels}")
     if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):

@@ -16,10 +16,10 @@ from ..card import model_card
 from ..data.loading import load_dataset, normalize
 from ..description import ModelDescription
 from ..errors import CnnpipeError
-from ..formats import BASE_FORMATS, FORMATS, INPUT_NAME, OUTPUT_NAME, ExportContext, Format
+from ..formats import FORMATS, INPUT_NAME, OUTPUT_NAME, ExportContext
 from ..modelfile import MODEL_JSON, WEIGHTS, load_model
 from ..onnx_variants import triton_config, triton_repository
-from ..options import LAYOUTS, ExportOptions
+from ..options import ExportOptions
 from ..provenance import lineage
 from ..store import Version, Workspace, write_json
 from .evaluate import PLOT_FILES, latest_evaluation
@@ -94,32 +94,6 @@ def write_card(version: Version, desc: ModelDescription, folder: Path) -> dict[s
     return {rel: "metrics" if rel.endswith(".json") else "plot" for rel in sources} | {"README.md": "model card"}
 
 
-def _chosen(formats: list[str] | None, flags: dict[str, bool], layout: str, calibration: int) -> list[Format]:
-    """The records to write, in table order: the base formats asked for, then the variants flagged."""
-    everything = not formats or "all" in formats
-    asked = {f for f in BASE_FORMATS if FORMATS[f].installed} if everything else set(formats)
-    unknown = sorted(asked - set(BASE_FORMATS))
-    if unknown:
-        raise CnnpipeError(f"unknown export format {unknown[0]!r}; use {', '.join(BASE_FORMATS)} or all")
-    if layout not in LAYOUTS:
-        raise CnnpipeError(f"unknown layout {layout!r}; use {' or '.join(LAYOUTS)}")
-    if layout == "triton" and "onnx" not in asked:
-        raise CnnpipeError("--layout triton holds the ONNX file: add --format onnx")
-    if calibration < 1:
-        raise CnnpipeError(f"--calibration-images must be at least 1, not {calibration}")
-    chosen = [spec for spec in FORMATS.values()
-              if (spec.parent is None and spec.name in asked) or (spec.flag and flags.get(spec.flag) and spec.parent in asked)]
-    for flag in (f for f, on in flags.items() if on):
-        parents = [spec.parent for spec in FORMATS.values() if spec.flag == flag]
-        if not any(spec.flag == flag for spec in chosen):
-            raise CnnpipeError(f"--{flag} derives from the {' or '.join(parents)} file: add --format {parents[0]}")
-    for spec in chosen:
-        if spec.needs and spec.needs not in asked:
-            raise CnnpipeError(f"--format {spec.name} is converted from the {spec.needs} file: add --format {spec.needs}")
-        spec.require()
-    return chosen
-
-
 def export(
     model_ref: str, options: ExportOptions | None = None, root: Path = Path("."), *, trust_code: bool = False
 ) -> ExportResult:
@@ -132,7 +106,7 @@ def export(
     """
     options = options or ExportOptions()
     opset, calibration = options.opset, options.calibration
-    chosen = _chosen(list(options.formats), options.flags, options.layout, calibration)
+    chosen = options.chosen()
     ws = Workspace(root)
     version = ws.models.resolve(model_ref)
     model, desc = load_model(version, trust_code=trust_code)
@@ -171,8 +145,7 @@ def export(
             results={"formats": written, "onnx_opset": ctx.opset_used, "weights_sha256": weights_sha256,
                      "triton": triton},
         )
-    everything = not options.formats or "all" in options.formats
-    missing = {f: spec.extra[1] for f, spec in FORMATS.items() if everything and spec.extra and not spec.installed
+    missing = {f: spec.extra[1] for f, spec in FORMATS.items() if options.everything and spec.extra and not spec.installed
                and spec.parent is None}
     return ExportResult(
         ref=bundle.ref, path=str(bundle.path), model=version.ref, formats=written,

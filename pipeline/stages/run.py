@@ -68,7 +68,7 @@ def run(
     gates = gates or GateOptions()
     resolved = config.resolved()
     check_gate_options(gates.min_accuracy, gates.against, gates.max_regression)
-    verify_options.batch_size_list(), verify_options.provider_list()  # usage errors before any work
+    export_options.chosen(), verify_options.check()  # every stage's usage errors before any work
     if size is not None and (skip_train or config.dataset not in CATALOG):
         raise CnnpipeError("--size resizes a standard dataset on download; "
                            f"{'a trained model' if skip_train else config.dataset} keeps the size it was stored at")

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from ..data.batches import DeviceBatches, StreamBatches, batch_order
 from ..data.loading import Dataset, load_dataset
 from ..engine import Progress, batched_logits, train_epoch
-from ..errors import CnnpipeError
+from ..errors import CnnpipeError, first_line
 from ..finetune import apply_init, find_head, freeze_all_but, initial_state
 from ..modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device
 from ..nets import param_count
@@ -270,7 +270,18 @@ def _fine_tune(model: torch.nn.Module, cfg: TrainConfig, root: Path, example: to
 
 
 def _restore(run: _Run, saved: dict[str, Any]) -> _State:
-    """Model, optimizer, schedule, sampler and RNG state from a checkpoint."""
+    """Model, optimizer, schedule, sampler and RNG state from a checkpoint; one that lacks a field or
+    holds one of the wrong type is refused before training goes on."""
+    try:
+        return _restore_fields(run, saved)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise CnnpipeError(f"the checkpoint cannot be resumed: a missing or malformed field "
+                           f"({type(e).__name__}: {first_line(e)}); train again without --resume") from None
+
+
+def _restore_fields(run: _Run, saved: dict[str, Any]) -> _State:
+    if not isinstance(saved, dict):
+        raise TypeError(f"it holds a {type(saved).__name__}, not a dict of fields")
     run.model.load_state_dict(saved["model"])
     run.optimizer.load_state_dict(saved["optimizer"])
     run.schedule.load_state_dict(saved["schedule"])
@@ -278,7 +289,12 @@ def _restore(run: _Run, saved: dict[str, Any]) -> _State:
     torch.set_rng_state(saved["torch_rng"])
     if run.device.type == "cuda" and "cuda_rng" in saved:  # dropout on CUDA draws from the device's generator
         torch.cuda.set_rng_state(saved["cuda_rng"], run.device)
-    return _State(saved["history"], saved["best"], saved["timings"], saved["stale"], saved["epoch"])
+    state = _State(saved["history"], saved["best"], saved["timings"], saved["stale"], saved["epoch"])
+    kinds = {"history": list, "best": dict, "timings": dict, "stale": int, "epoch": int}
+    for key, kind in kinds.items():
+        if not isinstance(getattr(state, key), kind):
+            raise TypeError(f"field {key!r} is a {type(getattr(state, key)).__name__}")
+    return state
 
 
 def _checkpoint(run: _Run, state: _State, run_dir: Path) -> None:

@@ -262,9 +262,8 @@ def verify(
     format's default.
     """
     options = options or VerifyOptions()
+    options.check()
     batch_sizes, providers = options.batch_size_list(), options.provider_list()
-    if not options.full and options.samples < 1:
-        raise CnnpipeError(f"--samples must be at least 1, not {options.samples}")
     samples = None if options.full else options.samples
     ws = Workspace(root)
     bundle = ws.exports.resolve(bundle_ref)
