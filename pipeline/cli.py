@@ -512,9 +512,8 @@ def list_stores(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     from .report import render_ls
     from .store import Workspace
 
-    ws = Workspace(_root(ctx))
-
     def listing() -> dict[str, Any]:
+        ws = Workspace(_root(ctx))
         return {
             store.root.name: {
                 name: [{"version": v.number, "created": v.manifest["created"], **v.results} for v in store.versions(name)]
@@ -539,8 +538,7 @@ def show(
     from .report import render_show
     from .store import Workspace
 
-    ws = Workspace(_root(ctx))
-    version = _call(lambda: getattr(ws, store.value).resolve(ref))
+    version = _call(lambda: getattr(Workspace(_root(ctx)), store.value).resolve(ref))
     _emit(as_json, version.manifest, lambda m: render_show(out, version.path, m))
 
 
