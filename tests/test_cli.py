@@ -120,7 +120,7 @@ def test_verify_fails_closed_on_a_breach_and_on_a_changed_file(root_copy: Path):
         (["download", "imagenet"], "unknown dataset 'imagenet'"),
         (["train", "--epochs", "many"], "Invalid value for '--epochs'"),
         (["train", "--lr", "fast"], "Invalid value for '--lr'"),
-        (["train", "--epochs", "0"], "--epochs must be at least 1"),
+        (["train", "--epochs", "0"], "--epochs must be between 1 and 100,000"),
         (["train", "--name", "../escape"], "invalid model name"),
         (["export", "lenet5", "--format", "tflite"], "Invalid value for '--format'"),
         (["evaluate", "nosuchmodel"], "no model named 'nosuchmodel'"),
