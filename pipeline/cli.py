@@ -478,13 +478,18 @@ def bench(
     trust_code: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Latency (p50, p99) and throughput of each runtime of a bundle at each batch size."""
+    """Latency (p50, p99) and throughput of each runtime of a bundle at each batch size; exit 1 when
+    a format cannot be loaded or run (a failed row, the others still timed)."""
     from .report import render_bench
     from .stages.bench import bench as run_bench
 
     result = _call(lambda: run_bench(ref, _root(ctx), parse_batch_sizes(batch_sizes), seconds, threads,
                                      trust_code=trust_code))
     _emit(as_json, result, lambda r: render_bench(out, r))
+    if not result.passed:
+        err.print(f"[bold red]bench:[/] {len(result.failed)} runtime(s) failed: {escape(', '.join(result.failed))}",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_GATE)
 
 
 @app.command()

@@ -238,6 +238,8 @@ def render_bench(console: Console, r: Any) -> None:
         [[row.runtime, row.batch, row.calls, f"{row.p50_ms:.3f}", f"{row.p99_ms:.3f}", f"{row.images_per_s:,.0f}"]
          for row in r.rows],
     ))
+    for runtime, reason in r.failed.items():
+        console.print(f"[red]{plain(runtime)}: FAIL[/] {plain(reason)}", highlight=False)
 
 
 def render_ls(console: Console, listing: dict[str, Any]) -> None:

@@ -71,6 +71,13 @@ def test_garbage_hostile_or_foreign_files_fail_their_row_and_verify_goes_on(root
     assert proc.stderr.startswith("verify failed") and proc.stderr.count("\n") == 1  # no runtime logs
     assert Path(report["report_path"]).is_file()
 
+    # bench, like verify: a failed row for each file its runtime refuses, the others timed
+    proc = cnnpipe(root_copy, "bench", "lenet5", "--seconds", "0.05", "--batch-sizes", "1", "--json")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "runtime(s) failed" in proc.stderr
+    timed = json.loads(proc.stdout)
+    assert "executorch (cpu)" in timed["failed"] and "onnxruntime .ort (cpu)" in timed["failed"]
+    assert "onnxruntime (cpu)" in {row["runtime"] for row in timed["rows"]}
+
 
 def test_a_pt2_file_that_is_not_a_program_fails_its_row(root_copy: Path):
     bundle = root_copy / "exports/lenet5/v1"

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..description import ModelDescription
-from ..errors import CnnpipeError
+from ..errors import CnnpipeError, first_line
 from ..formats import FORMATS, LoadContext, Runner
 from ..modelfile import MODEL_JSON
 from ..store import Workspace
@@ -40,6 +40,11 @@ class BenchResult:
     threads: int
     input_shape: list[int]
     rows: list[BenchRow] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # runtime label -> why it could not be loaded or run
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
 
 
 def time_calls(call: Call, seconds: float, warmup: int = 5, min_calls: int = 20) -> np.ndarray:
@@ -55,11 +60,13 @@ def time_calls(call: Call, seconds: float, warmup: int = 5, min_calls: int = 20)
     return np.asarray(times)
 
 
-def _runtimes(bundle: Any, bundle_json: dict[str, Any], threads: int, trust_code: bool) -> dict[str, Runner]:
+def _runtimes(
+    bundle: Any, bundle_json: dict[str, Any], threads: int, trust_code: bool, failed: dict[str, str]
+) -> dict[str, Runner]:
     """Every format of the bundle on every device where it runs here, by bench label.
 
     A device other than the CPU that is absent, or where the runtime falls back to the CPU,
-    is left out; a file that cannot be loaded on the CPU is an error.
+    is left out; a file that cannot be loaded on the CPU goes into ``failed`` with the reason.
     """
     found: dict[str, Runner] = {}
     for fmt in bundle.results.get("formats", []):
@@ -72,9 +79,9 @@ def _runtimes(bundle: Any, bundle_json: dict[str, Any], threads: int, trust_code
         for device in spec.devices:
             try:
                 runner = spec.open(bundle.file(spec.file), device, ctx)
-            except CnnpipeError:
+            except CnnpipeError as e:
                 if device == "cpu":
-                    raise
+                    failed[f"{spec.bench_label} ({device})"] = str(e)
                 continue
             if runner.fallback is None:
                 found[f"{spec.bench_label} ({device})"] = runner
@@ -103,16 +110,22 @@ def bench(
     bundle.check()
     bundle_json = bundle.read_json(MODEL_JSON)
     shape = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}").input.shape
-    runtimes = _runtimes(bundle, bundle_json, threads, trust_code)
-    if not runtimes:
-        raise CnnpipeError(f"{bundle.ref}: holds no format to time")
     result = BenchResult(bundle=bundle.ref, threads=threads, input_shape=shape)
+    runtimes = _runtimes(bundle, bundle_json, threads, trust_code, result.failed)
+    if not runtimes and not result.failed:
+        raise CnnpipeError(f"{bundle.ref}: holds no format to time")
     rng = np.random.default_rng(0)
     for batch in batch_sizes:
         x = rng.standard_normal((batch, *shape), dtype=np.float32)
         for name, runner in runtimes.items():
-            prepared = runner.prepare(x)
-            times = time_calls(lambda r=runner, p=prepared: r.call(p), seconds)
+            if name in result.failed:
+                continue
+            try:
+                prepared = runner.prepare(x)
+                times = time_calls(lambda r=runner, p=prepared: r.call(p), seconds)
+            except Exception as e:  # noqa: BLE001 - a file that loads but cannot run fails its row; the others are timed
+                result.failed[name] = f"failed while running at batch {batch}: {type(e).__name__}: {first_line(e)}"
+                continue
             result.rows.append(BenchRow(
                 runtime=name, batch=batch, calls=len(times), p50_ms=float(np.percentile(times, 50) * 1e3),
                 p99_ms=float(np.percentile(times, 99) * 1e3), images_per_s=float(batch / times.mean()),
