@@ -241,6 +241,8 @@ def download(
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="With imagefolder: leave unreadable "
         "images out (listed) instead of failing.")] = False,
     flip: Annotated[bool, typer.Option(help="With imagefolder: horizontal flips are valid augmentation.")] = True,
+    follow_symlinks: Annotated[bool, typer.Option("--follow-symlinks", help="With imagefolder: read images that "
+        "symbolic links lead to outside PATH (refused by default).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch a dataset (checksums checked) or import a folder of images into the data store."""
@@ -254,7 +256,7 @@ def download(
                 raise CnnpipeError("usage: cnnpipe download imagefolder PATH --name NAME")
             return import_folder(
                 path, as_name, _root(ctx), size or FOLDER_SIZE, channels, val_fraction, test_fraction, seed,
-                skip_bad, flip, plots,
+                skip_bad, flip, plots, follow_symlinks,
             )
         if path is not None:
             raise CnnpipeError(f"unexpected PATH {str(path)!r}: only imagefolder takes one")

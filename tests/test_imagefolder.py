@@ -147,3 +147,31 @@ def test_wide_rotated_corrupt_and_huge_images_are_decoded_one_way(tmp_path: Path
     spec.loader.exec_module(example)
     for path in (folder / "turned" / "0.png", folder / "wide" / "0.png"):  # predict decodes with load_image too
         assert np.array_equal(example.load(path, 1, 16), load_image(path, 16, 1))
+
+
+def test_partial_layouts_empty_classes_and_symlinks_out_are_refused(tmp_path: Path):
+    def folder(name: str, layout: dict[str, int]) -> Path:
+        for rel, count in layout.items():
+            (tmp_path / name / rel).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(tmp_path / name / rel / f"{i}.png")
+        return tmp_path / name
+
+    cases = [
+        (folder("noval", {"train/a": 4, "train/b": 4, "val/a": 2, "val/b": 2}), "holds train/, val/; a pre-split folder needs"),
+        (folder("mixed", {"train/a": 4, "test/a": 2, "cat": 3}), "beside class folders ['cat']"),
+        (folder("empty", {"a": 4, "b": 0}), "an empty class folder"),
+    ]
+    outside = folder("elsewhere", {"b": 3})
+    link = folder("linked", {"a": 4})
+    (link / "b").symlink_to(outside / "b")
+    cases.append((link, "a symbolic link to a folder outside"))
+    single = folder("filelink", {"a": 4, "b": 3})
+    (single / "b" / "stray.png").symlink_to(outside / "b" / "0.png")
+    cases.append((single, "a symbolic link to a file outside"))
+    for path, message in cases:
+        assert_clean_error(cnnpipe(tmp_path, "download", "imagefolder", str(path), "--name", path.name), 2, message)
+    assert not (tmp_path / "data").exists()  # nothing was imported
+    followed = cnnpipe_json(tmp_path, "download", "imagefolder", str(link), "--name", "linked", "--follow-symlinks",
+                            "--no-plots")
+    assert sum(followed["counts"]["train"].values()) + sum(followed["counts"]["test"].values()) >= 6

@@ -39,34 +39,70 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith(".")
-    )
+def _outside(path: Path, root: Path) -> bool:
+    """Whether ``path`` (a symlink, or inside one) leads out of ``root``."""
+    return not path.resolve().is_relative_to(root)
 
 
-def scan(path: Path) -> Scan:
-    """Find the classes and image files; ``train/`` and ``test/`` sub-folders mark a pre-split layout."""
+def _images(folder: Path, root: Path, follow_symlinks: bool) -> list[Path]:
+    """The image files under ``folder``; one that leads outside ``root`` through a symlink is refused
+    unless ``follow_symlinks``."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=follow_symlinks):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            p = Path(dirpath) / name
+            if name.startswith(".") or p.suffix.lower() not in EXTENSIONS or not p.is_file():
+                continue
+            if not follow_symlinks and _outside(p, root):
+                raise CnnpipeError(f"{p}: a symbolic link to a file outside {root}; move the image in, or pass "
+                                   "--follow-symlinks if that is meant")
+            found.append(p)
+    return sorted(found)
+
+
+def scan(path: Path, follow_symlinks: bool = False) -> Scan:
+    """Find the classes and image files. ``train/`` and ``test/`` (and optionally ``val/``) mark a
+    pre-split layout; any other mix of split folders, an empty class folder or a class folder that
+    leads outside ``path`` (unless ``follow_symlinks``) is refused with the reason."""
     if not path.is_dir():
         raise CnnpipeError(f"{path}: no such folder; give a folder of class sub-folders of images")
     top = _class_dirs(path)
-    presplit = "train" in top and "test" in top
+    splits = [s for s in SPLIT_DIRS if s in top]
+    presplit = bool(splits)
+    if presplit and ("train" not in splits or "test" not in splits or set(top) - set(SPLIT_DIRS)):
+        others = sorted(set(top) - set(SPLIT_DIRS))
+        raise CnnpipeError(
+            f"{path}: holds {', '.join(s + '/' for s in splits)}" + (f" beside class folders {others}" if others else "")
+            + "; a pre-split folder needs train/ and test/ (val/ is optional) and nothing else, or put the class "
+            "folders at the top to have cnnpipe split them"
+        )
     if presplit:
         classes = _class_dirs(path / "train")
-        roots: dict[str | None, Path] = {s: path / s for s in SPLIT_DIRS if (path / s).is_dir()}
+        roots: dict[str | None, Path] = {s: path / s for s in splits}
     else:
         classes = top
         roots = {None: path}
     if len(classes) < 2:
         raise CnnpipeError(f"{path}: found {len(classes)} class folder(s); an image folder needs at least 2")
+    root = path.resolve()
     files: dict[str | None, list[tuple[Path, int]]] = {}
-    for split, root in roots.items():
-        extra = sorted(set(_class_dirs(root)) - set(classes))
+    for split, folder in roots.items():
+        extra = sorted(set(_class_dirs(folder)) - set(classes))
         if extra:
-            raise CnnpipeError(f"{root}: class folder(s) {extra} are not in {path / 'train'}")
-        files[split] = [(f, i) for i, c in enumerate(classes) if (root / c).is_dir() for f in _images(root / c)]
-        if not files[split]:
-            raise CnnpipeError(f"{root}: no images ({', '.join(sorted(EXTENSIONS))}) in its class folders")
+            raise CnnpipeError(f"{folder}: class folder(s) {extra} are not in {path / 'train'}")
+        files[split] = []
+        for i, c in enumerate(classes):
+            if not (folder / c).is_dir():
+                continue
+            if not follow_symlinks and _outside(folder / c, root):
+                raise CnnpipeError(f"{folder / c}: a symbolic link to a folder outside {path}; pass --follow-symlinks "
+                                   "if that is meant")
+            images = _images(folder / c, root, follow_symlinks)
+            if not images:
+                raise CnnpipeError(f"{folder / c}: an empty class folder (no {', '.join(sorted(EXTENSIONS))} files); "
+                                   "add images or remove it")
+            files[split] += [(f, i) for f in images]
     return Scan(path, "train/val/test folders" if presplit else "class folders", classes, files)
 
 

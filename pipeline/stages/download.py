@@ -158,6 +158,7 @@ def import_folder(
     skip_bad: bool = False,
     flip: bool = True,
     plots: bool = True,
+    follow_symlinks: bool = False,
 ) -> DownloadResult:
     """Import ``PATH/<class>/*`` (or ``PATH/{train,val,test}/<class>/*``) as dataset ``name``.
 
@@ -173,7 +174,7 @@ def import_folder(
         raise CnnpipeError(f"--channels must be 1 or 3, not {channels}")
     if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise CnnpipeError("--val-fraction and --test-fraction must be fractions that leave images to train on")
-    found = scan(path.resolve())
+    found = scan(path.resolve(), follow_symlinks)
     decoded = {split: decode_all(files, size, channels) for split, files in found.files.items()}
     failures = [f for d in decoded.values() for f in d.failures]
     if failures and not skip_bad:
