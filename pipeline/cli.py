@@ -523,7 +523,8 @@ def list_stores(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         ws = Workspace(_root(ctx))
         return {
             store.root.name: {
-                name: [{"version": v.number, "created": v.manifest["created"], **v.results} for v in store.versions(name)]
+                name: [{"version": n, "created": v.manifest.get("created"), **v.results} if not isinstance(v, str)
+                       else {"version": n, "damaged": v} for n, v in store.listing(name)]
                 for name in store.names()
             }
             for store in (ws.data, ws.models, ws.exports)

@@ -248,7 +248,9 @@ def render_ls(console: Console, listing: dict[str, Any]) -> None:
         for name, versions in names.items():
             for v in versions:
                 key = next((f"{k} {v[k]:.4f}" for k in ("val_accuracy",) if k in v), "")
-                rows.append([store, name, f"v{v['version']}", v["created"], key])
+                if "damaged" in v:
+                    key = "DAMAGED: " + v["damaged"]
+                rows.append([store, name, f"v{v['version']}", v.get("created") or "", key])
     if not rows:
         console.print("the stores are empty; start with `cnnpipe run`")
         return

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -158,19 +159,64 @@ class Version:
                 )
 
 
+MANIFEST_TYPES = {"schema": str, "stage": str, "name": str, "version": int, "files": list}
+FILE_TYPES = {"path": str, "sha256": str, "bytes": int}
+MAX_MANIFEST = 16 * 2**20  # bytes; a manifest lists files, it is never this large
+MAX_POINTER = 64  # bytes of a ``latest`` file ("v12\n")
+
+
+def refuse_symlinks(*paths: Path) -> None:
+    """A usage error if any of ``paths`` is a symbolic link (nothing is written through one)."""
+    for path in paths:
+        if path.is_symlink():
+            raise CnnpipeError(f"{path}: is a symbolic link; artifacts must hold plain folders and files, and "
+                               "nothing is written through a link")
+
+
+def read_small(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (no symlink, FIFO or device is opened,
+    so a hostile one cannot hang or flood the reader); a usage error otherwise, never echoing content."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        raise CnnpipeError(f"{path}: cannot be read as a plain file ({e.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CnnpipeError(f"{path}: not a regular file")
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise CnnpipeError(f"{path}: over {limit:,} bytes, too large to be what it should be")
+    return data
+
+
+def _check_manifest(manifest: Any) -> None:
+    """Raise ValueError describing (never quoting) the first part of a manifest of the wrong shape."""
+    if not isinstance(manifest, dict):
+        raise ValueError(f"a JSON {type(manifest).__name__}, not an object")
+    for key, kind in MANIFEST_TYPES.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            raise ValueError(f"key {key!r} is missing or not {'an' if kind.__name__[0] in 'aeiou' else 'a'} {kind.__name__}")
+    for key in ("results", "lineage", "environment"):
+        if not isinstance(manifest.get(key, {}), dict):
+            raise ValueError(f"key {key!r} is not an object")
+    if manifest["schema"] != SCHEMA:
+        raise ValueError(f"an unknown schema, expected {SCHEMA!r}")
+    for i, entry in enumerate(manifest["files"]):
+        if not isinstance(entry, dict) or any(not isinstance(entry.get(k), t) for k, t in FILE_TYPES.items()):
+            raise ValueError(f"files[{i}] is not a {{path, sha256, bytes}} record")
+
+
 def load_version(path: Path, stage: str | None = None) -> Version:
     """Read the version at ``path``; ``stage`` restricts which kind it must be."""
     manifest_path = path / MANIFEST
     if not manifest_path.is_file() or manifest_path.is_symlink():
         raise CnnpipeError(f"{path}: not a cnnpipe version (no {MANIFEST})")
     try:
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("schema") != SCHEMA:
-            raise ValueError(f"schema {manifest.get('schema')!r}, expected {SCHEMA!r}")
-        for key in ("stage", "name", "version", "files"):
-            if key not in manifest:
-                raise ValueError(f"missing key {key!r}")
-    except (OSError, ValueError) as e:
+        manifest = json.loads(read_small(manifest_path, MAX_MANIFEST))
+        _check_manifest(manifest)
+    except (OSError, ValueError) as e:  # JSON errors name a position, not the content
         raise CnnpipeError(f"{manifest_path}: corrupt manifest ({e})") from None
     if stage is not None and manifest["stage"] != stage:
         raise CnnpipeError(f"{path}: is a {manifest['stage']} artifact, expected a {stage} artifact")
@@ -292,8 +338,10 @@ class Store:
 
     @contextmanager
     def draft(self, name: str) -> Iterator[Draft]:
-        """A temporary folder to write a version into; removed unless committed."""
+        """A temporary folder to write a version into; removed unless committed. Nothing is written
+        through a symbolic link (an ``eval/`` inside a version pointing elsewhere)."""
         name_dir = self._name_dir(name)
+        refuse_symlinks(self.root, name_dir)
         name_dir.mkdir(parents=True, exist_ok=True)
         _remove_dead_drafts(name_dir)
         draft = Draft(self, name, Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=name_dir)))
@@ -323,6 +371,19 @@ class Store:
                 found.append((int(m.group(1)), p))
         return [load_version(p, self.stage) for _, p in sorted(found)]
 
+    def listing(self, name: str) -> list[tuple[int, Version | str]]:
+        """Every version folder of ``name``, oldest first, as a Version or, for a damaged one, the reason."""
+        name_dir = self._name_dir(name)
+        found = sorted((int(m.group(1)), p) for p in (name_dir.iterdir() if name_dir.is_dir() else [])
+                       if (m := _VERSION_RE.match(p.name)) and p.is_dir() and not p.is_symlink())
+        out: list[tuple[int, Version | str]] = []
+        for number, p in found:
+            try:
+                out.append((number, load_version(p, self.stage)))
+            except CnnpipeError as e:
+                out.append((number, str(e)))
+        return out
+
     def has(self, name: str) -> bool:
         """Whether ``name`` has a ``latest`` version."""
         return (self._name_dir(name) / LATEST).is_file()
@@ -333,7 +394,14 @@ class Store:
         if not pointer.is_file():
             known = ", ".join(self.names()) or "none"
             raise CnnpipeError(f"no {self.what} named {name!r} in {self.root}/ (it holds: {known}); {self.hint}")
-        return self.get(name, pointer.read_text().strip())
+        try:
+            version = read_small(pointer, MAX_POINTER).decode("ascii").strip()
+        except UnicodeDecodeError:
+            version = ""
+        if not _VERSION_RE.match(version):
+            raise CnnpipeError(f"{pointer}: does not name a version (v1, v2, …); the store is damaged: "
+                               f"write the newest version's name into it, or use {name}@vN")
+        return self.get(name, version)
 
     def get(self, name: str, version: str) -> Version:
         m = _VERSION_RE.match(version)

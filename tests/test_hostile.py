@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -220,3 +221,57 @@ def test_a_resume_checkpoint_with_missing_or_mistyped_fields_is_refused(root_cop
         proc = cnnpipe(root_copy, "train", "--resume", str(run))
         assert_clean_error(proc, 2, "cannot")
         assert tree_state(root_copy / "models/lenet5") == before
+
+
+SECRET = "TOP-SECRET-CONTENT"
+
+
+@pytest.mark.parametrize("pointer", ["binary", "huge", "fifo", "symlink", "text"])
+def test_a_hostile_latest_pointer_is_one_line_and_never_echoed(root_copy: Path, tmp_path: Path, pointer: str):
+    latest = root_copy / "models/lenet5/latest"
+    latest.unlink()
+    if pointer == "binary":
+        latest.write_bytes(b"\x00\xff" + SECRET.encode())
+    elif pointer == "huge":
+        latest.write_text(SECRET * 100_000)
+    elif pointer == "fifo":
+        os.mkfifo(latest)  # reading it would block forever
+    elif pointer == "symlink":
+        (tmp_path / "elsewhere").write_text("v1")
+        latest.symlink_to(tmp_path / "elsewhere")
+    else:
+        latest.write_text(f"v1 {SECRET}")
+    proc = cnnpipe(root_copy, "evaluate", "lenet5", timeout=120)
+    assert_clean_error(proc, 2)
+    assert SECRET not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("manifest", [
+    [1, 2, 3], {"schema": 1}, "text", {"files": "all of them"},
+])
+def test_a_manifest_of_the_wrong_shape_is_one_line_and_ls_lists_it_as_damaged(root_copy: Path, manifest: object):
+    path = root_copy / "models/lenet5/v1/manifest.json"
+    good = json.loads(path.read_text())
+    if isinstance(manifest, dict) and "files" in manifest:
+        manifest = good | manifest
+    path.write_text(json.dumps(manifest))
+    assert_clean_error(cnnpipe(root_copy, "evaluate", "lenet5@v1"), 2, "corrupt manifest")
+    listed = cnnpipe(root_copy, "ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    stores = json.loads(listed.stdout)
+    assert "corrupt manifest" in stores["models"]["lenet5"][0]["damaged"]
+    assert stores["exports"]["lenet5"][0]["version"] == 1 and "damaged" not in stores["exports"]["lenet5"][0]
+
+
+@pytest.mark.parametrize(("command", "folder"), [("evaluate", "models/lenet5/v1/eval"), ("verify", "exports/lenet5/v1/verify")])
+def test_a_symlinked_folder_inside_a_version_is_never_written_through(root_copy: Path, tmp_path: Path, command: str,
+                                                                      folder: str):
+    inside = root_copy / folder
+    if inside.exists():
+        shutil.rmtree(inside)
+    target = tmp_path / "target"
+    target.mkdir()
+    inside.symlink_to(target)
+    args = ("--samples", "8") if command == "verify" else ()
+    assert_clean_error(cnnpipe(root_copy, command, "lenet5", *args), 2, "is a symbolic link")
+    assert list(target.iterdir()) == []

@@ -26,7 +26,7 @@ from ..formats import FORMATS, Format, LoadContext, Tolerance
 from ..localize import localize_onnx
 from ..modelfile import MODEL_JSON, load_model
 from ..options import VerifyOptions
-from ..store import Version, Workspace, dumps
+from ..store import Version, Workspace, dumps, refuse_symlinks
 
 CHUNK = 256  # small activations: larger chunks let glibc's heap high-water creep up per chunk
 LOCALIZE_IMAGES = 16  # images a failed ONNX file is compared on, layer by layer
@@ -315,6 +315,7 @@ def verify(
 def _write_report(bundle: Version, result: VerifyResult) -> None:
     """Write the JSON report under ``verify/``, named by time, host and process (never overwritten)."""
     folder = bundle.path / "verify"
+    refuse_symlinks(folder)
     folder.mkdir(exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:40]
