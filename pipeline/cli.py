@@ -14,7 +14,7 @@ import typing
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -110,8 +110,7 @@ def options_command(fn: Callable[..., None]) -> Callable[..., None]:
         kwargs.pop("root"), kwargs.pop("config")  # applied by their callbacks
         for name, value in kwargs.items():  # no option means anything by NaN or Infinity
             if isinstance(value, float) and not math.isfinite(value):
-                flag = flags.get(name, "--" + name.replace("_", "-"))
-                _call(lambda flag=flag, value=value: _raise(f"{flag} must be a finite number, not {value}"))
+                _fail(CnnpipeError(f"{flags.get(name, '--' + name.replace('_', '-'))} must be a finite number, not {value}"))
         for name, cls in groups.items():
             keys = [f.name for f in dataclasses.fields(cls) if "cli" in f.metadata]
             kwargs[name] = cls(**{k: _plain_value(kwargs.pop(k)) for k in keys})
@@ -120,10 +119,6 @@ def options_command(fn: Callable[..., None]) -> Callable[..., None]:
     command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     return command
-
-
-def _raise(message: str) -> None:
-    raise CnnpipeError(message)
 
 
 def config_defaults(path: Path, params: list[Any]) -> dict[str, Any]:
@@ -174,13 +169,18 @@ def _plain(obj: Any) -> Any:
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
 
 
+def _fail(e: CnnpipeError) -> NoReturn:
+    """Print a user-fixable problem as one line on stderr and exit with its code."""
+    err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    raise typer.Exit(e.exit_code) from None
+
+
 def _call(fn: Callable[[], T]) -> T:
     """Run a stage; a user-fixable problem becomes one line on stderr and its exit code."""
     try:
         return fn()
     except CnnpipeError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(e.exit_code) from None
+        _fail(e)
     except KeyboardInterrupt:
         err.print("[bold red]interrupted[/]; nothing partial was kept")
         raise typer.Exit(130) from None

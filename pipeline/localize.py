@@ -12,6 +12,7 @@ by more than ``limit`` relative to its largest activation is named.
 from __future__ import annotations
 
 import ast
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -79,9 +80,9 @@ def localize_onnx(path: Any, model: Any, x: np.ndarray, limit: float) -> dict[st
     values = dict(zip(names, session.run(names, {session.get_inputs()[0].name: x})))
     layers, first = [], None
     ran = _torch_outputs(model, x)
-    calls = [module for module, _, _ in ran]
+    calls = Counter(module for module, _, _ in ran)
     for module, kind, ref in ran:
-        if module not in outputs or calls.count(module) > 1:  # a module called twice has no single output
+        if module not in outputs or calls[module] > 1:  # a module called twice has no single output
             continue
         tensor, node = outputs[module]
         got = np.asarray(values[tensor], dtype=np.float32)

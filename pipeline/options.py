@@ -191,6 +191,13 @@ class ExportOptions:
         """Whether ``all`` (or nothing) was asked for: every format whose runtime is installed."""
         return not self.formats or "all" in self.formats
 
+    @property
+    def not_installed(self) -> dict[str, str]:
+        """The base formats ``all`` leaves out because their runtime is not installed, with their pip extra."""
+        if not self.everything:
+            return {}
+        return {f: FORMATS[f].extra[1] for f in BASE_FORMATS if FORMATS[f].extra and not FORMATS[f].installed}
+
     def chosen(self) -> list[Format]:
         """The records to write, in table order: the base formats asked for, then the variants
         flagged; a usage error for any combination that cannot be written (checked before work)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import CnnpipeError
-from .resize import resize_image
+from .resize import in_threads, resize_image
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 MAX_PIXELS = 50_000_000  # an image over this (e.g. 7072x7072) is a bad image: decoding it would take ~150 MB or more
@@ -157,7 +156,7 @@ class Decoded:
 
 
 def decode_all(files: list[tuple[Path, int]], size: int, channels: int, workers: int | None = None) -> Decoded:
-    """Decode every file in threads (Pillow releases the GIL while decoding) straight into one
+    """Decode every file in threads straight into one
     preallocated uint8 array, so the split is held once, not once per image and once stacked."""
     images = np.empty((len(files), channels, size, size), dtype=np.uint8)
     results: list[tuple[str | None, str]] = [(None, "")] * len(files)
@@ -168,8 +167,7 @@ def decode_all(files: list[tuple[Path, int]], size: int, channels: int, workers:
             images[i] = image
         results[i] = (error, sha)
 
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(one, range(len(files)), chunksize=64))
+    in_threads(len(files), one, workers)
     keep = [i for i, (error, _) in enumerate(results) if error is None]
     return Decoded(
         images=images if len(keep) == len(files) else images[keep],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -34,15 +34,20 @@ def _resize_one(image: np.ndarray, size: int) -> np.ndarray:
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
+def in_threads(count: int, one: Callable[[int], None], workers: int | None = None) -> None:
+    """Call ``one(i)`` for every ``i < count`` in threads (Pillow releases the GIL while it decodes and resizes)."""
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(one, range(count), chunksize=64))
+
+
 def resize_split(images: np.ndarray, size: int, workers: int | None = None) -> np.ndarray:
-    """uint8 N x C x H x W images resized to N x C x ``size`` x ``size``, decoded in threads."""
+    """uint8 N x C x H x W images resized to N x C x ``size`` x ``size``, in threads."""
     out = np.empty((len(images), images.shape[1], size, size), dtype=np.uint8)
 
     def one(i: int) -> None:
         out[i] = _resize_one(images[i], size)
 
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        list(pool.map(one, range(len(images)), chunksize=256))
+    in_threads(len(images), one, workers)
     return out
 
 

@@ -203,8 +203,8 @@ def min_size(source: ArchSource) -> int | None:
         return None
     import torchvision
 
-    weights = list(torchvision.models.get_model_weights(source.name))
-    return max((w.meta.get("min_size", (1, 1))[0] for w in weights), default=None) if weights else None
+    return max((w.meta.get("min_size", (1, 1))[0] for w in torchvision.models.get_model_weights(source.name)),
+               default=None)
 
 
 def _check_logits(model: nn.Module, source: ArchSource, where: str, channels: int, size: int, classes: int) -> None:

@@ -145,9 +145,7 @@ def export(
             results={"formats": written, "onnx_opset": ctx.opset_used, "weights_sha256": weights_sha256,
                      "triton": triton},
         )
-    missing = {f: spec.extra[1] for f, spec in FORMATS.items() if options.everything and spec.extra and not spec.installed
-               and spec.parent is None}
     return ExportResult(
         ref=bundle.ref, path=str(bundle.path), model=version.ref, formats=written,
-        files=files, opset=ctx.opset_used, triton=triton, not_installed=missing,
+        files=files, opset=ctx.opset_used, triton=triton, not_installed=options.not_installed,
     )

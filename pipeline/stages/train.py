@@ -342,9 +342,10 @@ def _epoch(run: _Run, state: _State, epoch: int, progress: Progress | None, run_
     val_loss = F.cross_entropy(logits, run.y_val).item()
     if not math.isfinite(val_loss):
         _diverged(f"validation loss became {val_loss}", epoch, run_dir)
-    broken = [k for k, v in run.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if broken:
-        _diverged(f"weights became NaN or Inf ({broken[0]})", epoch, run_dir)
+    floats = {k: v for k, v in run.model.state_dict().items() if v.is_floating_point()}
+    finite = torch.stack([torch.isfinite(v).all() for v in floats.values()]).tolist() if floats else []
+    if not all(finite):
+        _diverged(f"weights became NaN or Inf ({list(floats)[finite.index(False)]})", epoch, run_dir)
     val_acc = (logits.argmax(1) == run.y_val).float().mean().item()
     record = {
         "epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,

@@ -176,7 +176,7 @@ def check_format(
     return FormatReport(
         format=name, runtime=runtime, passed=not reasons, reasons=reasons, tolerance=asdict(tol),
         flipped=flipped[:100], accuracy=accuracy, accuracy_delta_points=delta,
-        per_class_accuracy=_per_class(pred, labels, classes), by_batch_size=by_batch, **_diffs(outputs[worst], ref, tol),
+        per_class_accuracy=_per_class(pred, labels, classes), by_batch_size=by_batch, **by_batch[str(worst)],
         max_abs_diff_by_class=_by_class(outputs[worst], ref, classes),
     )
 
