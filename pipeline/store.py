@@ -1,6 +1,7 @@
 """Versioned, immutable artifact stores (datasets, models, exports).
 
 Protocol: a stage writes into a hidden temporary folder beside its target,
+(owned through an ``flock`` its writer holds, see ``ownership``),
 then ``commit`` fsyncs every file, writes ``manifest.json`` last and renames
 the folder onto ``v<N>``. ``N`` is allocated under an ``fcntl.flock`` lock so
 concurrent writers never share a number; nothing is ever overwritten, and the
@@ -20,13 +21,14 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .errors import CnnpipeError
+from .ownership import OWNER, abandoned, owned
 from .provenance import environment
 
 SCHEMA = "cnnpipe.manifest/1"
@@ -223,21 +225,10 @@ def load_version(path: Path, stage: str | None = None) -> Version:
     return Version(path=path, manifest=manifest)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-def _remove_dead_drafts(name_dir: Path) -> None:
-    """Delete the hidden drafts of writers that died (killed mid-write); never read, only swept."""
-    for path in name_dir.glob(".tmp-*-*"):
-        pid = path.name.split("-")[1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+def _remove_abandoned_drafts(name_dir: Path) -> None:
+    """Delete the hidden drafts whose writer died (no live owner lock); called under the name lock."""
+    for path in name_dir.glob(".tmp-*"):
+        if path.is_dir() and not path.is_symlink() and abandoned(path):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -261,6 +252,8 @@ class Draft:
         files = []
         for path in sorted(p for p in self.path.rglob("*") if p.is_file()):
             rel = path.relative_to(self.path).as_posix()
+            if rel == OWNER:
+                continue
             files.append(
                 {
                     "path": rel,
@@ -288,6 +281,7 @@ class Draft:
                 f.write(dumps(manifest, indent=2) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+            (self.path / OWNER).unlink()  # the lock stays held on the open file until the draft closes
             _fsync_dir(self.path)
             final = name_dir / f"v{number}"
             os.rename(self.path, final)
@@ -342,17 +336,19 @@ class Store:
         through a symbolic link (an ``eval/`` inside a version pointing elsewhere)."""
         name_dir = self._name_dir(name)
         refuse_symlinks(self.root, name_dir)
-        name_dir.mkdir(parents=True, exist_ok=True)
-        _remove_dead_drafts(name_dir)
-        draft = Draft(self, name, Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=name_dir)))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(draft.path, 0o777 & ~umask)  # mkdtemp makes it private; a version is for every reader
-        try:
-            yield draft
-        finally:
-            if draft.version is None:
-                shutil.rmtree(draft.path, ignore_errors=True)
+        with ExitStack() as owner:
+            with self.lock(name):  # sweeping and taking ownership never interleave
+                _remove_abandoned_drafts(name_dir)
+                draft = Draft(self, name, Path(tempfile.mkdtemp(prefix=".tmp-", dir=name_dir)))
+                owner.enter_context(owned(draft.path, "this draft"))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(draft.path, 0o777 & ~umask)  # mkdtemp makes it private; a version is for every reader
+            try:
+                yield draft
+            finally:
+                if draft.version is None:
+                    shutil.rmtree(draft.path, ignore_errors=True)
 
     def names(self) -> list[str]:
         if not self.root.is_dir():

@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +35,7 @@ from ..finetune import apply_init, find_head, freeze_all_but, initial_state
 from ..modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device
 from ..nets import param_count
 from ..nets.sources import ArchSource, build_arch, store_code
+from ..ownership import abandoned, owned
 from ..optim import make_optimizer, make_schedule
 from ..options import TrainConfig
 from ..plots import plot_curves
@@ -119,17 +123,53 @@ def _save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
 
 
 def find_run(root: Path, ref: str) -> Path:
-    """The run folder ``ref`` names: a path, or NAME (its newest interrupted run)."""
+    """The run folder ``ref`` names: a path, or NAME (its newest interrupted run no live process owns)."""
     path = Path(ref)
     if "/" not in ref:
         runs = Workspace(root).models.root / check_name(ref, "model name") / ".runs"
         found = sorted(p for p in runs.glob("*") if (p / CHECKPOINT).is_file()) if runs.is_dir() else []
         if not found:
             raise CnnpipeError(f"no interrupted training run of {ref!r} to resume (no checkpoint under {runs})")
-        path = found[-1]
+        idle = [p for p in found if abandoned(p)]
+        if not idle:
+            raise CnnpipeError(f"every run of {ref!r} with a checkpoint is still training in a live process; "
+                               "wait for it to end")
+        path = idle[-1]
     if not (path / CHECKPOINT).is_file() or not (path / RUN_CONFIG).is_file():
         raise CnnpipeError(f"{path}: not an interrupted training run (needs {CHECKPOINT} and {RUN_CONFIG})")
     return path
+
+
+@contextmanager
+def _run_folder(ws: Workspace, name: str, config: TrainConfig, resumed: Path | None) -> Iterator[Path]:
+    """The run folder this process owns (``flock``) while it trains: ``resumed``, or a new one under
+    ``models/NAME/.runs``. It is removed after the commit, or when the run fails before its first
+    checkpoint; no other run's folder is ever touched (others are judged by their lock, not a PID)."""
+    if resumed is not None:
+        with owned(resumed, "this training run"):
+            yield resumed
+            shutil.rmtree(resumed, ignore_errors=True)
+        return
+    runs = ws.models.root / name / ".runs"
+    with ExitStack() as stack:
+        with ws.models.lock(name):  # sweeping and taking ownership never interleave
+            for old in sorted(runs.glob("*")) if runs.is_dir() else []:
+                if not (old / CHECKPOINT).exists() and abandoned(old):  # killed before its first epoch
+                    shutil.rmtree(old, ignore_errors=True)
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+            run_dir = runs / f"{stamp}-{secrets.token_hex(4)}"
+            run_dir.mkdir(parents=True)
+            stack.enter_context(owned(run_dir, "this training run"))
+        write_json(run_dir / RUN_CONFIG, asdict(config) | {"name": name})
+        try:
+            yield run_dir
+        except BaseException:
+            if not (run_dir / CHECKPOINT).exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+                _remove_if_empty(runs)
+            raise
+        shutil.rmtree(run_dir, ignore_errors=True)
+    _remove_if_empty(runs)
 
 
 def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
@@ -154,15 +194,8 @@ def train(
     ``resume`` (a model name or a run folder) continues an interrupted run from its last
     checkpoint with the run's own config; ``config`` is then ignored.
     """
-    runs_before = set(_run_dirs(root))
-    try:
-        return _train(config, root, progress, resume)
-    except BaseException:
-        for run_dir in set(_run_dirs(root)) - runs_before:  # a run that never checkpointed
-            if not (run_dir / CHECKPOINT).exists():
-                shutil.rmtree(run_dir, ignore_errors=True)
-                _remove_if_empty(run_dir.parent)
-        raise
+    with ExitStack() as stack:
+        return _train(config, root, progress, resume, stack)
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -170,11 +203,6 @@ def _remove_if_empty(folder: Path) -> None:
         folder.rmdir()
     except OSError:
         pass
-
-
-def _run_dirs(root: Path) -> list[Path]:
-    models = Workspace(root).models.root
-    return list(models.glob("*/.runs/*")) if models.is_dir() else []
 
 
 @dataclass
@@ -366,24 +394,19 @@ def _epoch(run: _Run, state: _State, epoch: int, progress: Progress | None, run_
     return record
 
 
-def _train(config: TrainConfig, root: Path, progress: Progress | None, resume: str | None) -> TrainResult:
-    run_dir: Path | None = None
+def _train(
+    config: TrainConfig, root: Path, progress: Progress | None, resume: str | None, stack: ExitStack
+) -> TrainResult:
+    resumed: Path | None = None
     saved: dict[str, Any] | None = None
     if resume is not None:
-        run_dir = find_run(root, resume)
-        config, saved = load_run(run_dir)
+        resumed = find_run(root, resume)
+        config, saved = load_run(resumed)
     cfg = config.resolved()
     ws = Workspace(root)
     run = _setup(cfg, ws)
-    if saved is not None:
-        state = _restore(run, saved)
-    else:
-        state = _State()
-        if run.rank == 0:
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-            run_dir = ws.models.root / cfg.name / ".runs" / f"{stamp}-{os.getpid()}"
-            run_dir.mkdir(parents=True)
-            write_json(run_dir / RUN_CONFIG, asdict(config) | {"name": cfg.name})
+    state = _restore(run, saved) if saved is not None else _State()
+    run_dir = stack.enter_context(_run_folder(ws, cfg.name, config, resumed)) if run.rank == 0 else None
 
     stopped_early = False
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
@@ -400,16 +423,13 @@ def _train(config: TrainConfig, root: Path, progress: Progress | None, resume: s
         params=param_count(run.model), device=run.device.type, compiled=run.compiled,
         precision="bf16" if run.bf16 else "fp32", compile_s=timings["compile_s"], train_s=timings["train_s"],
         images_per_s=timings["images"] / timings["train_s"] if timings["train_s"] > 0 else 0.0,
-        epochs_run=state.epoch, stopped_early=stopped_early, resumed_from=str(run_dir) if resume else None,
+        epochs_run=state.epoch, stopped_early=stopped_early, resumed_from=str(resumed) if resumed else None,
         world_size=run.world, history=state.history, fine_tune=run.fine_tune,
     )
     if run.rank != 0:
         dist.barrier()
         return result
     version = _commit(ws, cfg, run, best, state.history, timings, result)
-    if run_dir is not None:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        _remove_if_empty(run_dir.parent)
     if run.world > 1:
         dist.barrier()
     result.ref, result.path = version.ref, str(version.path)
