@@ -24,6 +24,7 @@ from .data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE
 from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
 from .options import DEVICES, SPLITS, ExportOptions, GateOptions, TrainConfig, VerifyOptions, parse_batch_sizes
 from .store import dumps
+from .timelimit import DEFAULT_TIMEOUT, TIMEOUT_HELP, finish
 
 app = typer.Typer(
     add_completion=False,
@@ -159,6 +160,7 @@ SIZE_HELP = (f"Resize images to SIZE x SIZE ({MIN_SIZE} to {MAX_SIZE}) on import
              f"inputs (default: the dataset's own size; {FOLDER_SIZE} for imagefolder).")
 ROOT_HELP = "Folder holding the data/, models/ and exports/ stores (also CNNPIPE_ROOT)."
 RootOpt = Annotated[Path | None, typer.Option("--root", help=ROOT_HELP, callback=_set_root, show_default=False)]
+TimeoutOpt = Annotated[float, typer.Option(help=TIMEOUT_HELP)]
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", help="TOML file of this command's options (long names, e.g. epochs = 8); the command line wins.",
     is_eager=True, callback=_load_config, show_default=False,
@@ -459,13 +461,14 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show per image.")] = 3,
     provider: Annotated[str, typer.Option(help="onnxruntime provider: cpu or cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images decoded and run per batch.")] = 256,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
     as_json: JsonOpt = False,
 ) -> None:
     """Classify image files with a bundle's ONNX model in onnxruntime (torch is not imported)."""
     from .predict import predict as run_predict
     from .report import render_predict
 
-    result = _call(lambda: run_predict(images, bundle, _root(ctx), top_k, provider, batch_size))
+    result = _call(lambda: run_predict(images, bundle, _root(ctx), top_k, provider, batch_size, timeout))
     _emit(as_json, result, lambda r: render_predict(out, r))
 
 
@@ -477,6 +480,7 @@ def bench(
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,256",
     seconds: Annotated[float, typer.Option(help="Time spent per runtime and batch size.")] = 2.0,
     threads: Annotated[int | None, typer.Option(help="CPU threads for every runtime (default: torch's).")] = None,
+    timeout: TimeoutOpt = DEFAULT_TIMEOUT,
     trust_code: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -486,7 +490,7 @@ def bench(
     from .stages.bench import bench as run_bench
 
     result = _call(lambda: run_bench(ref, _root(ctx), parse_batch_sizes(batch_sizes), seconds, threads,
-                                     trust_code=trust_code))
+                                     trust_code=trust_code, timeout=timeout))
     _emit(as_json, result, lambda r: render_bench(out, r))
     if not result.passed:
         err.print(f"[bold red]bench:[/] {len(result.failed)} runtime(s) failed: {escape(', '.join(result.failed))}",
@@ -552,4 +556,8 @@ def show(
 
 def main() -> None:
     """Console-script entry point."""
-    app(prog_name="cnnpipe")
+    try:
+        app(prog_name="cnnpipe")
+    except SystemExit as e:  # a format's work left running past --timeout cannot be joined: end without it
+        finish(e.code if isinstance(e.code, int) else EXIT_USAGE)
+        raise

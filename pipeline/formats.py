@@ -91,7 +91,8 @@ class Runner:
     ``call(prepare(x))`` is one inference (finished when it returns), so bench can time
     ``call`` alone; ``runner(x)`` gives float32 logits as numpy. ``problems`` are
     disagreements found while loading; ``fallback`` says the runtime is not on the device
-    asked for; ``providers`` are onnxruntime's, as the session reports them.
+    asked for; ``providers`` are onnxruntime's, as the session reports them; ``cancel``,
+    where the runtime has one, stops an inference in progress from another thread.
     """
 
     prepare: Callable[[np.ndarray], Any]
@@ -100,6 +101,7 @@ class Runner:
     problems: list[str] = field(default_factory=list)
     fallback: str | None = None
     providers: list[str] | None = None
+    cancel: Callable[[], None] | None = None
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.to_numpy(self.call(self.prepare(x)))
@@ -285,14 +287,21 @@ def load_onnx(path: Path, device: str, ctx: LoadContext) -> Runner:
 
 def load_ort(path: Path, device: str, ctx: LoadContext) -> Runner:
     """An onnxruntime session on exactly the provider asked for (an ONNX or ORT-format file)."""
+    import onnxruntime as ort
+
     try:
         session = onnx_session(path, device, ctx.threads)
     except Exception as e:  # onnxruntime raises its own exception types for files it cannot load
         raise CnnpipeError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
     used = session.get_providers()
+    run_options = ort.RunOptions()
+
+    def cancel() -> None:
+        run_options.terminate = True  # this and every later run of the session stop at the next node
+
     runner = Runner(
-        prepare=lambda x: x, call=lambda x: session.run(None, {INPUT_NAME: x})[0], to_numpy=lambda y: y,
-        providers=used,
+        prepare=lambda x: x, call=lambda x: session.run(None, {INPUT_NAME: x}, run_options)[0], to_numpy=lambda y: y,
+        providers=used, cancel=cancel,
     )
     if used[0] != PROVIDERS[device]:
         runner.fallback = f"{PROVIDERS[device]} was asked for but the session runs on {used[0]}"

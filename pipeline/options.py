@@ -15,6 +15,7 @@ from typing import Any
 from .errors import CnnpipeError
 from .formats import BASE_FORMATS, FORMATS, Format
 from .store import check_name
+from .timelimit import DEFAULT_TIMEOUT, TIMEOUT_HELP, check_timeout
 
 DEVICES = ("auto", "cpu", "cuda")
 PROVIDERS = ("cpu", "cuda")
@@ -238,10 +239,12 @@ class VerifyOptions:
     providers: str = option(
         "cpu", "Devices to verify on: cpu, cuda or cpu,cuda (onnxruntime's provider, and the network rebuilt from safetensors)."
     )
+    timeout: float = option(DEFAULT_TIMEOUT, TIMEOUT_HELP)
 
     def check(self) -> None:
         """Every usage error these options can hold, before any work."""
         self.batch_size_list(), self.provider_list()
+        check_timeout(self.timeout)
         if not self.full and self.samples < 1:
             raise CnnpipeError(f"--samples must be at least 1, not {self.samples}")
 

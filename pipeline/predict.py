@@ -19,6 +19,7 @@ from .errors import CnnpipeError, first_line
 from .formats import FORMATS
 from .onnx_session import PROVIDERS, onnx_session
 from .store import Workspace
+from .timelimit import DEFAULT_TIMEOUT, Deadline, check_timeout, within
 
 
 @dataclass
@@ -51,20 +52,25 @@ def predict(
     top_k: int = 3,
     provider: str = "cpu",
     batch_size: int = 256,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> PredictResult:
-    """Top-``top_k`` classes with probabilities for each image file, from the bundle's ONNX model."""
+    """Top-``top_k`` classes with probabilities for each image file, from the bundle's ONNX model;
+    inference that takes over ``timeout`` seconds is stopped with a usage error."""
     if not paths:
         raise CnnpipeError("give at least one image file: cnnpipe predict IMAGE... --bundle REF")
     if top_k < 1 or batch_size < 1:
         raise CnnpipeError("--top-k and --batch-size must be at least 1")
     if provider not in PROVIDERS:
         raise CnnpipeError(f"unknown provider {provider!r}; use {', '.join(PROVIDERS)}")
+    check_timeout(timeout)
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
         raise CnnpipeError(f"{missing[0]}: no such image file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     bundle = Workspace(root).exports.resolve(bundle_ref)
     bundle.check()
     path = bundle.file(FORMATS["onnx"].file)
+    import onnxruntime as ort
+
     try:
         session = onnx_session(path, provider)
     except Exception as e:  # onnxruntime raises its own exception types for files it cannot load
@@ -82,15 +88,21 @@ def predict(
             "the bundle is inconsistent: export it again"
         )
     classes = json.loads(meta["classes"])
-    k = min(top_k, len(classes))
-    predictions = []
-    for start in range(0, len(paths), batch_size):
-        chunk = [Path(p) for p in paths[start : start + batch_size]]
-        decoded = decode_all([(p, 0) for p in chunk], height, channels)
-        if decoded.failures:
-            raise CnnpipeError(f"not a readable image: {decoded.failures[0]}")
-        probs = softmax(session.run(None, {meta["input_name"]: preprocess(decoded.images, meta)})[0])
-        for path, p in zip(chunk, probs):
-            order = np.argsort(-p, kind="stable")[:k]
-            predictions.append({"path": str(path), "top": [{"class": classes[i], "probability": float(p[i])} for i in order]})
+    stop = ort.RunOptions()
+
+    def classify(deadline: Deadline) -> list[dict[str, Any]]:
+        deadline.cancel = lambda: setattr(stop, "terminate", True)
+        found = []
+        for start in range(0, len(paths), batch_size):
+            chunk = [Path(p) for p in paths[start : start + batch_size]]
+            decoded = decode_all([(p, 0) for p in chunk], height, channels)
+            if decoded.failures:
+                raise CnnpipeError(f"not a readable image: {decoded.failures[0]}")
+            probs = softmax(session.run(None, {meta["input_name"]: preprocess(decoded.images, meta)}, stop)[0])
+            for path, p in zip(chunk, probs):
+                order = np.argsort(-p, kind="stable")[:min(top_k, len(classes))]
+                found.append({"path": str(path), "top": [{"class": classes[i], "probability": float(p[i])} for i in order]})
+        return found
+
+    predictions = within(timeout, f"{bundle.ref}: {path.name}", classify)
     return PredictResult(bundle=bundle.ref, providers=session.get_providers(), images=len(predictions), predictions=predictions)

@@ -1,7 +1,8 @@
 """A local HTTP mirror for download tests: serves a folder, plus broken variants of it.
 
 ``/ok/NAME`` serves the file; ``/short/NAME`` promises the full length and sends half;
-``/error/NAME`` answers 500. Bound to 127.0.0.1 on a free port, stopped by the test.
+``/error/NAME`` answers 500; ``/endless/NAME`` sends the file, then zeros without end and
+without a length; ``/liar/NAME`` announces a terabyte. Bound to 127.0.0.1 on a free port, stopped by the test.
 """
 
 from __future__ import annotations
@@ -29,9 +30,15 @@ def serve(folder: Path) -> tuple[ThreadingHTTPServer, str]:
                 return
             data = target.read_bytes()
             self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
+            if mode != "endless":
+                self.send_header("Content-Length", str(1 << 40 if mode == "liar" else len(data)))
             self.end_headers()
             self.wfile.write(data[: len(data) // 2] if mode == "short" else data)
+            try:
+                while mode == "endless":
+                    self.wfile.write(b"\0" * 65536)
+            except OSError:  # the client hung up
+                pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -159,6 +159,17 @@ def test_failed_downloads_say_which_file_from_where_and_leave_nothing(
     assert leftovers == [], leftovers
 
 
+@needs_mnist
+@pytest.mark.parametrize(("mode", "message"), [("endless", "cut off past the published 1,648,877 bytes"),
+                                               ("liar", "bytes announced, over the published 1,648,877")])
+def test_a_mirror_that_sends_more_than_the_published_file_is_cut_off(server: str, tmp_path: Path, mode: str, message: str):
+    fname, dest = "t10k-images-idx3-ubyte.gz", tmp_path / "raw"
+    dest.mkdir()
+    with pytest.raises(ChecksumError, match=message):
+        fetch(fname, REAL[fname], [f"{server}/{mode}"], dest)
+    assert list(dest.iterdir()) == []  # no partial file
+
+
 def test_an_unsupported_mirror_scheme_is_a_usage_error(tmp_path: Path):
     with pytest.raises(CnnpipeError, match="unsupported scheme 'ftp'"):
         fetch("x.gz", "0" * 32, ["ftp://example.org/mnist"], tmp_path)

@@ -16,6 +16,7 @@ from ..errors import CnnpipeError, first_line
 from ..formats import FORMATS, LoadContext, Runner
 from ..modelfile import MODEL_JSON
 from ..store import Workspace
+from ..timelimit import DEFAULT_TIMEOUT, Deadline, FormatTimeout, check_timeout, within
 
 Call = Callable[[], Any]
 
@@ -60,13 +61,20 @@ def time_calls(call: Call, seconds: float, warmup: int = 5, min_calls: int = 20)
     return np.asarray(times)
 
 
+def _time(runner: Runner, x: np.ndarray, seconds: float, deadline: Deadline) -> np.ndarray:
+    deadline.cancel = runner.cancel
+    prepared = runner.prepare(x)
+    return time_calls(lambda: runner.call(prepared), seconds)
+
+
 def _runtimes(
-    bundle: Any, bundle_json: dict[str, Any], threads: int, trust_code: bool, failed: dict[str, str]
+    bundle: Any, bundle_json: dict[str, Any], threads: int, trust_code: bool, failed: dict[str, str], timeout: float
 ) -> dict[str, Runner]:
     """Every format of the bundle on every device where it runs here, by bench label.
 
     A device other than the CPU that is absent, or where the runtime falls back to the CPU,
-    is left out; a file that cannot be loaded on the CPU goes into ``failed`` with the reason.
+    is left out; a file that cannot be loaded on the CPU (within ``timeout``) goes into
+    ``failed`` with the reason.
     """
     found: dict[str, Runner] = {}
     for fmt in bundle.results.get("formats", []):
@@ -77,14 +85,15 @@ def _runtimes(
             trust_code=trust_code,
         )
         for device in spec.devices:
+            label = f"{spec.bench_label} ({device})"
             try:
-                runner = spec.open(bundle.file(spec.file), device, ctx)
+                runner = within(timeout, label, lambda _, d=device: spec.open(bundle.file(spec.file), d, ctx))
             except CnnpipeError as e:
                 if device == "cpu":
-                    failed[f"{spec.bench_label} ({device})"] = str(e)
+                    failed[label] = str(e)
                 continue
             if runner.fallback is None:
-                found[f"{spec.bench_label} ({device})"] = runner
+                found[label] = runner
     return found
 
 
@@ -96,14 +105,17 @@ def bench(
     threads: int | None = None,
     *,
     trust_code: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> BenchResult:
-    """Time every runtime of a bundle at each batch size on random inputs of the model's shape."""
+    """Time every runtime of a bundle at each batch size on random inputs of the model's shape;
+    a runtime that takes over ``timeout`` seconds to load, or for one batch size, fails its row."""
     if not batch_sizes or min(batch_sizes) < 1:
         raise CnnpipeError("--batch-sizes must be positive integers")
     if seconds <= 0:
         raise CnnpipeError(f"--seconds must be positive, not {seconds}")
     if threads is not None and threads < 0:
         raise CnnpipeError(f"--threads must be 0 (torch's default) or more, not {threads}")
+    check_timeout(timeout)
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     bundle = Workspace(root).exports.resolve(bundle_ref)
@@ -111,7 +123,7 @@ def bench(
     bundle_json = bundle.read_json(MODEL_JSON)
     shape = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}").input.shape
     result = BenchResult(bundle=bundle.ref, threads=threads, input_shape=shape)
-    runtimes = _runtimes(bundle, bundle_json, threads, trust_code, result.failed)
+    runtimes = _runtimes(bundle, bundle_json, threads, trust_code, result.failed, timeout)
     if not runtimes and not result.failed:
         raise CnnpipeError(f"{bundle.ref}: holds no format to time")
     rng = np.random.default_rng(0)
@@ -121,8 +133,10 @@ def bench(
             if name in result.failed:
                 continue
             try:
-                prepared = runner.prepare(x)
-                times = time_calls(lambda r=runner, p=prepared: r.call(p), seconds)
+                times = within(timeout, f"{name} at batch {batch}", lambda deadline, r=runner: _time(r, x, seconds, deadline))
+            except FormatTimeout as e:
+                result.failed[name] = str(e)
+                continue
             except Exception as e:  # noqa: BLE001 - a file that loads but cannot run fails its row; the others are timed
                 result.failed[name] = f"failed while running at batch {batch}: {type(e).__name__}: {first_line(e)}"
                 continue

@@ -27,6 +27,7 @@ from ..localize import localize_onnx
 from ..modelfile import MODEL_JSON, load_model
 from ..options import VerifyOptions
 from ..store import Version, Workspace, dumps, refuse_symlinks
+from ..timelimit import Deadline, within
 
 CHUNK = 256  # small activations: larger chunks let glibc's heap high-water creep up per chunk
 LOCALIZE_IMAGES = 16  # images a failed ONNX file is compared on, layer by layer
@@ -191,16 +192,26 @@ def _reference(model: torch.nn.Module) -> Runner:
 
 def _check_one(
     spec: Format, path: Path, device: str, ctx: LoadContext, overrides: dict[str, float | None], judge: dict[str, Any],
-    model: torch.nn.Module,
+    model: torch.nn.Module, timeout: float,
 ) -> FormatReport:
-    """Load one format on one device and judge it; a file that cannot be loaded or run fails with the reason."""
+    """Load one format on one device and judge it within ``timeout`` seconds; a file that cannot be
+    loaded or run, or does not finish in time, fails with the reason."""
     tol, runtime = spec.tolerance(device, **overrides), spec.runtime_on(device)
     try:
-        runner = spec.open(path, device, ctx)
-        report = check_format(spec.name, runtime, runner, **judge, tol=tol, problems=runner.problems)
+        return within(timeout, f"{spec.name} on {device}",
+                      lambda deadline: _judge(spec, path, device, ctx, tol, runtime, judge, model, deadline))
     except Exception as e:  # noqa: BLE001 - a hostile file may fail in any way; the format fails, verify goes on
         reason = str(e) if isinstance(e, CnnpipeError) else f"{path.name} failed while running: {first_line(e)}"
         return FormatReport(spec.name, runtime, False, [reason], asdict(tol))
+
+
+def _judge(
+    spec: Format, path: Path, device: str, ctx: LoadContext, tol: Tolerance, runtime: str, judge: dict[str, Any],
+    model: torch.nn.Module, deadline: Deadline,
+) -> FormatReport:
+    runner = spec.open(path, device, ctx)
+    deadline.cancel = runner.cancel
+    report = check_format(spec.name, runtime, runner, **judge, tol=tol, problems=runner.problems)
     report.providers = runner.providers
     if not report.passed and spec.onnx_graph:
         report.localization = _localize(path, model, judge["images"], tol)
@@ -306,7 +317,7 @@ def verify(
             ctx = LoadContext(meta=meta, variant=variant, desc=desc, trust_code=trust_code)
             for device in [d for d in providers if d in spec.devices] or ["cpu"]:
                 result.formats.append(_check_one(spec, bundle.file(spec.file), device, ctx, overrides, judge,
-                                                     model))
+                                                 model, options.timeout))
         result.passed = result.passed and bool(result.formats) and all(r.passed for r in result.formats)
     _write_report(bundle, result)
     return result

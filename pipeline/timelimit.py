@@ -1,0 +1,86 @@
+"""A time limit on one format's work, so a hostile but valid graph (a loop of hours) fails that
+format instead of hanging verify, predict or bench.
+
+The work runs in a daemon thread (the runtimes release the GIL). At the limit, the runtime
+is asked to stop where it can (onnxruntime's ``RunOptions.terminate``). One that cannot be
+stopped (the PyTorch runtimes; OpenVINO, whose ``cancel`` does not end a running Loop) is
+left running and the format fails all the same; the process then ends with ``os._exit``
+once its output is written (``finish``), since Python can neither join nor kill that thread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .errors import CnnpipeError
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 1800.0  # seconds per format: generous, a real model on real images needs far less
+TIMEOUT_HELP = ("Seconds each format may take to load and run before it fails with that reason "
+                "(a graph that never ends).")
+STOP_GRACE = 10.0  # seconds a runtime asked to stop has to return
+_abandoned: list[threading.Thread] = []
+
+
+class FormatTimeout(CnnpipeError):
+    """A format's work did not finish within its time limit."""
+
+
+@dataclass
+class Deadline:
+    """Where the work registers how to stop its runtime (``Runner.cancel``) once it has one."""
+
+    cancel: Callable[[], None] | None = None
+
+
+def check_timeout(seconds: float) -> None:
+    """A usage error unless ``seconds`` is a positive, finite number."""
+    if not 0 < seconds < math.inf:
+        raise CnnpipeError(f"--timeout must be a positive number of seconds, not {seconds}")
+
+
+def within(seconds: float, what: str, work: Callable[[Deadline], T]) -> T:
+    """``work(deadline)``'s result, or ``FormatTimeout`` naming ``what`` after ``seconds``."""
+    deadline, box = Deadline(), {}
+
+    def run() -> None:
+        try:
+            box["result"] = work(deadline)
+        except BaseException as e:  # noqa: BLE001 - handed back to the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name=f"cnnpipe {what}", daemon=True)
+    thread.start()
+    try:
+        thread.join(seconds)
+    except BaseException:  # Ctrl-C while waiting: the work cannot be joined any more
+        _abandoned.append(thread)
+        raise
+    if thread.is_alive():
+        stoppable = deadline.cancel is not None
+        if stoppable:
+            deadline.cancel()
+            thread.join(STOP_GRACE)
+        if thread.is_alive():
+            _abandoned.append(thread)
+            how = "its runtime cannot be stopped, so it runs on until cnnpipe exits"
+        else:
+            how = "its runtime stopped it"
+        raise FormatTimeout(f"{what} did not finish within {seconds:g} s (--timeout); {how}")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def finish(code: int) -> None:
+    """End the process now, flushing its output, if a format's work was left running; else return."""
+    if _abandoned:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
