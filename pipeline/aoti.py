@@ -17,6 +17,7 @@ import torch
 
 from .errors import CnnpipeError, first_line
 from .formats import quiet
+from .store import write_through_memory
 
 
 def compile_package(program: Any, path: Path, meta: dict[str, str]) -> dict[str, str]:
@@ -26,11 +27,11 @@ def compile_package(program: Any, path: Path, meta: dict[str, str]) -> dict[str,
         with quiet():
             import torch._inductor as inductor
 
-            inductor.aoti_compile_and_package(
-                program, package_path=str(path),
+            write_through_memory(path, lambda f: inductor.aoti_compile_and_package(
+                program, package_path=f,
                 # freezing folds the weights in as constants, so convolutions run on prepacked weights
                 inductor_configs={"freezing": True, "aot_inductor.metadata": {"cnnpipe.json": json.dumps(meta)}},
-            )
+            ))
             built = inductor.aoti_load_package(str(path)).get_metadata()
     except Exception as e:  # compiler missing or failing, unsupported op: all mean "no package"
         raise CnnpipeError(f"AOTInductor compile failed (it needs a C++ compiler such as g++): {first_line(e)}") from None

@@ -23,7 +23,7 @@ from rich.markup import escape
 from .data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE
 from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
 from .options import DEVICES, SPLITS, ExportOptions, GateOptions, TrainConfig, VerifyOptions, parse_batch_sizes
-from .store import dumps
+from .store import STORAGE_ERRNOS, dumps
 from .timelimit import DEFAULT_TIMEOUT, TIMEOUT_HELP, finish
 
 app = typer.Typer(
@@ -34,7 +34,6 @@ app = typer.Typer(
 out = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 T = TypeVar("T")
-STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
 
 
 class StoreName(str, Enum):
@@ -187,7 +186,7 @@ def _call(fn: Callable[[], T]) -> T:
         err.print("[bold red]interrupted[/]; nothing partial was kept")
         raise typer.Exit(130) from None
     except Exception as e:  # a bug, or a store that cannot be written: one line either way
-        if isinstance(e, OSError) and e.errno in STORAGE_ERRORS:
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
             err.print(
                 f"[bold red]error:[/] {'cannot access' if e.errno == errno.EACCES else 'cannot write'}: "
                 f"{e.strerror} ({e.filename or 'the store'}); "

@@ -31,6 +31,7 @@ import numpy as np
 from .description import ModelDescription
 from .errors import CnnpipeError, first_line
 from .onnx_session import PROVIDERS, onnx_session
+from .store import STORAGE_ERRNOS, write_through_memory, writing
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 META_FILE = "cnnpipe.json"  # the metadata's name inside TorchScript, pt2 and AOTInductor files
@@ -166,9 +167,14 @@ class Format:
     def save(self, ctx: ExportContext, path: Path) -> dict[str, Any] | None:
         """Write the file; whatever the exporter raises becomes one CnnpipeError naming the format."""
         try:
-            return self.write(ctx, path)
+            with writing(path.parent):  # a native writer's error on a full disk is a write that failed
+                return self.write(ctx, path)
         except CnnpipeError:
             raise
+        except OSError as e:
+            if e.errno in STORAGE_ERRNOS:  # the disk, not the exporter: reported as a write that failed
+                raise
+            raise CnnpipeError(f"{self.name} export failed: {type(e).__name__}: {first_line(e)}") from None
         except Exception as e:  # exporters raise many types; all mean "no file"
             raise CnnpipeError(f"{self.name} export failed: {type(e).__name__}: {first_line(e)}") from None
 
@@ -347,7 +353,7 @@ def write_torchscript(ctx: ExportContext, path: Path) -> None:
 
     with quiet():
         traced = torch.jit.trace(ctx.model, ctx.example)
-        torch.jit.save(traced, str(path), _extra_files={META_FILE: json.dumps(ctx.meta)})
+        write_through_memory(path, lambda f: torch.jit.save(traced, f, _extra_files={META_FILE: json.dumps(ctx.meta)}))
 
 
 def load_torchscript(path: Path, device: str, ctx: LoadContext) -> Runner:
@@ -366,7 +372,7 @@ def write_pt2(ctx: ExportContext, path: Path) -> None:
 
     program = ctx.exported()
     with quiet():
-        torch.export.save(program, str(path), extra_files={META_FILE: json.dumps(ctx.meta)})
+        write_through_memory(path, lambda f: torch.export.save(program, f, extra_files={META_FILE: json.dumps(ctx.meta)}))
 
 
 def load_pt2(path: Path, device: str, ctx: LoadContext) -> Runner:
@@ -523,7 +529,8 @@ def write_ort(ctx: ExportContext, path: Path) -> None:
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".ort-") as tmp:
         work = Path(tmp)
         shutil.copyfile(path.parent / FORMATS["onnx"].file, work / "model.onnx")
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), quiet():
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), quiet(), \
+                writing(path.parent):  # judged before the folder is cleaned up
             convert_onnx_models_to_ort(work / "model.onnx", work / "out", [OptimizationStyle.Fixed])
         os.replace(work / "out" / "model.ort", path)
 

@@ -11,8 +11,10 @@ read as a version.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
+import io
 import json
 import math
 import os
@@ -20,12 +22,12 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import CnnpipeError
 from .ownership import OWNER, abandoned, owned
@@ -86,6 +88,16 @@ def dumps(obj: Any, **kwargs: Any) -> str:
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON (the stores' one JSON style)."""
     path.write_text(dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_through_memory(path: Path, save: Callable[[BinaryIO], Any]) -> None:
+    """``save`` into memory, then write the bytes to ``path``: PyTorch's native zip writer
+    (``torch.save``, ``torch.export.save``, ``torch.jit.save``) aborts the whole process when the
+    disk fills under it, where Python's own write raises an OSError that can be reported."""
+    buffer = io.BytesIO()
+    save(buffer)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def safe_member(base: Path, rel: str) -> Path:
@@ -232,6 +244,29 @@ def _remove_abandoned_drafts(name_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+FULL_BELOW = 64 * 1024  # bytes free under which a failed write is taken for a full disk
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES}
+
+
+@contextmanager
+def writing(dest: Path) -> Iterator[None]:
+    """Report a write under ``dest`` that failed for want of space, inodes or permission as an
+    ``OSError`` naming ``dest``, whatever raised it: a ``write()`` that names no file, a native
+    writer's ``RuntimeError``, or an exporter's wrapped error on a disk found full."""
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+            raise OSError(e.errno, e.strerror, e.filename or str(dest)) from None
+        try:
+            st = os.statvfs(dest)
+        except OSError:
+            raise e from None
+        if st.f_favail == 0 or st.f_bavail * st.f_frsize < FULL_BELOW:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest)) from None
+        raise
+
+
 @dataclass
 class Draft:
     """A version being written: a hidden temporary folder that becomes ``v<N>`` on commit."""
@@ -345,7 +380,8 @@ class Store:
             os.umask(umask)
             os.chmod(draft.path, 0o777 & ~umask)  # mkdtemp makes it private; a version is for every reader
             try:
-                yield draft
+                with writing(name_dir):
+                    yield draft
             finally:
                 if draft.version is None:
                     shutil.rmtree(draft.path, ignore_errors=True)

@@ -40,7 +40,7 @@ from ..optim import make_optimizer, make_schedule
 from ..options import TrainConfig
 from ..plots import plot_curves
 from ..provenance import environment, lineage
-from ..store import Workspace, check_name, dumps, write_json
+from ..store import STORAGE_ERRNOS, Workspace, check_name, dumps, write_json, write_through_memory, writing
 
 CHECKPOINT = "checkpoint.pt"
 RUN_CONFIG = "config.json"
@@ -115,11 +115,13 @@ def _distributed(device_choice: str) -> tuple[int, int, torch.device | None]:
 
 def _save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
     tmp = run_dir / f".{CHECKPOINT}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, run_dir / CHECKPOINT)
+    try:
+        write_through_memory(tmp, lambda f: torch.save(state, f))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, run_dir / CHECKPOINT)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def find_run(root: Path, ref: str) -> Path:
@@ -160,13 +162,18 @@ def _run_folder(ws: Workspace, name: str, config: TrainConfig, resumed: Path | N
             run_dir = runs / f"{stamp}-{secrets.token_hex(4)}"
             run_dir.mkdir(parents=True)
             stack.enter_context(owned(run_dir, "this training run"))
-        write_json(run_dir / RUN_CONFIG, asdict(config) | {"name": name})
         try:
-            yield run_dir
-        except BaseException:
+            with writing(runs):
+                write_json(run_dir / RUN_CONFIG, asdict(config) | {"name": name})
+                yield run_dir
+        except BaseException as e:
             if not (run_dir / CHECKPOINT).exists():
                 shutil.rmtree(run_dir, ignore_errors=True)
                 _remove_if_empty(runs)
+            elif isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
+                raise CnnpipeError(f"cannot write: {e.strerror} ({e.filename}); no version was committed; the last "
+                                   f"checkpoint is kept in {run_dir}: free space, then cnnpipe train --resume {name}"
+                                   ) from None
             raise
         shutil.rmtree(run_dir, ignore_errors=True)
     _remove_if_empty(runs)

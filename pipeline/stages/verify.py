@@ -26,7 +26,7 @@ from ..formats import FORMATS, Format, LoadContext, Tolerance
 from ..localize import localize_onnx
 from ..modelfile import MODEL_JSON, load_model
 from ..options import VerifyOptions
-from ..store import Version, Workspace, dumps, refuse_symlinks
+from ..store import Version, Workspace, dumps, refuse_symlinks, writing
 from ..timelimit import Deadline, within
 
 CHUNK = 256  # small activations: larger chunks let glibc's heap high-water creep up per chunk
@@ -333,5 +333,9 @@ def _write_report(bundle: Version, result: VerifyResult) -> None:
     path = folder / f"{stamp}-{host}-{os.getpid()}.json"
     tmp = folder / f".{path.name}.tmp"
     result.report_path = str(path)
-    tmp.write_text(dumps(asdict(result), indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        with writing(folder):
+            tmp.write_text(dumps(asdict(result), indent=2) + "\n")
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
