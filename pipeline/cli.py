@@ -18,6 +18,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer's own click (>= 0.29)
 from rich.markup import escape
 
 from .data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE
@@ -145,9 +146,15 @@ def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
     return value
 
 
-def _set_root(ctx: typer.Context, value: Path | None) -> Path | None:
+def _root_path(value: str) -> Path:
+    if not value.strip():
+        raise typer.BadParameter("must name a folder (the one that holds data/, models/ and exports/)")
+    return Path(value)
+
+
+def _set_root(ctx: typer.Context, value: str | None) -> str | None:
     if value is not None:  # given after the command: it wins over the one before it
-        ctx.obj["root"] = value
+        ctx.obj["root"] = _root_path(value)
     return value
 
 
@@ -158,7 +165,7 @@ def _root(ctx: typer.Context) -> Path:
 SIZE_HELP = (f"Resize images to SIZE x SIZE ({MIN_SIZE} to {MAX_SIZE}) on import, for networks made for larger "
              f"inputs (default: the dataset's own size; {FOLDER_SIZE} for imagefolder).")
 ROOT_HELP = "Folder holding the data/, models/ and exports/ stores (also CNNPIPE_ROOT)."
-RootOpt = Annotated[Path | None, typer.Option("--root", help=ROOT_HELP, callback=_set_root, show_default=False)]
+RootOpt = Annotated[str | None, typer.Option("--root", help=ROOT_HELP, callback=_set_root, show_default=False)]
 TimeoutOpt = Annotated[float, typer.Option(help=TIMEOUT_HELP)]
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", help="TOML file of this command's options (long names, e.g. epochs = 8); the command line wins.",
@@ -214,9 +221,9 @@ def _emit(as_json: bool, result: Any, render: Callable[[Any], None]) -> None:
 @app.callback()
 def _main(
     ctx: typer.Context,
-    root: Annotated[Path, typer.Option(envvar="CNNPIPE_ROOT", help=ROOT_HELP)] = Path("."),
+    root: Annotated[str, typer.Option(envvar="CNNPIPE_ROOT", help=ROOT_HELP)] = ".",
 ) -> None:
-    ctx.obj = {"root": root}
+    ctx.obj = {"root": _root_path(root)}
 
 
 @app.command()
@@ -283,6 +290,8 @@ def train(
     from .report import TrainProgress, render_train
     from .stages.train import train as run_train
 
+    if not 1 <= nproc <= (os.cpu_count() or 1):
+        _fail(CnnpipeError(f"--nproc must be between 1 and {os.cpu_count() or 1} (this machine's CPU cores), not {nproc}"))
     if nproc > 1:
         raise typer.Exit(_launch_torchrun(nproc))
     show = int(os.environ.get("RANK", "0")) == 0
@@ -524,6 +533,8 @@ def list_stores(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
     def listing() -> dict[str, Any]:
         ws = Workspace(_root(ctx))
+        if not ws.root.is_dir():  # a typo would otherwise list empty stores
+            raise CnnpipeError(f"--root {ws.root}: no such folder; give the folder that holds data/, models/ and exports/")
         return {
             store.root.name: {
                 name: [{"version": n, "created": v.manifest.get("created"), **v.results} if not isinstance(v, str)
@@ -553,10 +564,22 @@ def show(
     _emit(as_json, version.manifest, lambda m: render_show(out, version.path, m))
 
 
-def main() -> None:
-    """Console-script entry point."""
+def main() -> NoReturn:
+    """Console-script entry point: click's usage errors are one line too; a format's work left
+    running past ``--timeout`` cannot be joined, so the process then ends without it."""
     try:
-        app(prog_name="cnnpipe")
-    except SystemExit as e:  # a format's work left running past --timeout cannot be joined: end without it
-        finish(e.code if isinstance(e.code, int) else EXIT_USAGE)
-        raise
+        code = app(prog_name="cnnpipe", standalone_mode=False)
+    except NoArgsIsHelpError as e:
+        out.print(e.format_message(), highlight=False, markup=False)
+        code = EXIT_USAGE
+    except ClickException as e:
+        hint = f" (see {e.ctx.command_path} --help)" if getattr(e, "ctx", None) else ""
+        err.print(f"[bold red]error:[/] {escape(' '.join(e.format_message().split()) + hint)}",
+                  highlight=False, soft_wrap=True)
+        code = e.exit_code
+    except typer.Abort:
+        err.print("[bold red]interrupted[/]")
+        code = 130
+    code = code if isinstance(code, int) else 0
+    finish(code)
+    sys.exit(code)

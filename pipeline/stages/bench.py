@@ -19,6 +19,7 @@ from ..store import Workspace
 from ..timelimit import DEFAULT_TIMEOUT, Deadline, FormatTimeout, check_timeout, within
 
 Call = Callable[[], Any]
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,8 @@ def bench(
         raise CnnpipeError("--batch-sizes must be positive integers")
     if seconds <= 0:
         raise CnnpipeError(f"--seconds must be positive, not {seconds}")
-    if threads is not None and threads < 0:
-        raise CnnpipeError(f"--threads must be 0 (torch's default) or more, not {threads}")
+    if threads is not None and not 0 <= threads <= MAX_THREADS:
+        raise CnnpipeError(f"--threads must be between 0 (torch's default) and {MAX_THREADS}, not {threads}")
     check_timeout(timeout)
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
