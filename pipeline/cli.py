@@ -18,8 +18,8 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer's own click (>= 0.29)
 from rich.markup import escape
+from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer's own click (>= 0.29)
 
 from .data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE
 from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError

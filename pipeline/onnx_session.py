@@ -22,7 +22,7 @@ def onnx_session(path: Path, provider: str, threads: int = 0) -> Any:
 
     ort.set_default_logger_severity(4)  # a provider that cannot start is reported by the caller, not logged
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures reach the caller as exceptions (a run stopped by --timeout too)
     options.intra_op_num_threads = threads
     if provider == "cuda":
         _preload_cuda_libraries(ort)

@@ -10,13 +10,15 @@ once its output is written (``finish``), since Python can neither join nor kill 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from .errors import CnnpipeError
 
@@ -45,6 +47,30 @@ def check_timeout(seconds: float) -> None:
         raise CnnpipeError(f"--timeout must be a positive number of seconds, not {seconds}")
 
 
+class _ProcessOutput:
+    """What silencing a runtime changes for the whole process (``sys.stdout``/``sys.stderr``, file
+    descriptors 1 and 2, logging, warning filters), saved so it can be put back when the work that
+    changed it is left behind."""
+
+    def __enter__(self) -> _ProcessOutput:
+        self.streams = sys.stdout, sys.stderr
+        self.filters = list(warnings.filters)
+        self.logging = logging.root.manager.disable
+        self.fds = {fd: os.dup(fd) for fd in (1, 2)}
+        return self
+
+    def restore(self) -> None:
+        sys.stdout, sys.stderr = self.streams
+        warnings.filters[:] = self.filters
+        logging.disable(self.logging)
+        for fd, saved in self.fds.items():
+            os.dup2(saved, fd)
+
+    def __exit__(self, *exc: object) -> None:
+        for saved in self.fds.values():
+            os.close(saved)
+
+
 def within(seconds: float, what: str, work: Callable[[Deadline], T]) -> T:
     """``work(deadline)``'s result, or ``FormatTimeout`` naming ``what`` after ``seconds``."""
     deadline, box = Deadline(), {}
@@ -56,12 +82,16 @@ def within(seconds: float, what: str, work: Callable[[Deadline], T]) -> T:
             box["error"] = e
 
     thread = threading.Thread(target=run, name=f"cnnpipe {what}", daemon=True)
-    thread.start()
-    try:
-        thread.join(seconds)
-    except BaseException:  # Ctrl-C while waiting: the work cannot be joined any more
-        _abandoned.append(thread)
-        raise
+    with _ProcessOutput() as output:
+        thread.start()
+        try:
+            thread.join(seconds)
+        except BaseException:  # Ctrl-C while waiting: the work cannot be joined any more
+            _abandoned.append(thread)
+            output.restore()
+            raise
+        if thread.is_alive():
+            output.restore()  # the work may be inside a runtime's silencing, which it will not undo in time
     if thread.is_alive():
         stoppable = deadline.cancel is not None
         if stoppable:

@@ -100,3 +100,43 @@ def test_concurrent_writers_get_distinct_versions_and_readers_never_see_a_partia
     for number in (2, 3, 4):
         assert cnnpipe_json(root_copy, "verify", f"lenet5@v{number}", "--samples", "64")["passed"]
     assert reads > 0
+
+
+def test_a_hundred_random_kills_and_interrupts_of_concurrent_writers(root_copy: Path):
+    """Four writers of different artifacts at a time, each SIGKILLed or SIGINTed at a random moment
+    (100 in all), beside a witness run that must come through untouched."""
+    from conftest import tree_state
+
+    rng = random.Random(20261123)
+    writers = [
+        ["train", "--epochs", "1", "--name", "alpha"],
+        ["train", "--epochs", "1", "--name", "beta", "--model", "dropout-cnn"],
+        ["export", "lenet5@v1", "--format", "onnx", "--format", "pt2"],
+        ["evaluate", "lenet5@v1"],
+    ]
+    released = {rel: data for rel, data in tree_state(root_copy).items() if "/v1/" in rel and "/eval/" not in rel}
+    witness = start(root_copy, "train", "--epochs", "3", "--name", "witness", "--batch-size", "32")
+    moments, deadline = [], time.monotonic() + 420
+    while len(moments) < 100 and time.monotonic() < deadline:
+        wave = [(start(root_copy, *w), rng.uniform(0.2, 6.0), rng.choice([signal.SIGKILL, signal.SIGINT])) for w in writers]
+        began = time.monotonic()
+        for (proc, at, sig), command in sorted(zip(wave, writers), key=lambda x: x[0][1]):
+            time.sleep(max(0.0, began + at - time.monotonic()))
+            if proc.poll() is None:
+                proc.send_signal(sig)
+            proc.wait(timeout=120)
+            moments.append((command[0], command[-1], round(at, 2), sig.name, proc.returncode))
+            assert proc.returncode in (0, 130, -signal.SIGINT, -signal.SIGKILL), (moments[-1], proc.stderr.read()[-2000:])
+    assert len(moments) >= 100, f"only {len(moments)} moments within the time bound"
+    assert sum(m[4] == -signal.SIGKILL for m in moments) >= 20 and sum(m[4] in (130, -signal.SIGINT) for m in moments) >= 20
+
+    out, err = witness.communicate(timeout=600)
+    assert witness.returncode == 0, err[-2000:]  # no killed or interrupted writer removed its run
+    assert_store_consistent(root_copy)
+    assert {rel: data for rel, data in tree_state(root_copy).items() if rel in released} == released  # nothing lost
+    listing = subprocess.run([sys.executable, "-m", "cnnpipe", "--root", str(root_copy), "ls", "--json"],
+                             env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0 and "damaged" not in listing.stdout, listing.stderr
+    ws = Workspace(root_copy)
+    for bundle in ws.exports.versions("lenet5")[1:]:  # every bundle the chaos committed answers like PyTorch
+        assert cnnpipe_json(root_copy, "verify", bundle.ref, "--samples", "32")["passed"], bundle.ref

@@ -22,10 +22,10 @@ from conftest import cnnpipe, tree_state
 KB = 1024
 # stage: (command, the stores it needs, free-byte levels, free-inode levels)
 STAGES = {
-    "download": (["download", "mnist-sample"], [], [0, 64 * KB, 1024 * KB, 6000 * KB], [0, 3, 8]),
-    "train": (["train", "--epochs", "1", "--name", "lenet5"], ["data"], [0, 16 * KB, 128 * KB, 300 * KB], [0, 3, 8]),
-    "evaluate": (["evaluate", "lenet5"], ["data", "models"], [0, 16 * KB, 64 * KB, 120 * KB], [0, 2, 6]),
-    "export": (["export", "lenet5"], ["data", "models"], [0, 32 * KB, 300 * KB, 900 * KB, 1700 * KB], [0, 4, 12, 20]),
+    "download": (["download", "mnist-sample"], [], [0, 256 * KB, 6000 * KB], [0, 8]),
+    "train": (["train", "--epochs", "1", "--name", "lenet5"], ["data"], [0, 64 * KB, 300 * KB], [0, 4]),
+    "evaluate": (["evaluate", "lenet5"], ["data", "models"], [0, 32 * KB, 120 * KB], [0, 4]),
+    "export": (["export", "lenet5"], ["data", "models"], [0, 64 * KB, 600 * KB, 1700 * KB], [0, 6, 16]),
     "verify": (["verify", "lenet5", "--samples", "32"], ["data", "models", "exports"], [0], [0]),
 }
 

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import assert_clean_error, cnnpipe, resign
 
-LIMIT = "4"
+LIMIT = "15"  # seconds: the other formats must finish well within it on a loaded 2-core machine
 
 
 def endless(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -65,7 +65,7 @@ def test_an_endless_onnx_graph_fails_its_format_in_verify_and_the_others_are_jud
     assert not by_format["onnx"]["passed"]
     assert f"did not finish within {LIMIT} s (--timeout); its runtime stopped it" in by_format["onnx"]["reasons"][0]
     assert by_format["pt2"]["passed"] and by_format["safetensors"]["passed"]
-    assert time.monotonic() - start < 240
+    assert time.monotonic() - start < 300
 
 
 def test_an_endless_onnx_graph_is_one_line_in_predict_and_a_failed_row_in_bench(root_copy: Path):
@@ -105,7 +105,7 @@ def test_a_runtime_that_cannot_be_stopped_fails_its_format_and_the_process_still
     by_format = {r["format"]: r for r in json.loads(proc.stdout)["formats"]}
     assert "its runtime cannot be stopped" in by_format["openvino"]["reasons"][0]
     assert by_format["onnx"]["passed"] and by_format["pt2"]["passed"]
-    assert time.monotonic() - start < 240
+    assert time.monotonic() - start < 300
     reports = list(set((bundle / "verify").glob("*.json")) - reports_before)  # written before the process ended
     assert len(reports) == 1 and not json.loads(reports[0].read_text())["passed"]
 

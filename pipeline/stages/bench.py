@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 
 from ..description import ModelDescription
 from ..errors import CnnpipeError, first_line
-from ..formats import FORMATS, LoadContext, Runner
+from ..formats import FORMATS, Format, LoadContext, Runner
 from ..modelfile import MODEL_JSON
 from ..store import Workspace
 from ..timelimit import DEFAULT_TIMEOUT, Deadline, FormatTimeout, check_timeout, within
@@ -62,6 +63,10 @@ def time_calls(call: Call, seconds: float, warmup: int = 5, min_calls: int = 20)
     return np.asarray(times)
 
 
+def _load(spec: Format, path: Path, device: str, ctx: LoadContext, _: Deadline) -> Runner:
+    return spec.open(path, device, ctx)
+
+
 def _time(runner: Runner, x: np.ndarray, seconds: float, deadline: Deadline) -> np.ndarray:
     deadline.cancel = runner.cancel
     prepared = runner.prepare(x)
@@ -88,7 +93,7 @@ def _runtimes(
         for device in spec.devices:
             label = f"{spec.bench_label} ({device})"
             try:
-                runner = within(timeout, label, lambda _, d=device: spec.open(bundle.file(spec.file), d, ctx))
+                runner = within(timeout, label, partial(_load, spec, bundle.file(spec.file), device, ctx))
             except CnnpipeError as e:
                 if device == "cpu":
                     failed[label] = str(e)
@@ -134,7 +139,7 @@ def bench(
             if name in result.failed:
                 continue
             try:
-                times = within(timeout, f"{name} at batch {batch}", lambda deadline, r=runner: _time(r, x, seconds, deadline))
+                times = within(timeout, f"{name} at batch {batch}", partial(_time, runner, x, seconds))
             except FormatTimeout as e:
                 result.failed[name] = str(e)
                 continue

@@ -35,9 +35,9 @@ from ..finetune import apply_init, find_head, freeze_all_but, initial_state
 from ..modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device
 from ..nets import param_count
 from ..nets.sources import ArchSource, build_arch, store_code
-from ..ownership import abandoned, owned
 from ..optim import make_optimizer, make_schedule
 from ..options import TrainConfig
+from ..ownership import abandoned, owned
 from ..plots import plot_curves
 from ..provenance import environment, lineage
 from ..store import STORAGE_ERRNOS, Workspace, check_name, dumps, write_json, write_through_memory, writing

@@ -1,0 +1,123 @@
+"""Signed bundles: the OpenSSF ``model-signing`` library in key-pair mode (offline).
+
+The signature, ``bundle.sig`` (a Sigstore bundle holding a DSSE envelope over an in-toto
+statement that lists every file's sha256), lives in the bundle beside the files it signs.
+It covers every file of the version, ``manifest.json`` included, except itself and the
+``verify/`` reports that later runs add; those two exclusions are recorded inside the signed
+statement, so they cannot be widened without breaking the signature. Signing never changes
+a signed file: the signature is added once, atomically, and a bundle is signed at most once.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import EXIT_GATE, CnnpipeError, first_line
+from .store import Version
+
+SIGNATURE = "bundle.sig"
+UNSIGNED = (SIGNATURE, "verify")  # added after signing: the signature itself and verify's reports
+PRIVATE_KEY, PUBLIC_KEY = "cnnpipe-signing.key", "cnnpipe-signing.pub"
+
+
+class SignatureError(CnnpipeError):
+    """A bundle's signature is missing, invalid, or made with another key: exit 1."""
+
+    exit_code = EXIT_GATE
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """Where ``keygen`` wrote the two halves."""
+
+    private_key: str
+    public_key: str
+
+
+def _require() -> None:
+    try:
+        import model_signing  # noqa: F401
+    except ImportError:
+        raise CnnpipeError('signing needs the model-signing package, which is not installed: pip install '
+                           '"cnnpipe[signing]" (from a checkout: pip install -e ".[signing]")') from None
+
+
+def keygen(folder: Path) -> KeyPair:
+    """A new ECDSA P-256 key pair in ``folder`` (the private key readable by its owner only); never
+    overwrites an existing key."""
+    _require()
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    private, public = folder / PRIVATE_KEY, folder / PUBLIC_KEY
+    for path in (private, public):
+        if path.exists():
+            raise CnnpipeError(f"{path}: already exists; a key is never overwritten (choose another --out)")
+    key = ec.generate_private_key(ec.SECP256R1())
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return KeyPair(str(private), str(public))
+
+
+def _hashing():
+    import model_signing
+
+    return model_signing.hashing.Config().set_ignored_paths(paths=list(UNSIGNED), ignore_git_paths=False)
+
+
+def sign(bundle: Version, private_key: Path) -> Path:
+    """Sign every file of ``bundle`` with ``private_key``; writes ``bundle.sig`` into it atomically."""
+    _require()
+    import model_signing
+
+    target = bundle.path / SIGNATURE
+    if target.exists():
+        raise CnnpipeError(f"{bundle.ref}: is already signed ({target}); a signed bundle is never signed again")
+    if not private_key.is_file():
+        raise CnnpipeError(f"{private_key}: no such key file (make a pair with cnnpipe keygen)")
+    bundle.check()  # sign only what the manifest says was written
+    fd, tmp = tempfile.mkstemp(prefix=".sig-", dir=bundle.path.parent)  # outside the version: it never sees it
+    os.close(fd)
+    try:
+        config = model_signing.signing.Config().use_elliptic_key_signer(private_key=private_key)
+        try:
+            config.set_hashing_config(_hashing()).sign(bundle.path, Path(tmp))
+        except Exception as e:  # noqa: BLE001 - a key that is not an EC private key, a password-protected one...
+            raise CnnpipeError(f"{private_key}: cannot sign with it ({type(e).__name__}: {first_line(e)})") from None
+        os.chmod(tmp, 0o644)
+        os.link(tmp, target)  # fails if a signature appeared meanwhile: never replaced
+    except FileExistsError:
+        raise CnnpipeError(f"{bundle.ref}: was signed by another process meanwhile") from None
+    finally:
+        os.unlink(tmp)
+    return target
+
+
+def check_signature(bundle: Version, public_key: Path) -> None:
+    """Raise ``SignatureError`` unless ``bundle.sig`` is a valid signature, by the key whose public
+    half is ``public_key``, of exactly the files in the bundle (none changed, added or removed)."""
+    _require()
+    import model_signing
+
+    if not public_key.is_file():
+        raise CnnpipeError(f"{public_key}: no such public key file")
+    signature = bundle.path / SIGNATURE
+    if not signature.is_file() or signature.is_symlink():
+        raise SignatureError(f"{bundle.ref}: is not signed (no {SIGNATURE}); sign it with cnnpipe sign REF --key KEY")
+    try:
+        config = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public_key)
+    except Exception as e:  # noqa: BLE001 - not a PEM public key
+        raise CnnpipeError(f"{public_key}: not a usable public key ({type(e).__name__}: {first_line(e)})") from None
+    try:
+        config.verify(bundle.path, signature)
+    except Exception as e:  # noqa: BLE001 - a bad signature, another key, a changed or extra file: all fail closed
+        raise SignatureError(f"{bundle.ref}: the signature does not verify with {public_key.name} "
+                             f"({first_line(e)})") from None
