@@ -118,7 +118,7 @@ def test_a_hundred_random_kills_and_interrupts_of_concurrent_writers(root_copy: 
     witness = start(root_copy, "train", "--epochs", "3", "--name", "witness", "--batch-size", "32")
     moments, deadline = [], time.monotonic() + 420
     while len(moments) < 100 and time.monotonic() < deadline:
-        wave = [(start(root_copy, *w), rng.uniform(0.2, 6.0), rng.choice([signal.SIGKILL, signal.SIGINT])) for w in writers]
+        wave = [(start(root_copy, *w), rng.uniform(0.2, 4.0), rng.choice([signal.SIGKILL, signal.SIGINT])) for w in writers]
         began = time.monotonic()
         for (proc, at, sig), command in sorted(zip(wave, writers), key=lambda x: x[0][1]):
             time.sleep(max(0.0, began + at - time.monotonic()))
