@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import CnnpipeError
 from .formats import BASE_FORMATS, FORMATS, Format
+from .signing import Trust, check_key
 from .store import check_name
 from .timelimit import DEFAULT_TIMEOUT, TIMEOUT_HELP, check_timeout
 
@@ -181,6 +183,8 @@ class ExportOptions:
     aoti: bool = option(False, "Also compile the pt2 program into model.aoti.pt2 (AOTInductor; needs a C++ compiler).", "--aoti")
     layout: str = option("flat", "triton: also write a Triton model repository under triton/.", choices=LAYOUTS)
     calibration: int = option(256, "Training images that calibrate --int8.", "--calibration-images")
+    sign_key: str | None = option(None, "Sign the bundle with this private key (PEM, see cnnpipe keygen): it gets "
+                                  "bundle.sig, which verify, predict and bench check with --public-key.", "--sign-key")
 
     @property
     def flags(self) -> dict[str, bool]:
@@ -223,7 +227,24 @@ class ExportOptions:
             if spec.needs and spec.needs not in asked:
                 raise CnnpipeError(f"--format {spec.name} is converted from the {spec.needs} file: add --format {spec.needs}")
             spec.require()
+        if self.sign_key is not None:
+            check_key(Path(self.sign_key), "--sign-key")
         return chosen
+
+
+@dataclass(frozen=True)
+class SignatureOptions:
+    """The key a bundle's signature must verify with before anything of the bundle is loaded."""
+
+    public_key: str | None = option(None, "Public key (PEM) the bundle's signature (bundle.sig) must verify with "
+                                    "before anything of the bundle is loaded; exit 1 when it does not.", "--public-key")
+    require_signature: bool = option(False, "Refuse to run without --public-key (for release jobs).", "--require-signature")
+
+    def trust(self, native: bool = False) -> Trust:
+        """The trust these options give (``native``: load native code even from an unsigned bundle)."""
+        if self.public_key is not None:
+            check_key(Path(self.public_key), "--public-key")
+        return Trust(Path(self.public_key) if self.public_key else None, self.require_signature, native)
 
 
 @dataclass(frozen=True)

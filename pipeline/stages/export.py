@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..card import model_card
+from ..card import PLOT_FILES, model_card
 from ..data.loading import load_dataset, normalize
 from ..description import ModelDescription
 from ..errors import CnnpipeError
@@ -21,8 +21,9 @@ from ..modelfile import MODEL_JSON, WEIGHTS, load_model
 from ..onnx_variants import triton_config, triton_repository
 from ..options import ExportOptions
 from ..provenance import lineage
+from ..signing import sign
 from ..store import Version, Workspace, write_json
-from .evaluate import PLOT_FILES, latest_evaluation
+from .evaluate import latest_evaluation
 
 
 @dataclass
@@ -37,6 +38,7 @@ class ExportResult:
     opset: int | None
     triton: list[str]
     not_installed: dict[str, str] = field(default_factory=dict)  # formats "all" left out: their pip extra
+    signature: str | None = None  # bundle.sig, with --sign-key
 
 
 def metadata(desc: ModelDescription, model_ref: str, weights_sha256: str) -> dict[str, str]:
@@ -145,7 +147,8 @@ def export(
             results={"formats": written, "onnx_opset": ctx.opset_used, "weights_sha256": weights_sha256,
                      "triton": triton},
         )
+    signature = str(sign(bundle, Path(options.sign_key))) if options.sign_key else None
     return ExportResult(
         ref=bundle.ref, path=str(bundle.path), model=version.ref, formats=written,
-        files=files, opset=ctx.opset_used, triton=triton, not_installed=options.not_installed,
+        files=files, opset=ctx.opset_used, triton=triton, not_installed=options.not_installed, signature=signature,
     )

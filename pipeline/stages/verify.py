@@ -28,6 +28,8 @@ from ..modelfile import MODEL_JSON, load_model
 from ..options import VerifyOptions
 from ..store import Version, Workspace, dumps, refuse_symlinks, writing
 from ..timelimit import Deadline, within
+from ..consistency import check_bundle_records
+from ..signing import Trust
 
 CHUNK = 256  # small activations: larger chunks let glibc's heap high-water creep up per chunk
 LOCALIZE_IMAGES = 16  # images a failed ONNX file is compared on, layer by layer
@@ -191,17 +193,18 @@ def _reference(model: torch.nn.Module) -> Runner:
 
 
 def _check_one(
-    spec: Format, path: Path, device: str, ctx: LoadContext, overrides: dict[str, float | None], judge: dict[str, Any],
+    spec: Format, bundle: Version, device: str, ctx: LoadContext, overrides: dict[str, float | None], judge: dict[str, Any],
     model: torch.nn.Module, timeout: float,
 ) -> FormatReport:
     """Load one format on one device and judge it within ``timeout`` seconds; a file that cannot be
     loaded or run, or does not finish in time, fails with the reason."""
     tol, runtime = spec.tolerance(device, **overrides), spec.runtime_on(device)
     try:
+        path = bundle.file(spec.file)  # a format whose file the manifest does not list fails here
         return within(timeout, f"{spec.name} on {device}",
                       lambda deadline: _judge(spec, path, device, ctx, tol, runtime, judge, model, deadline))
     except Exception as e:  # noqa: BLE001 - a hostile file may fail in any way; the format fails, verify goes on
-        reason = str(e) if isinstance(e, CnnpipeError) else f"{path.name} failed while running: {first_line(e)}"
+        reason = str(e) if isinstance(e, CnnpipeError) else f"{spec.file} failed while running: {first_line(e)}"
         return FormatReport(spec.name, runtime, False, [reason], asdict(tol))
 
 
@@ -264,13 +267,15 @@ def _check_triton(bundle: Version, files: list[str], desc: ModelDescription) -> 
 
 
 def verify(
-    bundle_ref: str, root: Path = Path("."), options: VerifyOptions | None = None, *, trust_code: bool = False
+    bundle_ref: str, root: Path = Path("."), options: VerifyOptions | None = None, *, trust_code: bool = False,
+    trust: Trust | None = None,
 ) -> VerifyResult:
-    """Check a bundle's hashes, then each format's logits against the PyTorch reference.
+    """Check a bundle's signature (where ``trust`` gives a key), its hashes and records, then each
+    format's logits against the PyTorch reference.
 
     ``options`` (``VerifyOptions``) sets the batch sizes, the number of real test images
     (or the whole split with ``full``), the devices, and tolerances that override every
-    format's default.
+    format's default. A format holding native code is loaded only when ``trust`` allows it.
     """
     options = options or VerifyOptions()
     options.check()
@@ -278,6 +283,7 @@ def verify(
     samples = None if options.full else options.samples
     ws = Workspace(root)
     bundle = ws.exports.resolve(bundle_ref)
+    trust_native = (trust or Trust()).check(bundle)  # before anything of the bundle is read
     try:
         bundle.check()
         integrity = "ok"
@@ -309,15 +315,18 @@ def verify(
         if triton:
             result.passed = False
             result.integrity = "; ".join(triton)
+        formats, disagreements = check_bundle_records(bundle, bundle_json)
+        if disagreements:
+            result.passed = False
+            result.integrity = "; ".join(disagreements)
         overrides = {"atol": options.atol, "rtol": options.rtol, "min_agreement": options.min_agreement}
         judge = dict(images=images, ref=ref, labels=labels, classes=classes, batch_sizes=list(batch_sizes))
-        for fmt in bundle.results.get("formats", []):
+        for fmt in formats:
             spec = FORMATS[fmt]
             variant = bundle_json.get("variants", {}).get(fmt, {})
-            ctx = LoadContext(meta=meta, variant=variant, desc=desc, trust_code=trust_code)
+            ctx = LoadContext(meta=meta, variant=variant, desc=desc, trust_code=trust_code, trust_native=trust_native)
             for device in [d for d in providers if d in spec.devices] or ["cpu"]:
-                result.formats.append(_check_one(spec, bundle.file(spec.file), device, ctx, overrides, judge,
-                                                 model, options.timeout))
+                result.formats.append(_check_one(spec, bundle, device, ctx, overrides, judge, model, options.timeout))
         result.passed = result.passed and bool(result.formats) and all(r.passed for r in result.formats)
     _write_report(bundle, result)
     return result
