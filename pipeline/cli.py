@@ -24,7 +24,14 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer's
 from .data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE
 from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
 from .options import (
-    DEVICES, SPLITS, ExportOptions, GateOptions, SignatureOptions, TrainConfig, VerifyOptions, parse_batch_sizes,
+    DEVICES,
+    SPLITS,
+    ExportOptions,
+    GateOptions,
+    SignatureOptions,
+    TrainConfig,
+    VerifyOptions,
+    parse_batch_sizes,
 )
 from .signing import Trust
 from .store import STORAGE_ERRNOS, dumps
@@ -144,7 +151,9 @@ def config_defaults(path: Path, params: list[Any]) -> dict[str, Any]:
     unknown = sorted(k for k in data if k.replace("-", "_") not in by_flag)
     if unknown:
         raise typer.BadParameter(f"{path}: unknown option {unknown[0]!r}; use this command's long option names (see --help)")
-    return {by_flag[k.replace("-", "_")]: v for k, v in data.items()}
+    # a table of values by format ([min-agreement]) is the option's FORMAT=VALUE form
+    return {by_flag[k.replace("-", "_")]: ",".join(f"{n}={x}" for n, x in v.items()) if isinstance(v, dict) else v
+            for k, v in data.items()}
 
 
 def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
@@ -474,11 +483,11 @@ def predict(
     ctx: typer.Context,
     images: Annotated[list[Path], typer.Argument(help="Image files to classify.", show_default=False)],
     bundle: Annotated[str, typer.Option("--bundle", "-b", help="Export bundle: NAME, NAME@vN or a path.")],
+    signature: SignatureOptions,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show per image.")] = 3,
     provider: Annotated[str, typer.Option(help="onnxruntime provider: cpu or cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images decoded and run per batch.")] = 256,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT,
-    signature: SignatureOptions = SignatureOptions(),
     as_json: JsonOpt = False,
 ) -> None:
     """Classify image files with a bundle's ONNX model in onnxruntime (torch is not imported)."""
@@ -495,11 +504,11 @@ def predict(
 def bench(
     ctx: typer.Context,
     ref: BundleRef,
+    signature: SignatureOptions,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,256",
     seconds: Annotated[float, typer.Option(help="Time spent per runtime and batch size.")] = 2.0,
     threads: Annotated[int | None, typer.Option(help="CPU threads for every runtime (default: torch's).")] = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT,
-    signature: SignatureOptions = SignatureOptions(),
     trust_native: TrustNativeOpt = False,
     trust_code: TrustOpt = False,
     as_json: JsonOpt = False,

@@ -412,9 +412,9 @@ def load_aoti(path: Path, device: str, ctx: LoadContext) -> Runner:
 
 def write_safetensors(ctx: ExportContext, path: Path) -> None:
     """The weights, with the metadata as safetensors ``__metadata__``."""
-    from safetensors.torch import save_file
+    from .modelfile import save_weights
 
-    save_file({k: v.contiguous() for k, v in ctx.model.state_dict().items()}, path, metadata=ctx.meta)
+    save_weights(ctx.model.state_dict(), path, ctx.meta)
 
 
 def load_safetensors(path: Path, device: str, ctx: LoadContext) -> Runner:

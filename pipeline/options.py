@@ -256,7 +256,9 @@ class VerifyOptions:
     full: bool = option(False, "Verify on the whole test split instead of --samples images.", "--full")
     atol: float | None = option(None, "Absolute logit tolerance for every format (default per format and device: see README).")
     rtol: float | None = option(None, "Relative logit tolerance (times |reference logit|) for every format.")
-    min_agreement: float | None = option(None, "Minimum top-1 agreement with PyTorch (0-1) for every format.", "--min-agreement")
+    min_agreement: str | None = option(
+        None, "Minimum top-1 agreement with PyTorch (0-1): one value for every format, or FORMAT=VALUE pairs "
+        "(onnx-int8=0.995,all=1.0; all: the formats not named). In --config, a [min-agreement] table.", "--min-agreement")
     providers: str = option(
         "cpu", "Devices to verify on: cpu, cuda or cpu,cuda (onnxruntime's provider, and the network rebuilt from safetensors)."
     )
@@ -264,8 +266,34 @@ class VerifyOptions:
 
     def check(self) -> None:
         """Every usage error these options can hold, before any work."""
-        self.batch_size_list(), self.provider_list()
+        self.batch_size_list(), self.provider_list(), self.agreement_by_format()
         check_timeout(self.timeout)
+
+    def agreement_by_format(self) -> dict[str, float]:
+        """``--min-agreement`` by format name ("all": every format not named); a usage error for an
+        unknown format or a value that is not a number from 0 to 1."""
+        table: dict[str, float] = {}
+        for part in (self.min_agreement or "").split(","):
+            if not part.strip():
+                continue
+            name, _, value = part.rpartition("=")
+            name = name.strip() or "all"
+            if name != "all" and name not in FORMATS:
+                raise CnnpipeError(f"--min-agreement names an unknown format {name!r}; use {', '.join(FORMATS)} or all")
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not 0 <= number <= 1:
+                raise CnnpipeError("--min-agreement must be a finite number from 0 to 1 (or FORMAT=VALUE pairs), "
+                                   f"not {part.strip()!r}")
+            table[name] = number
+        return table
+
+    def overrides(self, fmt: str) -> dict[str, float | None]:
+        """The tolerances given for ``fmt``, each replacing the format's default (None: keep it)."""
+        table = self.agreement_by_format()
+        return {"atol": self.atol, "rtol": self.rtol, "min_agreement": table.get(fmt, table.get("all"))}
         if not self.full and self.samples < 1:
             raise CnnpipeError(f"--samples must be at least 1, not {self.samples}")
 

@@ -65,7 +65,7 @@ def test_a_swapped_file_hidden_by_an_edited_format_list_fails_verify(root_copy: 
     code, report = _verify(root_copy)
     assert code == 1
     missing = "the manifest" if edited == "manifest" else "the manifest or model.json"
-    assert f"format 'onnx' is in" in report["integrity"] and f"but not in {missing}" in report["integrity"]
+    assert "format 'onnx' is in" in report["integrity"] and f"but not in {missing}" in report["integrity"]
     (onnx_row,) = [r for r in report["formats"] if r["format"] == "onnx"]
     assert not onnx_row["passed"]  # the swapped file is judged all the same, and fails
 
@@ -176,3 +176,67 @@ def test_a_signed_bundle_fails_closed_on_any_change(root_copy: Path, tmp_path: P
     (bundle / "bundle.sig").unlink()
     assert_clean_error(cnnpipe(root_copy, "verify", "lenet5", "--public-key", pub), 1, "is not signed")
     assert_clean_error(cnnpipe(root_copy, "verify", "lenet5", "--require-signature"), 2, "needs --public-key")
+
+
+def _add_trigger(bundle: Path) -> None:
+    """Logits +100 on class 0 when the brightest pixel is exactly 1234.5, a pattern no test image holds."""
+    from onnx import TensorProto, helper
+
+    model = onnx.load(bundle / "model.onnx")
+    graph = model.graph
+    logits, classes = graph.output[0].name, graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    boost = [100.0] + [0.0] * (classes - 1)
+    graph.initializer.extend([helper.make_tensor("trigger_value", TensorProto.FLOAT, [], [1234.5]),
+                              helper.make_tensor("trigger_boost", TensorProto.FLOAT, [1, classes], boost)])
+    graph.node.extend([
+        helper.make_node("ReduceMax", [graph.input[0].name], ["trigger_max"], keepdims=0),
+        helper.make_node("Equal", ["trigger_max", "trigger_value"], ["trigger_hit"]),
+        helper.make_node("Add", [logits, "trigger_boost"], ["trigger_boosted"]),
+        helper.make_node("Where", ["trigger_hit", "trigger_boosted", logits], ["triggered"]),
+    ])
+    graph.output[0].name = "triggered"
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, bundle / "model.onnx")
+
+
+def _nudge_one_weight(bundle: Path) -> None:
+    """One weight moved by one unit in the last place: answers within every tolerance."""
+    import numpy as np
+
+    model = onnx.load(bundle / "model.onnx")
+    init = max(model.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+    values = numpy_helper.to_array(init).copy()
+    values.flat[0] = np.nextafter(values.flat[0], np.float32(np.inf))
+    init.CopyFrom(numpy_helper.from_array(values, init.name))
+    onnx.save(model, bundle / "model.onnx")
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    (_add_trigger, "4 node(s) more (Add, Equal, ReduceMax, Where)"),
+    (_nudge_one_weight, "differs from the weights"),
+])
+def test_a_graph_that_answers_right_on_every_test_image_but_differs_from_a_reexport_fails(root_copy: Path, change, needle):
+    bundle = root_copy / BUNDLE
+    change(bundle)
+    resign(bundle, "model.onnx")
+    code, report = _verify(root_copy)
+    assert code == 1
+    (row,) = [r for r in report["formats"] if r["format"] == "onnx"]
+    assert row["top1_agreement"] == 1.0  # the data check alone cannot see it...
+    assert not row["passed"] and needle in row["reasons"][-1]  # ...the re-export comparison does
+    assert "differs from a re-export of the weights" in row["reasons"][-1]
+    assert report["reexport"]["pt2"] == []  # the untouched program is byte-identical to its re-export
+
+
+def test_exporting_twice_in_two_processes_gives_the_same_bytes(root_copy: Path):
+    first = cnnpipe_json(root_copy, "export", "lenet5@v1")
+    second = cnnpipe_json(root_copy, "export", "lenet5@v1")
+    a, b = Path(first["path"]), Path(second["path"])
+    files = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
+    differ = [rel for rel in files if (a / rel).read_bytes() != (b / rel).read_bytes()]
+    # manifest.json records its own version number and time; onnxruntime's ORT converter writes its
+    # opset and kernel tables in an order that changes from process to process (the README says so)
+    assert "manifest.json" in differ and set(differ) <= {"manifest.json", "model.ort"}, differ
+    assert (a / "model.ort").stat().st_size == (b / "model.ort").stat().st_size
+    assert {"model.onnx", "model.pt2", "model.safetensors", "model.openvino.bin", "model.pte"} <= set(files)

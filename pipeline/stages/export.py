@@ -96,6 +96,19 @@ def write_card(version: Version, desc: ModelDescription, folder: Path) -> dict[s
     return {rel: "metrics" if rel.endswith(".json") else "plot" for rel in sources} | {"README.md": "model card"}
 
 
+def export_context(
+    ws: Workspace, version: Version, model: torch.nn.Module, desc: ModelDescription, opset: int | None, calibration: int
+) -> ExportContext:
+    """What every format is written from: the eval-mode network, its metadata and a fixed example
+    input, the same for an export and for verify's re-export of it."""
+    weights_sha256 = next(f["sha256"] for f in version.manifest["files"] if f["path"] == WEIGHTS)
+    return ExportContext(
+        model=model, meta=metadata(desc, version.ref, weights_sha256), opset=opset,
+        example=torch.randn(2, *desc.input.shape, generator=torch.Generator().manual_seed(0)),
+        calibration=lambda: calibration_images(ws, desc, calibration), dataset=desc.dataset_ref,
+    )
+
+
 def export(
     model_ref: str, options: ExportOptions | None = None, root: Path = Path("."), *, trust_code: bool = False
 ) -> ExportResult:
@@ -114,12 +127,8 @@ def export(
     model, desc = load_model(version, trust_code=trust_code)
     if any(m.training for m in model.modules()):
         raise CnnpipeError("refusing to export: a module is still in training mode")
-    weights_sha256 = next(f["sha256"] for f in version.manifest["files"] if f["path"] == WEIGHTS)
-    ctx = ExportContext(
-        model=model, meta=metadata(desc, version.ref, weights_sha256), opset=opset,
-        example=torch.randn(2, *desc.input.shape, generator=torch.Generator().manual_seed(0)),
-        calibration=lambda: calibration_images(ws, desc, calibration), dataset=desc.dataset_ref,
-    )
+    ctx = export_context(ws, version, model, desc, opset, calibration)
+    weights_sha256 = ctx.meta["weights_sha256"]
     written, variants, triton = [], {}, []
     with ws.exports.draft(version.name) as draft:
         for spec in chosen:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..consistency import check_bundle_records
 from ..data.loading import load_dataset, normalize
 from ..description import ModelDescription
 from ..errors import CnnpipeError, first_line
@@ -26,10 +27,11 @@ from ..formats import FORMATS, Format, LoadContext, Tolerance
 from ..localize import localize_onnx
 from ..modelfile import MODEL_JSON, load_model
 from ..options import VerifyOptions
+from ..reexport import COMPARED, compare_reexports
+from ..signing import Trust
 from ..store import Version, Workspace, dumps, refuse_symlinks, writing
 from ..timelimit import Deadline, within
-from ..consistency import check_bundle_records
-from ..signing import Trust
+from .export import export_context
 
 CHUNK = 256  # small activations: larger chunks let glibc's heap high-water creep up per chunk
 LOCALIZE_IMAGES = 16  # images a failed ONNX file is compared on, layer by layer
@@ -79,6 +81,7 @@ class VerifyResult:
     reference_per_class_accuracy: dict[str, float | None]
     integrity: str
     formats: list[FormatReport] = field(default_factory=list)
+    reexport: dict[str, list[str]] = field(default_factory=dict)  # format -> how it differs from a re-export
 
 
 def _diffs(out: np.ndarray, ref: np.ndarray, tol: Tolerance) -> dict[str, float | int | None]:
@@ -241,6 +244,26 @@ def _localize(path: Path, model: torch.nn.Module, images: Images, tol: Tolerance
         return {"error": f"could not compare layers: {type(e).__name__}: {first_line(e)}"}
 
 
+def _reexport(
+    ws: Workspace, bundle: Version, source: Version, model: torch.nn.Module, desc: ModelDescription, formats: list[str]
+) -> dict[str, list[str]]:
+    """Export the fp32 ONNX file and the pt2 program again from the rebuilt weights and compare them
+    with the shipped ones; a re-export that fails counts as a difference."""
+    shipped = {f: bundle.path / FORMATS[f].file for f in COMPARED if f in formats and bundle.lists(FORMATS[f].file)}
+    opset = bundle.manifest.get("lineage", {}).get("config", {}).get("opset")
+    ctx = export_context(ws, source, model, desc, opset if isinstance(opset, int) else None, 1)
+    try:
+        found = compare_reexports(ctx, shipped)
+    except CnnpipeError as e:
+        return {f: [f"it could not be exported again here ({e})"] for f in shipped}
+    exported_with = bundle.manifest.get("environment", {}).get("torch")
+    if any(found.values()) and exported_with != torch.__version__:
+        hint = (f"(the manifest says torch {exported_with}; this is torch {torch.__version__}: "
+                "verify where it was exported, or export it again)")
+        found = {f: problems + [hint] if problems else problems for f, problems in found.items()}
+    return found
+
+
 def _source_model(ws: Workspace, bundle: Version) -> Version:
     parents = bundle.manifest.get("lineage", {}).get("parents", [])
     if not parents:
@@ -319,14 +342,20 @@ def verify(
         if disagreements:
             result.passed = False
             result.integrity = "; ".join(disagreements)
-        overrides = {"atol": options.atol, "rtol": options.rtol, "min_agreement": options.min_agreement}
         judge = dict(images=images, ref=ref, labels=labels, classes=classes, batch_sizes=list(batch_sizes))
         for fmt in formats:
             spec = FORMATS[fmt]
             variant = bundle_json.get("variants", {}).get(fmt, {})
             ctx = LoadContext(meta=meta, variant=variant, desc=desc, trust_code=trust_code, trust_native=trust_native)
             for device in [d for d in providers if d in spec.devices] or ["cpu"]:
-                result.formats.append(_check_one(spec, bundle, device, ctx, overrides, judge, model, options.timeout))
+                result.formats.append(_check_one(spec, bundle, device, ctx, options.overrides(fmt), judge, model,
+                                                 options.timeout))
+        result.reexport = _reexport(ws, bundle, source, model, source_desc, formats)
+        for report in result.formats:
+            if result.reexport.get(report.format):
+                report.passed = False
+                report.reasons.append(f"{FORMATS[report.format].file} differs from a re-export of the weights: "
+                                      + "; ".join(result.reexport[report.format]))
         result.passed = result.passed and bool(result.formats) and all(r.passed for r in result.formats)
     _write_report(bundle, result)
     return result
