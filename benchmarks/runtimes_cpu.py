@@ -27,12 +27,14 @@ from PIL import Image
 
 from cnnpipe.formats import FORMATS
 from cnnpipe.options import ExportOptions
+from cnnpipe.signing import Trust
 from cnnpipe.stages.bench import bench
 from cnnpipe.stages.download import import_folder
 from cnnpipe.stages.export import export
 from cnnpipe.stages.train import TrainConfig, train
 
 NETWORKS = {"lenet5": 1, "resnet18": 3}  # name: channels (lenet5 at 28x28, resnet18 at 32x32)
+OWN = Trust(native=True)  # the bundles this script builds itself: their AOTInductor code is its own
 COMPILED = ("aoti (cpu)", "onnxruntime (cpu)", "onnxruntime fp16 (cpu)", "onnxruntime int8 (cpu)", "onnxruntime .ort (cpu)",
             "openvino (cpu)", "openvino fp16 (cpu)", "executorch (cpu)")
 
@@ -63,7 +65,7 @@ def main() -> None:
             trained = train(TrainConfig(arch=name, dataset=f"data-{name}", epochs=1, batch_size=16,
                                         optimizer="adam", lr=1e-3, device="cpu"), root)
             bundle = export(trained.ref, ExportOptions(fp16=True, int8=True, aoti=True), root)
-            result = bench(bundle.ref, root, (1, args.batch), args.seconds, args.threads)
+            result = bench(bundle.ref, root, (1, args.batch), args.seconds, args.threads, trust=OWN)
             print(f"\n{name}: input {'x'.join(map(str, result.input_shape))}, {result.threads} threads, "
                   f"torch {torch.__version__}")
             print(f"{'runtime':<26} {'batch':>5} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8} {'images/s':>10}")
@@ -77,7 +79,7 @@ def main() -> None:
                 rows = [r for r in result.rows if r.batch == batch]
                 best = max(rows, key=lambda r: r.images_per_s)
                 print(f"fastest at batch {batch}: {best.runtime} ({best.images_per_s:,.0f} images/s)")
-            rounds = [result.rows] + [bench(bundle.ref, root, (1,), args.seconds, args.threads).rows
+            rounds = [result.rows] + [bench(bundle.ref, root, (1,), args.seconds, args.threads, trust=OWN).rows
                                       for _ in range(args.rounds - 1)]
             for runtime in COMPILED:
                 ratios = []

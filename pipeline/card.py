@@ -23,6 +23,9 @@ PLOTS = {
 }
 
 
+PLOT_FILES = ("confusion.png", "per_class.png", "misclassified.png")  # an evaluation's plots
+CARD_FILES = ("README.md", "metrics.json", "curves.png", *PLOT_FILES)  # the card and what it shows, in a bundle
+
 def _q(value: Any) -> str:
     """A YAML scalar: JSON strings and numbers are valid YAML."""
     return json.dumps(value)

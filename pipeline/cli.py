@@ -23,7 +23,17 @@ from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer's
 
 from .data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE
 from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
-from .options import DEVICES, SPLITS, ExportOptions, GateOptions, TrainConfig, VerifyOptions, parse_batch_sizes
+from .options import (
+    DEVICES,
+    SPLITS,
+    ExportOptions,
+    GateOptions,
+    SignatureOptions,
+    TrainConfig,
+    VerifyOptions,
+    parse_batch_sizes,
+)
+from .signing import Trust
 from .store import STORAGE_ERRNOS, dumps
 from .timelimit import DEFAULT_TIMEOUT, TIMEOUT_HELP, finish
 
@@ -48,6 +58,10 @@ ModelRef = Annotated[str, typer.Argument(help="Model version: NAME, NAME@latest,
 BundleRef = Annotated[str, typer.Argument(help="Export bundle: NAME, NAME@latest, NAME@vN, or a path.")]
 TrustOpt = Annotated[bool, typer.Option(
     "--trust-code", help="Rebuild a network defined by the user's code stored in the version (that .py file runs).",
+)]
+TrustNativeOpt = Annotated[bool, typer.Option(
+    "--trust-native", help="Load a format holding native code (the AOTInductor package) from a bundle whose "
+    "signature was not verified with --public-key: its machine code runs.",
 )]
 MirrorOpt = Annotated[
     str | None, typer.Option(help="Base URL or folder to fetch from instead of the official URLs (also CNNPIPE_MIRROR).")
@@ -137,7 +151,9 @@ def config_defaults(path: Path, params: list[Any]) -> dict[str, Any]:
     unknown = sorted(k for k in data if k.replace("-", "_") not in by_flag)
     if unknown:
         raise typer.BadParameter(f"{path}: unknown option {unknown[0]!r}; use this command's long option names (see --help)")
-    return {by_flag[k.replace("-", "_")]: v for k, v in data.items()}
+    # a table of values by format ([min-agreement]) is the option's FORMAT=VALUE form
+    return {by_flag[k.replace("-", "_")]: ",".join(f"{n}={x}" for n, x in v.items()) if isinstance(v, dict) else v
+            for k, v in data.items()}
 
 
 def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
@@ -382,10 +398,10 @@ def _export(ref: str, options: ExportOptions, root: Path, trust_code: bool) -> A
     return run_export(ref, options, root, trust_code=trust_code)
 
 
-def _verify(ref: str, options: VerifyOptions, root: Path, trust_code: bool) -> Any:
+def _verify(ref: str, options: VerifyOptions, root: Path, trust_code: bool, trust: Trust) -> Any:
     from .stages.verify import verify as run_verify
 
-    return run_verify(ref, root, options, trust_code=trust_code)
+    return run_verify(ref, root, options, trust_code=trust_code, trust=trust)
 
 
 @app.command()
@@ -403,12 +419,13 @@ def export(
 @app.command()
 @options_command
 def verify(
-    ctx: typer.Context, ref: BundleRef, options: VerifyOptions, trust_code: TrustOpt = False, as_json: JsonOpt = False
+    ctx: typer.Context, ref: BundleRef, options: VerifyOptions, signature: SignatureOptions,
+    trust_native: TrustNativeOpt = False, trust_code: TrustOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """Reload each export in its own runtime and compare with PyTorch; exit 1 on any breach."""
     from .report import render_verify
 
-    result = _call(lambda: _verify(ref, options, _root(ctx), trust_code))
+    result = _call(lambda: _verify(ref, options, _root(ctx), trust_code, signature.trust(trust_native)))
     _emit(as_json, result, lambda r: render_verify(out, r))
     if not result.passed:
         err.print(f"[bold red]verify failed:[/] {result.bundle} (report: {result.report_path})", highlight=False, soft_wrap=True)
@@ -466,6 +483,7 @@ def predict(
     ctx: typer.Context,
     images: Annotated[list[Path], typer.Argument(help="Image files to classify.", show_default=False)],
     bundle: Annotated[str, typer.Option("--bundle", "-b", help="Export bundle: NAME, NAME@vN or a path.")],
+    signature: SignatureOptions,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show per image.")] = 3,
     provider: Annotated[str, typer.Option(help="onnxruntime provider: cpu or cuda.")] = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images decoded and run per batch.")] = 256,
@@ -476,7 +494,8 @@ def predict(
     from .predict import predict as run_predict
     from .report import render_predict
 
-    result = _call(lambda: run_predict(images, bundle, _root(ctx), top_k, provider, batch_size, timeout))
+    result = _call(lambda: run_predict(images, bundle, _root(ctx), top_k, provider, batch_size, timeout,
+                                       signature.trust()))
     _emit(as_json, result, lambda r: render_predict(out, r))
 
 
@@ -485,10 +504,12 @@ def predict(
 def bench(
     ctx: typer.Context,
     ref: BundleRef,
+    signature: SignatureOptions,
     batch_sizes: Annotated[str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")] = "1,256",
     seconds: Annotated[float, typer.Option(help="Time spent per runtime and batch size.")] = 2.0,
     threads: Annotated[int | None, typer.Option(help="CPU threads for every runtime (default: torch's).")] = None,
     timeout: TimeoutOpt = DEFAULT_TIMEOUT,
+    trust_native: TrustNativeOpt = False,
     trust_code: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -498,12 +519,42 @@ def bench(
     from .stages.bench import bench as run_bench
 
     result = _call(lambda: run_bench(ref, _root(ctx), parse_batch_sizes(batch_sizes), seconds, threads,
-                                     trust_code=trust_code, timeout=timeout))
+                                     trust_code=trust_code, timeout=timeout, trust=signature.trust(trust_native)))
     _emit(as_json, result, lambda r: render_bench(out, r))
     if not result.passed:
         err.print(f"[bold red]bench:[/] {len(result.failed)} runtime(s) failed: {escape(', '.join(result.failed))}",
                   highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_GATE)
+
+
+@app.command()
+@options_command
+def keygen(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the two key files.")] = Path("."),
+    as_json: JsonOpt = False,
+) -> None:
+    """Make an ECDSA P-256 key pair for signing bundles (cnnpipe-signing.key, private; .pub, public)."""
+    from .signing import keygen as make_keys
+
+    result = _call(lambda: make_keys(out_dir))
+    _emit(as_json, result, lambda r: out.print(f"private key: {escape(r.private_key)} (keep it secret)\n"
+                                               f"public key:  {escape(r.public_key)}", highlight=False))
+
+
+@app.command()
+@options_command
+def sign(
+    ctx: typer.Context,
+    ref: BundleRef,
+    key: Annotated[Path, typer.Option("--key", help="Private key (PEM) to sign with (see cnnpipe keygen).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Sign every file of an export bundle (model-signing, key-pair mode): adds bundle.sig, changes no file."""
+    from .signing import sign as sign_bundle
+    from .store import Workspace
+
+    result = _call(lambda: {"bundle": ref, "signature": str(sign_bundle(Workspace(_root(ctx)).exports.resolve(ref), key))})
+    _emit(as_json, result, lambda r: out.print(f"signed {escape(r['bundle'])}: {escape(r['signature'])}", highlight=False))
 
 
 @app.command()

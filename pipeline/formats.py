@@ -83,6 +83,7 @@ class LoadContext:
     desc: ModelDescription
     threads: int = 0
     trust_code: bool = False  # a network defined by code stored in the bundle may be rebuilt
+    trust_native: bool = False  # a format holding native code may be loaded (signed bundle, or --trust-native)
 
 
 @dataclass
@@ -179,8 +180,13 @@ class Format:
             raise CnnpipeError(f"{self.name} export failed: {type(e).__name__}: {first_line(e)}") from None
 
     def open(self, path: Path, device: str, ctx: LoadContext) -> Runner:
-        """Load the file on ``device``; whatever goes wrong becomes one CnnpipeError with the reason."""
+        """Load the file on ``device``; whatever goes wrong becomes one CnnpipeError with the reason.
+        A file holding native code is not even opened unless ``ctx`` trusts native code."""
         self.require()
+        if self.native and not ctx.trust_native:
+            raise CnnpipeError(f"{path.name}: holds native code, which runs when it is loaded; it is loaded only from a "
+                               "bundle whose signature verifies with --public-key, or with --trust-native; nothing "
+                               "from it was loaded")
         try:
             return self.load(path, device, ctx)
         except CnnpipeError:
@@ -406,9 +412,9 @@ def load_aoti(path: Path, device: str, ctx: LoadContext) -> Runner:
 
 def write_safetensors(ctx: ExportContext, path: Path) -> None:
     """The weights, with the metadata as safetensors ``__metadata__``."""
-    from safetensors.torch import save_file
+    from .modelfile import save_weights
 
-    save_file({k: v.contiguous() for k, v in ctx.model.state_dict().items()}, path, metadata=ctx.meta)
+    save_weights(ctx.model.state_dict(), path, ctx.meta)
 
 
 def load_safetensors(path: Path, device: str, ctx: LoadContext) -> Runner:

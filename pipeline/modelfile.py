@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,20 @@ MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
 PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
 
+
+
+def save_weights(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write ``tensors`` as safetensors with the header in one canonical form (keys sorted, no
+    spaces), so the same weights give the same bytes in every process: the library writes its
+    metadata map in a per-process order. The bytes are built in memory, then written by Python."""
+    from safetensors.torch import save
+
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + size]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format pads the header to 8 bytes with spaces
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header + data[8 + size :])
 
 def describe(arch: str, name: str, model: nn.Module, dataset: Any, source: ArchSource) -> ModelDescription:
     """The description a consumer needs to rebuild the network and feed it images."""

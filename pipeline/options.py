@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import CnnpipeError
 from .formats import BASE_FORMATS, FORMATS, Format
+from .signing import Trust, check_key
 from .store import check_name
 from .timelimit import DEFAULT_TIMEOUT, TIMEOUT_HELP, check_timeout
 
@@ -181,6 +183,8 @@ class ExportOptions:
     aoti: bool = option(False, "Also compile the pt2 program into model.aoti.pt2 (AOTInductor; needs a C++ compiler).", "--aoti")
     layout: str = option("flat", "triton: also write a Triton model repository under triton/.", choices=LAYOUTS)
     calibration: int = option(256, "Training images that calibrate --int8.", "--calibration-images")
+    sign_key: str | None = option(None, "Sign the bundle with this private key (PEM, see cnnpipe keygen): it gets "
+                                  "bundle.sig, which verify, predict and bench check with --public-key.", "--sign-key")
 
     @property
     def flags(self) -> dict[str, bool]:
@@ -223,7 +227,24 @@ class ExportOptions:
             if spec.needs and spec.needs not in asked:
                 raise CnnpipeError(f"--format {spec.name} is converted from the {spec.needs} file: add --format {spec.needs}")
             spec.require()
+        if self.sign_key is not None:
+            check_key(Path(self.sign_key), "--sign-key")
         return chosen
+
+
+@dataclass(frozen=True)
+class SignatureOptions:
+    """The key a bundle's signature must verify with before anything of the bundle is loaded."""
+
+    public_key: str | None = option(None, "Public key (PEM) the bundle's signature (bundle.sig) must verify with "
+                                    "before anything of the bundle is loaded; exit 1 when it does not.", "--public-key")
+    require_signature: bool = option(False, "Refuse to run without --public-key (for release jobs).", "--require-signature")
+
+    def trust(self, native: bool = False) -> Trust:
+        """The trust these options give (``native``: load native code even from an unsigned bundle)."""
+        if self.public_key is not None:
+            check_key(Path(self.public_key), "--public-key")
+        return Trust(Path(self.public_key) if self.public_key else None, self.require_signature, native)
 
 
 @dataclass(frozen=True)
@@ -235,7 +256,9 @@ class VerifyOptions:
     full: bool = option(False, "Verify on the whole test split instead of --samples images.", "--full")
     atol: float | None = option(None, "Absolute logit tolerance for every format (default per format and device: see README).")
     rtol: float | None = option(None, "Relative logit tolerance (times |reference logit|) for every format.")
-    min_agreement: float | None = option(None, "Minimum top-1 agreement with PyTorch (0-1) for every format.", "--min-agreement")
+    min_agreement: str | None = option(
+        None, "Minimum top-1 agreement with PyTorch (0-1): one value for every format, or FORMAT=VALUE pairs "
+        "(onnx-int8=0.995,all=1.0; all: the formats not named). In --config, a [min-agreement] table.", "--min-agreement")
     providers: str = option(
         "cpu", "Devices to verify on: cpu, cuda or cpu,cuda (onnxruntime's provider, and the network rebuilt from safetensors)."
     )
@@ -243,8 +266,34 @@ class VerifyOptions:
 
     def check(self) -> None:
         """Every usage error these options can hold, before any work."""
-        self.batch_size_list(), self.provider_list()
+        self.batch_size_list(), self.provider_list(), self.agreement_by_format()
         check_timeout(self.timeout)
+
+    def agreement_by_format(self) -> dict[str, float]:
+        """``--min-agreement`` by format name ("all": every format not named); a usage error for an
+        unknown format or a value that is not a number from 0 to 1."""
+        table: dict[str, float] = {}
+        for part in (self.min_agreement or "").split(","):
+            if not part.strip():
+                continue
+            name, _, value = part.rpartition("=")
+            name = name.strip() or "all"
+            if name != "all" and name not in FORMATS:
+                raise CnnpipeError(f"--min-agreement names an unknown format {name!r}; use {', '.join(FORMATS)} or all")
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not 0 <= number <= 1:
+                raise CnnpipeError("--min-agreement must be a finite number from 0 to 1 (or FORMAT=VALUE pairs), "
+                                   f"not {part.strip()!r}")
+            table[name] = number
+        return table
+
+    def overrides(self, fmt: str) -> dict[str, float | None]:
+        """The tolerances given for ``fmt``, each replacing the format's default (None: keep it)."""
+        table = self.agreement_by_format()
+        return {"atol": self.atol, "rtol": self.rtol, "min_agreement": table.get(fmt, table.get("all"))}
         if not self.full and self.samples < 1:
             raise CnnpipeError(f"--samples must be at least 1, not {self.samples}")
 

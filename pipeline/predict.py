@@ -18,6 +18,7 @@ from .data.imagefolder import decode_all
 from .errors import CnnpipeError, first_line
 from .formats import FORMATS
 from .onnx_session import PROVIDERS, onnx_session
+from .signing import Trust
 from .store import Workspace
 from .timelimit import DEFAULT_TIMEOUT, Deadline, check_timeout, within
 
@@ -53,6 +54,7 @@ def predict(
     provider: str = "cpu",
     batch_size: int = 256,
     timeout: float = DEFAULT_TIMEOUT,
+    trust: Trust | None = None,
 ) -> PredictResult:
     """Top-``top_k`` classes with probabilities for each image file, from the bundle's ONNX model;
     inference that takes over ``timeout`` seconds is stopped with a usage error."""
@@ -67,6 +69,7 @@ def predict(
     if missing:
         raise CnnpipeError(f"{missing[0]}: no such image file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     bundle = Workspace(root).exports.resolve(bundle_ref)
+    (trust or Trust()).check(bundle)  # before anything of the bundle is read
     bundle.check()
     path = bundle.file(FORMATS["onnx"].file)
     import onnxruntime as ort

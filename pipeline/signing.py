@@ -11,9 +11,11 @@ a signed file: the signature is added once, atomically, and a bundle is signed a
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import EXIT_GATE, CnnpipeError, first_line
 from .store import Version
@@ -30,6 +32,27 @@ class SignatureError(CnnpipeError):
 
 
 @dataclass(frozen=True)
+class Trust:
+    """How far a bundle from someone else's disk is trusted: ``public_key``, the key its signature
+    must verify with; ``require_signature``, refuse to go on without one; ``native``, load native
+    code (an AOTInductor package) even without a verified signature."""
+
+    public_key: Path | None = None
+    require_signature: bool = False
+    native: bool = False
+
+    def check(self, bundle: Version) -> bool:
+        """Verify the signature where a key is given (``SignatureError`` when it fails), before anything
+        of the bundle is read; whether the bundle's native code may be loaded."""
+        if self.require_signature and self.public_key is None:
+            raise CnnpipeError("--require-signature needs --public-key PUB, the key the bundle must be signed with")
+        if self.public_key is None:
+            return self.native
+        check_signature(bundle, self.public_key)
+        return True
+
+
+@dataclass(frozen=True)
 class KeyPair:
     """Where ``keygen`` wrote the two halves."""
 
@@ -43,6 +66,13 @@ def _require() -> None:
     except ImportError:
         raise CnnpipeError('signing needs the model-signing package, which is not installed: pip install '
                            '"cnnpipe[signing]" (from a checkout: pip install -e ".[signing]")') from None
+
+
+def check_key(path: Path, flag: str) -> None:
+    """A usage error unless ``path`` is a readable key file and the signing package is installed."""
+    _require()
+    if not path.is_file():
+        raise CnnpipeError(f"{flag} {path}: no such key file (make a pair with cnnpipe keygen)")
 
 
 def keygen(folder: Path) -> KeyPair:
@@ -67,7 +97,7 @@ def keygen(folder: Path) -> KeyPair:
     return KeyPair(str(private), str(public))
 
 
-def _hashing():
+def _hashing() -> Any:
     import model_signing
 
     return model_signing.hashing.Config().set_ignored_paths(paths=list(UNSIGNED), ignore_git_paths=False)
@@ -75,20 +105,18 @@ def _hashing():
 
 def sign(bundle: Version, private_key: Path) -> Path:
     """Sign every file of ``bundle`` with ``private_key``; writes ``bundle.sig`` into it atomically."""
-    _require()
+    check_key(private_key, "--key")
     import model_signing
 
     target = bundle.path / SIGNATURE
     if target.exists():
         raise CnnpipeError(f"{bundle.ref}: is already signed ({target}); a signed bundle is never signed again")
-    if not private_key.is_file():
-        raise CnnpipeError(f"{private_key}: no such key file (make a pair with cnnpipe keygen)")
     bundle.check()  # sign only what the manifest says was written
     fd, tmp = tempfile.mkstemp(prefix=".sig-", dir=bundle.path.parent)  # outside the version: it never sees it
     os.close(fd)
     try:
-        config = model_signing.signing.Config().use_elliptic_key_signer(private_key=private_key)
         try:
+            config = model_signing.signing.Config().use_elliptic_key_signer(private_key=private_key)
             config.set_hashing_config(_hashing()).sign(bundle.path, Path(tmp))
         except Exception as e:  # noqa: BLE001 - a key that is not an EC private key, a password-protected one...
             raise CnnpipeError(f"{private_key}: cannot sign with it ({type(e).__name__}: {first_line(e)})") from None
@@ -104,11 +132,9 @@ def sign(bundle: Version, private_key: Path) -> Path:
 def check_signature(bundle: Version, public_key: Path) -> None:
     """Raise ``SignatureError`` unless ``bundle.sig`` is a valid signature, by the key whose public
     half is ``public_key``, of exactly the files in the bundle (none changed, added or removed)."""
-    _require()
+    check_key(public_key, "--public-key")
     import model_signing
 
-    if not public_key.is_file():
-        raise CnnpipeError(f"{public_key}: no such public key file")
     signature = bundle.path / SIGNATURE
     if not signature.is_file() or signature.is_symlink():
         raise SignatureError(f"{bundle.ref}: is not signed (no {SIGNATURE}); sign it with cnnpipe sign REF --key KEY")
@@ -120,4 +146,14 @@ def check_signature(bundle: Version, public_key: Path) -> None:
         config.verify(bundle.path, signature)
     except Exception as e:  # noqa: BLE001 - a bad signature, another key, a changed or extra file: all fail closed
         raise SignatureError(f"{bundle.ref}: the signature does not verify with {public_key.name} "
-                             f"({first_line(e)})") from None
+                             f"({_why(e)})") from None
+
+
+def _why(e: Exception) -> str:
+    """model-signing's reason in a few words: which files changed, appeared or went missing."""
+    text = str(e)
+    changed = re.findall(r"Hash mismatch for \\*'([^'\\]+)", text)  # quotes may come escaped (a list's repr)
+    parts = [f"changed since signing: {', '.join(changed)}"] if changed else []
+    parts += [f"{m.group(1).lower()}: {m.group(2)}"
+              for m in re.finditer(r"(Extra files found|Missing files) in model '[^']*': ([^\"\]]+)", text)]
+    return "; ".join(parts) or f"{type(e).__name__}: {first_line(e)}"

@@ -33,11 +33,11 @@ def serve(folder: Path) -> tuple[ThreadingHTTPServer, str]:
             if mode != "endless":
                 self.send_header("Content-Length", str(1 << 40 if mode == "liar" else len(data)))
             self.end_headers()
-            self.wfile.write(data[: len(data) // 2] if mode == "short" else data)
             try:
+                self.wfile.write(data[: len(data) // 2] if mode == "short" else data)
                 while mode == "endless":
                     self.wfile.write(b"\0" * 65536)
-            except OSError:  # the client hung up
+            except OSError:  # the client hung up (it cut the download off)
                 pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -218,17 +218,18 @@ def test_an_aoti_package_is_compiled_verified_timed_and_refused_on_a_cpu_without
     compiled_for = json.loads((bundle / "model.json").read_text())["variants"]["pt2-aoti"]["compiled_for"]
     assert compiled_for["platform"] == f"{sys.platform}-{os.uname().machine}" and compiled_for["device"] == "cpu"
 
-    verdict = cnnpipe_json(root_copy, "verify", exported["ref"], "--samples", "64")
+    verdict = cnnpipe_json(root_copy, "verify", exported["ref"], "--samples", "64", "--trust-native")
     (aoti,) = [f for f in verdict["formats"] if f["format"] == "pt2-aoti"]
     assert verdict["passed"] and aoti["runtime"] == "AOTInductor" and aoti["top1_agreement"] == 1.0
-    timed = cnnpipe_json(root_copy, "bench", exported["ref"], "--seconds", "0.05", "--batch-sizes", "2", "--threads", "1")
+    timed = cnnpipe_json(root_copy, "bench", exported["ref"], "--seconds", "0.05", "--batch-sizes", "2", "--threads", "1",
+                         "--trust-native")
     assert "aoti (cpu)" in {r["runtime"] for r in timed["rows"]}
 
     desc = json.loads((bundle / "model.json").read_text())
     desc["variants"]["pt2-aoti"]["compiled_for"]["cpu_isa"] = "avx10_2 amx_fp8"  # as if built on a newer CPU
     (bundle / "model.json").write_text(json.dumps(desc))
     resign(bundle, "model.json")
-    proc = cnnpipe(root_copy, "verify", exported["ref"], "--samples", "64", "--json")
+    proc = cnnpipe(root_copy, "verify", exported["ref"], "--samples", "64", "--json", "--trust-native")
     assert proc.returncode == 1, proc.stderr
     by_format = {f["format"]: f for f in json.loads(proc.stdout)["formats"]}
     assert by_format["pt2"]["passed"] and not by_format["pt2-aoti"]["passed"]

@@ -43,6 +43,22 @@ def test_a_bad_config_file_is_a_usage_error_and_writes_nothing(tmp_path: Path):
     assert tree_state(tmp_path) == before
 
 
+def test_the_shipped_release_config_passes_end_to_end(tmp_path: Path):
+    proc = cnnpipe(tmp_path, "run", "--config", str(REPO / "release.toml"), "--json", timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    by_format = {r["format"]: r for r in result["verify"]["formats"]}
+    assert result["verify"]["passed"] and result["verify"]["images"] == 2000  # --full: the whole test split
+    assert by_format["onnx-int8"]["tolerance"]["min_agreement"] == 0.995  # from its [min-agreement] row
+    assert by_format["onnx"]["tolerance"]["min_agreement"] == 1.0 and by_format["onnx"]["top1_agreement"] == 1.0
+
+
+def test_min_agreement_by_format_is_checked_before_any_work(tmp_path: Path):
+    assert_clean_error(cnnpipe(tmp_path, "run", "--min-agreement", "onnx-int9=0.9"), 2, "unknown format 'onnx-int9'")
+    assert_clean_error(cnnpipe(tmp_path, "run", "--min-agreement", "onnx=1.5"), 2, "from 0 to 1")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_release_workflow_runs_the_reviewed_config_and_uploads_the_bundle():
     defaults = config_defaults(REPO / "release.toml", run_params())  # raises on an unknown key
     assert defaults["min_accuracy"] >= 0.9 and defaults["full"] is True

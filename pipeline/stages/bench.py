@@ -16,6 +16,7 @@ from ..description import ModelDescription
 from ..errors import CnnpipeError, first_line
 from ..formats import FORMATS, Format, LoadContext, Runner
 from ..modelfile import MODEL_JSON
+from ..signing import Trust
 from ..store import Workspace
 from ..timelimit import DEFAULT_TIMEOUT, Deadline, FormatTimeout, check_timeout, within
 
@@ -74,7 +75,8 @@ def _time(runner: Runner, x: np.ndarray, seconds: float, deadline: Deadline) -> 
 
 
 def _runtimes(
-    bundle: Any, bundle_json: dict[str, Any], threads: int, trust_code: bool, failed: dict[str, str], timeout: float
+    bundle: Any, bundle_json: dict[str, Any], threads: int, trust_code: bool, trust_native: bool,
+    failed: dict[str, str], timeout: float,
 ) -> dict[str, Runner]:
     """Every format of the bundle on every device where it runs here, by bench label.
 
@@ -88,7 +90,7 @@ def _runtimes(
         ctx = LoadContext(
             meta=bundle_json.get("metadata", {}), variant=bundle_json.get("variants", {}).get(fmt, {}),
             desc=ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}"), threads=threads,
-            trust_code=trust_code,
+            trust_code=trust_code, trust_native=trust_native,
         )
         for device in spec.devices:
             label = f"{spec.bench_label} ({device})"
@@ -112,6 +114,7 @@ def bench(
     *,
     trust_code: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
+    trust: Trust | None = None,
 ) -> BenchResult:
     """Time every runtime of a bundle at each batch size on random inputs of the model's shape;
     a runtime that takes over ``timeout`` seconds to load, or for one batch size, fails its row."""
@@ -125,11 +128,12 @@ def bench(
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     bundle = Workspace(root).exports.resolve(bundle_ref)
+    trust_native = (trust or Trust()).check(bundle)  # before anything of the bundle is read
     bundle.check()
     bundle_json = bundle.read_json(MODEL_JSON)
     shape = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}").input.shape
     result = BenchResult(bundle=bundle.ref, threads=threads, input_shape=shape)
-    runtimes = _runtimes(bundle, bundle_json, threads, trust_code, result.failed, timeout)
+    runtimes = _runtimes(bundle, bundle_json, threads, trust_code, trust_native, result.failed, timeout)
     if not runtimes and not result.failed:
         raise CnnpipeError(f"{bundle.ref}: holds no format to time")
     rng = np.random.default_rng(0)

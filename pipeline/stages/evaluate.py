@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..card import model_card
+from ..card import PLOT_FILES, model_card
 from ..data.loading import load_dataset
 from ..description import ModelDescription
 from ..engine import batched_logits
@@ -26,7 +26,6 @@ from ..provenance import lineage
 from ..store import Store, Version, Workspace, write_json
 
 METRICS_SCHEMA = "cnnpipe.metrics/1"
-PLOT_FILES = ("confusion.png", "per_class.png", "misclassified.png")
 
 
 @dataclass

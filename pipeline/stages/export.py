@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..card import model_card
+from ..card import PLOT_FILES, model_card
 from ..data.loading import load_dataset, normalize
 from ..description import ModelDescription
 from ..errors import CnnpipeError
@@ -21,8 +21,9 @@ from ..modelfile import MODEL_JSON, WEIGHTS, load_model
 from ..onnx_variants import triton_config, triton_repository
 from ..options import ExportOptions
 from ..provenance import lineage
+from ..signing import sign
 from ..store import Version, Workspace, write_json
-from .evaluate import PLOT_FILES, latest_evaluation
+from .evaluate import latest_evaluation
 
 
 @dataclass
@@ -37,6 +38,7 @@ class ExportResult:
     opset: int | None
     triton: list[str]
     not_installed: dict[str, str] = field(default_factory=dict)  # formats "all" left out: their pip extra
+    signature: str | None = None  # bundle.sig, with --sign-key
 
 
 def metadata(desc: ModelDescription, model_ref: str, weights_sha256: str) -> dict[str, str]:
@@ -94,6 +96,19 @@ def write_card(version: Version, desc: ModelDescription, folder: Path) -> dict[s
     return {rel: "metrics" if rel.endswith(".json") else "plot" for rel in sources} | {"README.md": "model card"}
 
 
+def export_context(
+    ws: Workspace, version: Version, model: torch.nn.Module, desc: ModelDescription, opset: int | None, calibration: int
+) -> ExportContext:
+    """What every format is written from: the eval-mode network, its metadata and a fixed example
+    input, the same for an export and for verify's re-export of it."""
+    weights_sha256 = next(f["sha256"] for f in version.manifest["files"] if f["path"] == WEIGHTS)
+    return ExportContext(
+        model=model, meta=metadata(desc, version.ref, weights_sha256), opset=opset,
+        example=torch.randn(2, *desc.input.shape, generator=torch.Generator().manual_seed(0)),
+        calibration=lambda: calibration_images(ws, desc, calibration), dataset=desc.dataset_ref,
+    )
+
+
 def export(
     model_ref: str, options: ExportOptions | None = None, root: Path = Path("."), *, trust_code: bool = False
 ) -> ExportResult:
@@ -112,12 +127,8 @@ def export(
     model, desc = load_model(version, trust_code=trust_code)
     if any(m.training for m in model.modules()):
         raise CnnpipeError("refusing to export: a module is still in training mode")
-    weights_sha256 = next(f["sha256"] for f in version.manifest["files"] if f["path"] == WEIGHTS)
-    ctx = ExportContext(
-        model=model, meta=metadata(desc, version.ref, weights_sha256), opset=opset,
-        example=torch.randn(2, *desc.input.shape, generator=torch.Generator().manual_seed(0)),
-        calibration=lambda: calibration_images(ws, desc, calibration), dataset=desc.dataset_ref,
-    )
+    ctx = export_context(ws, version, model, desc, opset, calibration)
+    weights_sha256 = ctx.meta["weights_sha256"]
     written, variants, triton = [], {}, []
     with ws.exports.draft(version.name) as draft:
         for spec in chosen:
@@ -145,7 +156,8 @@ def export(
             results={"formats": written, "onnx_opset": ctx.opset_used, "weights_sha256": weights_sha256,
                      "triton": triton},
         )
+    signature = str(sign(bundle, Path(options.sign_key))) if options.sign_key else None
     return ExportResult(
         ref=bundle.ref, path=str(bundle.path), model=version.ref, formats=written,
-        files=files, opset=ctx.opset_used, triton=triton, not_installed=options.not_installed,
+        files=files, opset=ctx.opset_used, triton=triton, not_installed=options.not_installed, signature=signature,
     )

@@ -13,10 +13,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 from ..data.loading import load_dataset
-from ..modelfile import MODEL_JSON, WEIGHTS, describe, load_state, read_state
+from ..modelfile import MODEL_JSON, WEIGHTS, describe, load_state, read_state, save_weights
 from ..nets.sources import build_arch, default_name, store_code
 from ..provenance import environment, lineage
 from ..store import Workspace, check_name, write_json
@@ -47,7 +45,7 @@ def import_weights(weights: Path, arch: str, dataset_ref: str, root: Path = Path
     record = {"imported_from": {"file": Path(weights).name, "sha256": sha256}, "config": {"arch": arch, "name": name},
               "environment": environment()}
     with ws.models.draft(name) as draft:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, draft.path / WEIGHTS, metadata={"arch": arch})
+        save_weights(model.state_dict(), draft.path / WEIGHTS, {"arch": arch})
         write_json(draft.path / MODEL_JSON, desc.to_json())
         write_json(draft.path / "train.json", record)
         code = store_code(arch, source, draft.path)

@@ -25,14 +25,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 from ..data.batches import DeviceBatches, StreamBatches, batch_order
 from ..data.loading import Dataset, load_dataset
 from ..engine import Progress, batched_logits, train_epoch
 from ..errors import CnnpipeError, first_line
 from ..finetune import apply_init, find_head, freeze_all_but, initial_state
-from ..modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device
+from ..modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device, save_weights
 from ..nets import param_count
 from ..nets.sources import ArchSource, build_arch, store_code
 from ..optim import make_optimizer, make_schedule
@@ -456,7 +455,7 @@ def _commit(
         "augmentation": dataset.info["augment"] if cfg.augment else None, "world_size": result.world_size,
     }
     with ws.models.draft(name) as draft:
-        save_file(best["state"], draft.path / WEIGHTS, metadata={"arch": cfg.arch})
+        save_weights(best["state"], draft.path / WEIGHTS, {"arch": cfg.arch})
         write_json(draft.path / MODEL_JSON, model_desc.to_json())
         write_json(draft.path / "train.json", {
             "config": resolved, "best_epoch": best["epoch"], "epochs_run": result.epochs_run,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..consistency import check_bundle_records
 from ..data.loading import load_dataset, normalize
 from ..description import ModelDescription
 from ..errors import CnnpipeError, first_line
@@ -26,8 +27,11 @@ from ..formats import FORMATS, Format, LoadContext, Tolerance
 from ..localize import localize_onnx
 from ..modelfile import MODEL_JSON, load_model
 from ..options import VerifyOptions
+from ..reexport import COMPARED, compare_reexports
+from ..signing import Trust
 from ..store import Version, Workspace, dumps, refuse_symlinks, writing
 from ..timelimit import Deadline, within
+from .export import export_context
 
 CHUNK = 256  # small activations: larger chunks let glibc's heap high-water creep up per chunk
 LOCALIZE_IMAGES = 16  # images a failed ONNX file is compared on, layer by layer
@@ -77,6 +81,7 @@ class VerifyResult:
     reference_per_class_accuracy: dict[str, float | None]
     integrity: str
     formats: list[FormatReport] = field(default_factory=list)
+    reexport: dict[str, list[str]] = field(default_factory=dict)  # format -> how it differs from a re-export
 
 
 def _diffs(out: np.ndarray, ref: np.ndarray, tol: Tolerance) -> dict[str, float | int | None]:
@@ -191,17 +196,18 @@ def _reference(model: torch.nn.Module) -> Runner:
 
 
 def _check_one(
-    spec: Format, path: Path, device: str, ctx: LoadContext, overrides: dict[str, float | None], judge: dict[str, Any],
+    spec: Format, bundle: Version, device: str, ctx: LoadContext, overrides: dict[str, float | None], judge: dict[str, Any],
     model: torch.nn.Module, timeout: float,
 ) -> FormatReport:
     """Load one format on one device and judge it within ``timeout`` seconds; a file that cannot be
     loaded or run, or does not finish in time, fails with the reason."""
     tol, runtime = spec.tolerance(device, **overrides), spec.runtime_on(device)
     try:
+        path = bundle.file(spec.file)  # a format whose file the manifest does not list fails here
         return within(timeout, f"{spec.name} on {device}",
                       lambda deadline: _judge(spec, path, device, ctx, tol, runtime, judge, model, deadline))
     except Exception as e:  # noqa: BLE001 - a hostile file may fail in any way; the format fails, verify goes on
-        reason = str(e) if isinstance(e, CnnpipeError) else f"{path.name} failed while running: {first_line(e)}"
+        reason = str(e) if isinstance(e, CnnpipeError) else f"{spec.file} failed while running: {first_line(e)}"
         return FormatReport(spec.name, runtime, False, [reason], asdict(tol))
 
 
@@ -238,6 +244,26 @@ def _localize(path: Path, model: torch.nn.Module, images: Images, tol: Tolerance
         return {"error": f"could not compare layers: {type(e).__name__}: {first_line(e)}"}
 
 
+def _reexport(
+    ws: Workspace, bundle: Version, source: Version, model: torch.nn.Module, desc: ModelDescription, formats: list[str]
+) -> dict[str, list[str]]:
+    """Export the fp32 ONNX file and the pt2 program again from the rebuilt weights and compare them
+    with the shipped ones; a re-export that fails counts as a difference."""
+    shipped = {f: bundle.path / FORMATS[f].file for f in COMPARED if f in formats and bundle.lists(FORMATS[f].file)}
+    opset = bundle.manifest.get("lineage", {}).get("config", {}).get("opset")
+    ctx = export_context(ws, source, model, desc, opset if isinstance(opset, int) else None, 1)
+    try:
+        found = compare_reexports(ctx, shipped)
+    except CnnpipeError as e:
+        return {f: [f"it could not be exported again here ({e})"] for f in shipped}
+    exported_with = bundle.manifest.get("environment", {}).get("torch")
+    if any(found.values()) and exported_with != torch.__version__:
+        hint = (f"(the manifest says torch {exported_with}; this is torch {torch.__version__}: "
+                "verify where it was exported, or export it again)")
+        found = {f: problems + [hint] if problems else problems for f, problems in found.items()}
+    return found
+
+
 def _source_model(ws: Workspace, bundle: Version) -> Version:
     parents = bundle.manifest.get("lineage", {}).get("parents", [])
     if not parents:
@@ -264,13 +290,15 @@ def _check_triton(bundle: Version, files: list[str], desc: ModelDescription) -> 
 
 
 def verify(
-    bundle_ref: str, root: Path = Path("."), options: VerifyOptions | None = None, *, trust_code: bool = False
+    bundle_ref: str, root: Path = Path("."), options: VerifyOptions | None = None, *, trust_code: bool = False,
+    trust: Trust | None = None,
 ) -> VerifyResult:
-    """Check a bundle's hashes, then each format's logits against the PyTorch reference.
+    """Check a bundle's signature (where ``trust`` gives a key), its hashes and records, then each
+    format's logits against the PyTorch reference.
 
     ``options`` (``VerifyOptions``) sets the batch sizes, the number of real test images
     (or the whole split with ``full``), the devices, and tolerances that override every
-    format's default.
+    format's default. A format holding native code is loaded only when ``trust`` allows it.
     """
     options = options or VerifyOptions()
     options.check()
@@ -278,6 +306,7 @@ def verify(
     samples = None if options.full else options.samples
     ws = Workspace(root)
     bundle = ws.exports.resolve(bundle_ref)
+    trust_native = (trust or Trust()).check(bundle)  # before anything of the bundle is read
     try:
         bundle.check()
         integrity = "ok"
@@ -309,15 +338,24 @@ def verify(
         if triton:
             result.passed = False
             result.integrity = "; ".join(triton)
-        overrides = {"atol": options.atol, "rtol": options.rtol, "min_agreement": options.min_agreement}
+        formats, disagreements = check_bundle_records(bundle, bundle_json)
+        if disagreements:
+            result.passed = False
+            result.integrity = "; ".join(disagreements)
         judge = dict(images=images, ref=ref, labels=labels, classes=classes, batch_sizes=list(batch_sizes))
-        for fmt in bundle.results.get("formats", []):
+        for fmt in formats:
             spec = FORMATS[fmt]
             variant = bundle_json.get("variants", {}).get(fmt, {})
-            ctx = LoadContext(meta=meta, variant=variant, desc=desc, trust_code=trust_code)
+            ctx = LoadContext(meta=meta, variant=variant, desc=desc, trust_code=trust_code, trust_native=trust_native)
             for device in [d for d in providers if d in spec.devices] or ["cpu"]:
-                result.formats.append(_check_one(spec, bundle.file(spec.file), device, ctx, overrides, judge,
-                                                 model, options.timeout))
+                result.formats.append(_check_one(spec, bundle, device, ctx, options.overrides(fmt), judge, model,
+                                                 options.timeout))
+        result.reexport = _reexport(ws, bundle, source, model, source_desc, formats)
+        for report in result.formats:
+            if result.reexport.get(report.format):
+                report.passed = False
+                report.reasons.append(f"{FORMATS[report.format].file} differs from a re-export of the weights: "
+                                      + "; ".join(result.reexport[report.format]))
         result.passed = result.passed and bool(result.formats) and all(r.passed for r in result.formats)
     _write_report(bundle, result)
     return result
