@@ -39,16 +39,22 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def front_matter(desc: ModelDescription, metrics: dict[str, Any] | None, split: str) -> str:
-    """Hugging Face model-card metadata with a ``model-index`` of the evaluation results."""
+def front_matter(desc: ModelDescription, metrics: dict[str, Any] | None, split: str, license: str | None = None) -> str:
+    """Hugging Face model-card metadata: the license given, the dataset by its Hub id where one is
+    known, and a ``model-index`` of the evaluation results (no metrics are declared without one)."""
+    from .data.catalog import CATALOG
+
     dataset = desc.dataset_ref.split("@")[0]
+    spec = CATALOG.get(dataset)
+    hub_id = spec.hub_id if spec is not None else None
     lines = [
         "---",
+        *([f"license: {_q(license.lower())}"] if license else []),  # the Hub lists SPDX ids in lower case
         "library_name: cnnpipe",
         "pipeline_tag: image-classification",
         "tags: [image-classification, cnnpipe, pytorch, onnx, " + desc.arch + "]",
-        f"datasets: [{_q(dataset)}]",
-        "metrics: [accuracy, f1]",
+        *([f"datasets: [{_q(hub_id)}]"] if hub_id else []),
+        *(["metrics: [accuracy, f1]"] if metrics is not None else []),
     ]
     if metrics is not None:
         results = [("accuracy", metrics["accuracy"], f"{split} accuracy"),
@@ -64,7 +70,7 @@ def front_matter(desc: ModelDescription, metrics: dict[str, Any] | None, split: 
             "      name: Image Classification",
             "    dataset:",
             f"      name: {_q(desc.dataset_ref)}",
-            f"      type: {_q(dataset)}",
+            f"      type: {_q(hub_id or dataset)}",
             f"      split: {split}",
             "    metrics:",
         ]
@@ -99,6 +105,23 @@ def _origin(source: dict[str, Any]) -> str:
     if source.get("sha256"):
         parts.append(f"code sha256 `{source['sha256'][:16]}…`")
     return ", ".join(parts)
+
+
+def _bundle_files(bundle: dict[str, Any]) -> list[str]:
+    """What each model file of a bundle is: its format, runtime and, for a variant, how it was derived."""
+    from .formats import FORMATS
+
+    rows = ["## Files in this bundle", "", "| file | format | runs in | made |", "| --- | --- | --- | --- |"]
+    for fmt in bundle["formats"]:
+        spec, variant = FORMATS[fmt], bundle.get("variants", {}).get(fmt)
+        made = "exported"
+        if spec.parent:
+            made = f"from `{FORMATS[spec.parent].file}`: " + md_text(json.dumps(variant, sort_keys=True))
+        rows.append(f"| `{' + '.join(spec.files)}` | {fmt} | {md_text(spec.runtime)} | {made} |")
+    for rel in bundle.get("triton", []):
+        rows.append(f"| `{rel}` | Triton model repository | Triton Inference Server (onnxruntime backend) | "
+                    "a copy of `model.onnx` and its config |")
+    return [*rows, ""]
 
 
 def md_text(text: str) -> str:
@@ -209,9 +232,14 @@ def model_card(
     metrics: dict[str, Any] | None,
     split: str,
     plots: list[str],
+    bundle: dict[str, Any] | None = None,
+    license: str | None = None,
 ) -> str:
-    """The card of model version ``ref``; ``plots`` are the image files beside it."""
-    lines = [front_matter(desc, metrics, split), *_model_and_training(ref, desc, train)]
+    """The card of model version ``ref``; ``plots`` are the image files beside it; ``bundle`` (an
+    export's ``model.json`` records: formats, files, variants, Triton files) adds a table of its files."""
+    lines = [front_matter(desc, metrics, split, license), *_model_and_training(ref, desc, train)]
+    if bundle is not None:
+        lines += _bundle_files(bundle)
     if metrics is None:
         lines += ["## Evaluation", "", "Not evaluated yet: evaluate the model to fill this in.", ""]
     else:

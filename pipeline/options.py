@@ -9,6 +9,7 @@ dataclass (the CLI expands the dataclass into one ``--flag`` per field) and a ke
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+_SPDX = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,63}")  # one SPDX license id (LicenseRef-… included)
 MAX_EPOCHS = 100_000  # a bound that catches a typo: at one second an epoch, over a day
 MAX_SEED = 2**63 - 1  # torch and numpy generators both take seeds in [0, 2^63)
 
@@ -183,6 +185,8 @@ class ExportOptions:
     aoti: bool = option(False, "Also compile the pt2 program into model.aoti.pt2 (AOTInductor; needs a C++ compiler).", "--aoti")
     layout: str = option("flat", "triton: also write a Triton model repository under triton/.", choices=LAYOUTS)
     calibration: int = option(256, "Training images that calibrate --int8.", "--calibration-images")
+    license: str | None = option(None, "License of the model, an SPDX id (MIT, Apache-2.0, CC-BY-4.0...), written "
+                                 "into the model card's metadata.", "--license")
     sign_key: str | None = option(None, "Sign the bundle with this private key (PEM, see cnnpipe keygen): it gets "
                                   "bundle.sig, which verify, predict and bench check with --public-key.", "--sign-key")
 
@@ -229,6 +233,8 @@ class ExportOptions:
             spec.require()
         if self.sign_key is not None:
             check_key(Path(self.sign_key), "--sign-key")
+        if self.license is not None and not _SPDX.fullmatch(self.license):
+            raise CnnpipeError(f"--license must be an SPDX license id such as MIT or Apache-2.0, not {self.license!r}")
         return chosen
 
 

@@ -240,3 +240,22 @@ def test_exporting_twice_in_two_processes_gives_the_same_bytes(root_copy: Path):
     assert "manifest.json" in differ and set(differ) <= {"manifest.json", "model.ort"}, differ
     assert (a / "model.ort").stat().st_size == (b / "model.ort").stat().st_size
     assert {"model.onnx", "model.pt2", "model.safetensors", "model.openvino.bin", "model.pte"} <= set(files)
+
+
+def test_the_model_card_metadata_reads_as_intended_in_huggingface_hub(root_copy: Path):
+    from huggingface_hub import ModelCard
+
+    exported = cnnpipe_json(root_copy, "export", "lenet5", "--format", "onnx", "--fp16", "--layout", "triton",
+                            "--license", "Apache-2.0")
+    card = ModelCard.load(Path(exported["path"]) / "README.md")
+    assert card.data.license == "apache-2.0" and card.data.datasets == ["ylecun/mnist"]  # mnist-sample is MNIST's
+    results = {r.metric_type: r for r in card.data.eval_results}
+    metrics = json.loads((Path(exported["path"]) / "metrics.json").read_text())
+    assert results["accuracy"].metric_value == round(metrics["accuracy"], 6) and results["accuracy"].dataset_split == "test"
+    assert "| `model.fp16.onnx` | onnx-fp16 |" in card.text and "`triton/lenet5/config.pbtxt`" in card.text
+    assert_clean_error(cnnpipe(root_copy, "export", "lenet5", "--license", "MIT; rm -rf"), 2, "SPDX license id")
+
+    trained = cnnpipe_json(root_copy, "train", "--epochs", "1", "--name", "unevaluated")
+    unevaluated = cnnpipe_json(root_copy, "export", trained["ref"], "--format", "onnx")
+    card = ModelCard.load(Path(unevaluated["path"]) / "README.md")
+    assert card.data.eval_results is None and card.data.metrics is None and card.data.license is None

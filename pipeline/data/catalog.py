@@ -51,6 +51,7 @@ class DatasetSpec:
     augment: dict[str, Any]
     license: str
     prepare: Callable[[Path, FetchOptions], Prepared]
+    hub_id: str | None = None  # the dataset's id on the Hugging Face Hub, for model cards
 
 
 def hold_out_val(
@@ -178,6 +179,7 @@ CATALOG: dict[str, DatasetSpec] = {
     for spec in [
         DatasetSpec(
             name="mnist-sample",
+            hub_id="ylecun/mnist",
             summary="10,000 real MNIST digits (the official test split), split 7,000/1,000/2,000; offline",
             channels=1,
             size=28,
@@ -188,6 +190,7 @@ CATALOG: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             name="mnist",
+            hub_id="ylecun/mnist",
             summary="MNIST handwritten digits: 60,000 train (less the validation hold-out), 10,000 test",
             channels=1,
             size=28,
@@ -198,6 +201,7 @@ CATALOG: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             name="fashion-mnist",
+            hub_id="zalando-datasets/fashion_mnist",
             summary="Fashion-MNIST (Zalando): 60,000 train (less the validation hold-out), 10,000 test",
             channels=1,
             size=28,
@@ -208,6 +212,7 @@ CATALOG: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             name="cifar10",
+            hub_id="uoft-cs/cifar10",
             summary="CIFAR-10: 50,000 train (less the validation hold-out), 10,000 test, 32x32 RGB",
             channels=3,
             size=32,

@@ -7,6 +7,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,9 @@ def _copy_code(version: Version, desc: ModelDescription, folder: Path) -> dict[s
     return {rel: "code"}
 
 
-def write_card(version: Version, desc: ModelDescription, folder: Path) -> dict[str, str]:
+def write_card(
+    version: Version, desc: ModelDescription, folder: Path, bundle: dict[str, Any], license: str | None
+) -> dict[str, str]:
     """Copy the model's curves and its newest test evaluation (metrics, plots) into ``folder``
     and write the model card beside them; returns the roles of the files written."""
     evaluation = latest_evaluation(version, "test")
@@ -91,7 +94,7 @@ def write_card(version: Version, desc: ModelDescription, folder: Path) -> dict[s
     for rel, source in sources.items():
         shutil.copyfile(source.file(rel), folder / rel)
     metrics = evaluation.read_json("metrics.json") if evaluation else None
-    card = model_card(version.ref, desc, version.read_json("train.json"), metrics, "test", list(sources))
+    card = model_card(version.ref, desc, version.read_json("train.json"), metrics, "test", list(sources), bundle, license)
     (folder / "README.md").write_text(card)
     return {rel: "metrics" if rel.endswith(".json") else "plot" for rel in sources} | {"README.md": "model card"}
 
@@ -141,11 +144,12 @@ def export(
             triton = triton_repository(draft.path, desc.name, version.number, draft.path / FORMATS["onnx"].file, config)
         files = {f: FORMATS[f].file for f in written}
         roles = {rel: f if rel == FORMATS[f].file else f"{f} data" for f in written for rel in FORMATS[f].files}
-        write_json(draft.path / MODEL_JSON, desc.to_json() | {
+        bundle_json = desc.to_json() | {
             "metadata": ctx.meta, "variants": variants, "formats": written, "files": files,
             "onnx_opset": ctx.opset_used, "triton": triton,
-        })
-        card_roles = write_card(version, desc, draft.path) | _copy_code(version, desc, draft.path)
+        }
+        write_json(draft.path / MODEL_JSON, bundle_json)
+        card_roles = write_card(version, desc, draft.path, bundle_json, options.license) | _copy_code(version, desc, draft.path)
         base = [f for f in written if FORMATS[f].parent is None]
         bundle = draft.commit(
             stage="export",
