@@ -528,7 +528,6 @@ def bench(
 
 
 @app.command()
-@options_command
 def keygen(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for the two key files.")] = Path("."),
     as_json: JsonOpt = False,

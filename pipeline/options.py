@@ -274,6 +274,8 @@ class VerifyOptions:
         """Every usage error these options can hold, before any work."""
         self.batch_size_list(), self.provider_list(), self.agreement_by_format()
         check_timeout(self.timeout)
+        if not self.full and self.samples < 1:
+            raise CnnpipeError(f"--samples must be at least 1, not {self.samples}")
 
     def agreement_by_format(self) -> dict[str, float]:
         """``--min-agreement`` by format name ("all": every format not named); a usage error for an

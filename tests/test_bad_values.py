@@ -23,7 +23,10 @@ PLACEHOLDERS = {
     "download": ["nosuch"], "import": ["nosuch.pt"], "evaluate": ["nosuch"], "export": ["nosuch"],
     "verify": ["nosuch"], "bench": ["nosuch"], "show": ["nosuch"], "predict": ["nosuch.png", "--bundle", "nosuch"],
     "run": ["--dataset", "nosuch"], "train": [], "models": ["--model", "nosuch"], "ls": [],
+    "sign": ["nosuch", "--key", "nosuch.key"], "keygen": [],
 }
+# options for which every value of the table is a valid one: a folder's name
+ANY_NAME = {("keygen", "--out")}
 COMMANDS = typer.main.get_command(app).commands
 
 
@@ -55,6 +58,8 @@ def test_every_option_refuses_bad_values_in_one_line(
     monkeypatch.setattr(sys, "argv", sys.argv)
     problems = []
     for flag, kind in _options(command):
+        if (command, flag) in ANY_NAME:
+            continue
         for value in BAD:
             argv = ["--root", str(root), command, *PLACEHOLDERS[command], flag, value]
             if flag == "--root":
