@@ -30,7 +30,7 @@ import numpy as np
 
 from .description import ModelDescription
 from .errors import CnnpipeError, first_line
-from .onnx_session import PROVIDERS, onnx_session
+from .onnx_session import PROVIDERS, onnx_session, stoppable_runs
 from .store import STORAGE_ERRNOS, write_through_memory, writing
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -299,18 +299,12 @@ def load_onnx(path: Path, device: str, ctx: LoadContext) -> Runner:
 
 def load_ort(path: Path, device: str, ctx: LoadContext) -> Runner:
     """An onnxruntime session on exactly the provider asked for (an ONNX or ORT-format file)."""
-    import onnxruntime as ort
-
     try:
         session = onnx_session(path, device, ctx.threads)
     except Exception as e:  # onnxruntime raises its own exception types for files it cannot load
         raise CnnpipeError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
     used = session.get_providers()
-    run_options = ort.RunOptions()
-
-    def cancel() -> None:
-        run_options.terminate = True  # this and every later run of the session stop at the next node
-
+    run_options, cancel = stoppable_runs()
     runner = Runner(
         prepare=lambda x: x, call=lambda x: session.run(None, {INPUT_NAME: x}, run_options)[0], to_numpy=lambda y: y,
         providers=used, cancel=cancel,

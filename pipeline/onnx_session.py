@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,19 @@ def onnx_session(path: Path, provider: str, threads: int = 0) -> Any:
     if provider == "cuda":
         _preload_cuda_libraries(ort)
     return ort.InferenceSession(str(path), options, providers=[(PROVIDERS[provider], PROVIDER_OPTIONS[provider])])
+
+
+def stoppable_runs() -> tuple[Any, Callable[[], None]]:
+    """``RunOptions`` to pass to ``session.run``, and a function another thread calls to stop a run
+    that uses them (it and every later run stop at the next node, inside a ``Loop`` too)."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+
+    def stop() -> None:
+        options.terminate = True
+
+    return options, stop
 
 
 def _preload_cuda_libraries(ort: Any) -> None:

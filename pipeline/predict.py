@@ -17,7 +17,7 @@ import numpy as np
 from .data.imagefolder import decode_all
 from .errors import CnnpipeError, first_line
 from .formats import FORMATS
-from .onnx_session import PROVIDERS, onnx_session
+from .onnx_session import PROVIDERS, onnx_session, stoppable_runs
 from .signing import Trust
 from .store import Workspace
 from .timelimit import DEFAULT_TIMEOUT, Deadline, check_timeout, within
@@ -72,8 +72,6 @@ def predict(
     (trust or Trust()).check(bundle)  # before anything of the bundle is read
     bundle.check()
     path = bundle.file(FORMATS["onnx"].file)
-    import onnxruntime as ort
-
     try:
         session = onnx_session(path, provider)
     except Exception as e:  # onnxruntime raises its own exception types for files it cannot load
@@ -91,17 +89,17 @@ def predict(
             "the bundle is inconsistent: export it again"
         )
     classes = json.loads(meta["classes"])
-    stop = ort.RunOptions()
+    run_options, cancel = stoppable_runs()
 
     def classify(deadline: Deadline) -> list[dict[str, Any]]:
-        deadline.cancel = lambda: setattr(stop, "terminate", True)
+        deadline.cancel = cancel
         found = []
         for start in range(0, len(paths), batch_size):
             chunk = [Path(p) for p in paths[start : start + batch_size]]
             decoded = decode_all([(p, 0) for p in chunk], height, channels)
             if decoded.failures:
                 raise CnnpipeError(f"not a readable image: {decoded.failures[0]}")
-            probs = softmax(session.run(None, {meta["input_name"]: preprocess(decoded.images, meta)}, stop)[0])
+            probs = softmax(session.run(None, {meta["input_name"]: preprocess(decoded.images, meta)}, run_options)[0])
             for path, p in zip(chunk, probs):
                 order = np.argsort(-p, kind="stable")[:min(top_k, len(classes))]
                 found.append({"path": str(path), "top": [{"class": classes[i], "probability": float(p[i])} for i in order]})

@@ -93,8 +93,7 @@ def within(seconds: float, what: str, work: Callable[[Deadline], T]) -> T:
         if thread.is_alive():
             output.restore()  # the work may be inside a runtime's silencing, which it will not undo in time
     if thread.is_alive():
-        stoppable = deadline.cancel is not None
-        if stoppable:
+        if deadline.cancel is not None:
             deadline.cancel()
             thread.join(STOP_GRACE)
         if thread.is_alive():
