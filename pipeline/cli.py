@@ -22,6 +22,7 @@ from rich.markup import escape
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer's own click (>= 0.29)
 
 from .data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE
+from . import interrupt
 from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
 from .options import (
     DEVICES,
@@ -617,6 +618,7 @@ def show(
 def main() -> NoReturn:
     """Console-script entry point: click's usage errors are one line too; a format's work left
     running past ``--timeout`` cannot be joined, so the process then ends without it."""
+    interrupt.install()
     try:
         code = app(prog_name="cnnpipe", standalone_mode=False)
     except NoArgsIsHelpError as e:
