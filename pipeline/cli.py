@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.markup import escape
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer's own click (>= 0.29)
 
-from .data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE
 from . import interrupt
+from .data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE
 from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
 from .options import (
     DEVICES,
