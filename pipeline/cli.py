@@ -34,6 +34,7 @@ from .options import (
     VerifyOptions,
     parse_batch_sizes,
 )
+from .remote import is_url, open_root
 from .signing import Trust
 from .store import STORAGE_ERRNOS, dumps
 from .timelimit import DEFAULT_TIMEOUT, TIMEOUT_HELP, finish
@@ -163,10 +164,10 @@ def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
     return value
 
 
-def _root_path(value: str) -> Path:
+def _root_path(value: str) -> Path | str:
     if not value.strip():
         raise typer.BadParameter("must name a folder (the one that holds data/, models/ and exports/)")
-    return Path(value)
+    return value.rstrip("/") if is_url(value) else Path(value)
 
 
 def _set_root(ctx: typer.Context, value: str | None) -> str | None:
@@ -176,12 +177,15 @@ def _set_root(ctx: typer.Context, value: str | None) -> str | None:
 
 
 def _root(ctx: typer.Context) -> Path:
-    return ctx.obj["root"]
+    """The root folder: the one given, or the local mirror of an object-storage root (checked here)."""
+    root = ctx.obj["root"]
+    return open_root(root) if isinstance(root, str) else root
 
 
 SIZE_HELP = (f"Resize images to SIZE x SIZE ({MIN_SIZE} to {MAX_SIZE}) on import, for networks made for larger "
              f"inputs (default: the dataset's own size; {FOLDER_SIZE} for imagefolder).")
-ROOT_HELP = "Folder holding the data/, models/ and exports/ stores (also CNNPIPE_ROOT)."
+ROOT_HELP = ("Folder holding the data/, models/ and exports/ stores, or object storage: s3://bucket/prefix "
+             "(also CNNPIPE_ROOT).")
 RootOpt = Annotated[str | None, typer.Option("--root", help=ROOT_HELP, callback=_set_root, show_default=False)]
 TimeoutOpt = Annotated[float, typer.Option(help=TIMEOUT_HELP)]
 ConfigOpt = Annotated[Path | None, typer.Option(
@@ -573,6 +577,33 @@ def models(
 
     result = _call(lambda: list_models(dataset, _root(ctx), model))
     _emit(as_json, result, lambda r: render_models(out, r))
+
+
+MAX_AGE_HOURS = 24 * 366 * 10
+
+
+@app.command("gc")
+@options_command
+def collect_garbage(
+    ctx: typer.Context,
+    older_than: Annotated[float, typer.Option(
+        "--older-than", help=f"Hours an abandoned upload must be old before it is removed (0 to {MAX_AGE_HOURS}): "
+        "a live writer's upload is younger than that.")] = 24.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove what killed writers left: drafts no live process owns (a local root), or versions claimed
+    but never completed and unfinished uploads (object storage)."""
+    from datetime import timedelta
+
+    from .store import Workspace
+
+    def collect() -> dict[str, Any]:
+        if not 0 <= older_than <= MAX_AGE_HOURS:
+            raise CnnpipeError(f"--older-than must be a number of hours from 0 to {MAX_AGE_HOURS}, not {older_than}")
+        return {"removed": Workspace(_root(ctx)).collect_garbage(timedelta(hours=older_than))}
+
+    result = _call(collect)
+    _emit(as_json, result, lambda r: out.print("\n".join(r["removed"]) or "nothing to remove", highlight=False))
 
 
 @app.command("ls")

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EXIT_GATE, CnnpipeError, first_line
-from .store import Version
+from .store import ADDED_LATER, SIGNATURE, Version, publish_addition
 
-SIGNATURE = "bundle.sig"
-UNSIGNED = (SIGNATURE, "verify")  # added after signing: the signature itself and verify's reports
+UNSIGNED = ADDED_LATER  # added after signing: the signature itself and verify's reports
 PRIVATE_KEY, PUBLIC_KEY = "cnnpipe-signing.key", "cnnpipe-signing.pub"
 
 
@@ -122,6 +121,11 @@ def sign(bundle: Version, private_key: Path) -> Path:
             raise CnnpipeError(f"{private_key}: cannot sign with it ({type(e).__name__}: {first_line(e)})") from None
         os.chmod(tmp, 0o644)
         os.link(tmp, target)  # fails if a signature appeared meanwhile: never replaced
+        try:
+            publish_addition(target)
+        except BaseException:
+            target.unlink()
+            raise
     except FileExistsError:
         raise CnnpipeError(f"{bundle.ref}: was signed by another process meanwhile") from None
     finally:

@@ -7,6 +7,10 @@ the folder onto ``v<N>``. ``N`` is allocated under an ``fcntl.flock`` lock so
 concurrent writers never share a number; nothing is ever overwritten, and the
 ``latest`` pointer is replaced atomically. A folder without a manifest is never
 read as a version.
+
+A root on object storage (``s3://…``) is mirrored by a local folder; a store there fetches the
+versions it reads and publishes the ones it commits through ``remote.Mirror``, which keeps the
+same promises without rename or ``flock`` (see ``remote``).
 """
 
 from __future__ import annotations
@@ -25,17 +29,21 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import CnnpipeError
 from .ownership import OWNER, abandoned, owned
 from .provenance import environment
+from .remote import CLAIMS, Mirror, collect_garbage, mirror_of
 
 SCHEMA = "cnnpipe.manifest/1"
 MANIFEST = "manifest.json"
 LATEST = "latest"
+SIGNATURE = "bundle.sig"
+REPORTS = "verify"
+ADDED_LATER = (SIGNATURE, REPORTS)  # what a committed version may gain: its signature, verify's reports
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _VERSION_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
 
@@ -267,6 +275,20 @@ def writing(dest: Path) -> Iterator[None]:
         raise
 
 
+def _write_pointer(name_dir: Path, data: bytes) -> None:
+    name_dir.mkdir(parents=True, exist_ok=True)
+    tmp = name_dir / f".latest-{os.getpid()}"
+    tmp.write_bytes(data)
+    os.replace(tmp, name_dir / LATEST)
+
+
+def publish_addition(path: Path) -> None:
+    """Upload a file just added to a committed version (a signature, a verify report) where its
+    store is remote; one already there is never replaced."""
+    if mirror := mirror_of(path):
+        mirror.upload_as(path, path)
+
+
 @dataclass
 class Draft:
     """A version being written: a hidden temporary folder that becomes ``v<N>`` on commit."""
@@ -298,8 +320,9 @@ class Draft:
                 }
             )
         name_dir = self.path.parent
+        mirror = self.store.mirror
         with self.store.lock(self.name):
-            number = self.store.next_number(self.name)
+            number = self.store.claim(self.name) if mirror else self.store.next_number(self.name)
             manifest = {
                 "schema": SCHEMA,
                 "stage": stage,
@@ -319,9 +342,15 @@ class Draft:
             (self.path / OWNER).unlink()  # the lock stays held on the open file until the draft closes
             _fsync_dir(self.path)
             final = name_dir / f"v{number}"
+            if mirror:  # the files, then the manifest: the version is visible once that exists
+                for entry in files:
+                    mirror.upload_as(self.path / entry["path"], final / entry["path"])
+                mirror.upload_as(manifest_path, final / MANIFEST)
             os.rename(self.path, final)
             _fsync_dir(name_dir)
             self.store.set_latest(self.name, number)
+            if mirror:
+                mirror.advance(name_dir / LATEST, number)
         self.version = Version(path=final, manifest=manifest)
         return self.version
 
@@ -334,6 +363,7 @@ class Store:
         self.stage = stage
         self.what = what
         self.hint = hint
+        self.mirror: Mirror | None = mirror_of(self.root)
 
     def _name_dir(self, name: str) -> Path:
         return self.root / check_name(name)
@@ -359,11 +389,49 @@ class Store:
         ]
         return max(taken, default=0) + 1
 
-    def set_latest(self, name: str, number: int) -> None:
+    def claim(self, name: str) -> int:
+        """The next version number of a remote store, claimed by a conditional write of its marker
+        (a writer that loses the race takes the next number)."""
+        assert self.mirror is not None
         name_dir = self._name_dir(name)
-        tmp = name_dir / f".latest-{os.getpid()}"
-        tmp.write_text(f"v{number}\n")
-        os.replace(tmp, name_dir / LATEST)
+        taken = [int(m.group(1)) for entry in self.mirror.listdir(name_dir / CLAIMS) + self.mirror.listdir(name_dir)
+                 if (m := _VERSION_RE.match(entry))]
+        number = max(taken, default=0) + 1
+        while not self.mirror.create(name_dir / CLAIMS / f"v{number}", b""):
+            number += 1
+        return number
+
+    def _fetch(self, name: str, version: str) -> None:
+        """Bring a remote version into the local mirror (each file checked against its manifest),
+        then any verify report or signature added to it since."""
+        if self.mirror is None:
+            return
+        local = self._name_dir(name) / version
+        if not (local / MANIFEST).is_file():
+            data = self.mirror.read(local / MANIFEST, MAX_MANIFEST)
+            if data is None:
+                return
+            with self.draft(name) as draft:
+                (draft.path / MANIFEST).write_bytes(data)
+                fetched = load_version(draft.path, self.stage)
+                for entry in fetched.manifest["files"]:
+                    dest = safe_member(draft.path, entry["path"])
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    self.mirror.download(local / entry["path"], dest)
+                try:
+                    fetched.check()
+                except CnnpipeError as e:
+                    raise CnnpipeError(f"{self.mirror.url}: {name}@{version} as downloaded: {e}") from None
+                (draft.path / OWNER).unlink()
+                try:
+                    os.rename(draft.path, local)
+                except OSError:  # another process fetched it first
+                    if not (local / MANIFEST).is_file():
+                        raise
+        self.mirror.fetch_additions(local, ADDED_LATER)
+
+    def set_latest(self, name: str, number: int) -> None:
+        _write_pointer(self._name_dir(name), f"v{number}\n".encode())
 
     @contextmanager
     def draft(self, name: str) -> Iterator[Draft]:
@@ -387,12 +455,21 @@ class Store:
                     shutil.rmtree(draft.path, ignore_errors=True)
 
     def names(self) -> list[str]:
+        if self.mirror:
+            return [n for n in self.mirror.listdir(self.root) if _NAME_RE.fullmatch(n)]
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.fullmatch(p.name))
 
+    def _fetch_all(self, name: str) -> None:
+        if self.mirror:
+            for entry in self.mirror.listdir(self._name_dir(name)):
+                if _VERSION_RE.match(entry):
+                    self._fetch(name, entry)
+
     def versions(self, name: str) -> list[Version]:
         """Committed versions of ``name``, oldest first."""
+        self._fetch_all(name)
         name_dir = self._name_dir(name)
         if not name_dir.is_dir():
             return []
@@ -406,6 +483,10 @@ class Store:
     def listing(self, name: str) -> list[tuple[int, Version | str]]:
         """Every version folder of ``name``, oldest first, as a Version or, for a damaged one, the reason."""
         name_dir = self._name_dir(name)
+        try:
+            self._fetch_all(name)
+        except CnnpipeError as e:
+            return [(0, str(e))]
         found = sorted((int(m.group(1)), p) for p in (name_dir.iterdir() if name_dir.is_dir() else [])
                        if (m := _VERSION_RE.match(p.name)) and p.is_dir() and not p.is_symlink())
         out: list[tuple[int, Version | str]] = []
@@ -418,11 +499,15 @@ class Store:
 
     def has(self, name: str) -> bool:
         """Whether ``name`` has a ``latest`` version."""
+        if self.mirror:
+            return self.mirror.read(self._name_dir(name) / LATEST, MAX_POINTER) is not None
         return (self._name_dir(name) / LATEST).is_file()
 
     def latest(self, name: str) -> Version:
         name_dir = self._name_dir(name)
         pointer = name_dir / LATEST
+        if self.mirror and (data := self.mirror.read(pointer, MAX_POINTER)) is not None:
+            _write_pointer(name_dir, data)
         if not pointer.is_file():
             known = ", ".join(self.names()) or "none"
             raise CnnpipeError(f"no {self.what} named {name!r} in {self.root}/ (it holds: {known}); {self.hint}")
@@ -439,6 +524,7 @@ class Store:
         m = _VERSION_RE.match(version)
         if not m:
             raise CnnpipeError(f"invalid version {version!r}: use v1, v2, … or latest")
+        self._fetch(name, version)
         path = self._name_dir(name) / version
         if not (path / MANIFEST).is_file() or path.is_symlink():
             have = ", ".join(f"v{v.number}" for v in self.versions(name)) or "none"
@@ -466,6 +552,23 @@ class Workspace:
         if Path(self.root).exists() and not Path(self.root).is_dir():
             raise CnnpipeError(f"--root {self.root} is a file, not a folder; give the folder that holds (or will "
                                "hold) data/, models/ and exports/")
+
+    def collect_garbage(self, older_than: timedelta) -> list[str]:
+        """Remove what killed writers left behind: drafts no live process owns (any age) in a local
+        root; abandoned uploads older than ``older_than`` on object storage. Returns what was removed."""
+        if mirror := mirror_of(Path(self.root)):
+            return collect_garbage(mirror, older_than)
+        stores = [store for store in (self.data, self.models, self.exports) if store.root.is_dir()]
+        if not stores:
+            raise CnnpipeError(f"--root {self.root}: holds no data/, models/ or exports/; give the root the stages wrote")
+        removed = []
+        for store in stores:
+            for name in store.names():
+                before = set(store._name_dir(name).glob(".tmp-*"))
+                with store.lock(name):
+                    _remove_abandoned_drafts(store._name_dir(name))
+                removed += [str(p) for p in sorted(before) if not p.exists()]
+        return removed
 
     @property
     def data(self) -> Store:

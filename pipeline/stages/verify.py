@@ -29,7 +29,7 @@ from ..modelfile import MODEL_JSON, load_model
 from ..options import VerifyOptions
 from ..reexport import COMPARED, compare_reexports
 from ..signing import Trust
-from ..store import Version, Workspace, dumps, refuse_symlinks, writing
+from ..store import REPORTS, Version, Workspace, dumps, publish_addition, refuse_symlinks, writing
 from ..timelimit import Deadline, within
 from .export import export_context
 
@@ -359,7 +359,7 @@ def verify(
 
 def _write_report(bundle: Version, result: VerifyResult) -> None:
     """Write the JSON report under ``verify/``, named by time, host and process (never overwritten)."""
-    folder = bundle.path / "verify"
+    folder = bundle.path / REPORTS
     refuse_symlinks(folder)
     folder.mkdir(exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
@@ -373,3 +373,4 @@ def _write_report(bundle: Version, result: VerifyResult) -> None:
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    publish_addition(path)
