@@ -547,6 +547,38 @@ def keygen(
 
 @app.command()
 @options_command
+def publish(
+    ctx: typer.Context,
+    ref: BundleRef,
+    mlflow: Annotated[str, typer.Option("--mlflow", envvar="MLFLOW_TRACKING_URI", show_default=False,
+        help="MLflow tracking server (http://host:5000, or a database URI) whose registry receives it.")],
+    alias: Annotated[str | None, typer.Option(help="Point this alias (e.g. champion) at the version once it is "
+        "complete.", show_default=False)] = None,
+    registered_model: Annotated[str | None, typer.Option(help="Registered model name (default: the bundle's "
+        "name).", show_default=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a verified export bundle as a version of an MLflow registered model (idempotent)."""
+    from .publish import publish as run_publish
+    from .store import check_name
+
+    def publish_bundle() -> Any:
+        if not mlflow.strip():
+            raise CnnpipeError("--mlflow must name a tracking server, e.g. http://127.0.0.1:5000")
+        for flag, value in (("--alias", alias), ("--registered-model", registered_model)):
+            if value is not None:
+                check_name(value, flag)
+        return run_publish(ref, mlflow, _root(ctx), alias, registered_model)
+
+    result = _call(publish_bundle)
+    _emit(as_json, result, lambda r: out.print(
+        f"{escape(r.bundle)}: {escape(r.registered_model)} version {r.version} "
+        f"({'registered' if r.created else 'already registered'}){f', alias {escape(r.alias)}' if r.alias else ''}; "
+        f"load it with mlflow.pyfunc.load_model({r.model_uri!r})", highlight=False))
+
+
+@app.command()
+@options_command
 def sign(
     ctx: typer.Context,
     ref: BundleRef,

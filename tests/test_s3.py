@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_clean_error, cli_env
 from s3server import BUCKET, client, keys, s3_server
+
+from conftest import assert_clean_error, cli_env
 
 URL = f"s3://{BUCKET}/ci"
 
@@ -99,7 +100,7 @@ def test_a_writer_killed_mid_upload_leaves_no_version_and_gc_removes_it(released
     s3 = client(released)
     prefix = "ci/exports/lenet5/"
     before = set(keys(released, prefix))
-    for attempt in range(8):
+    for _ in range(8):
         proc = subprocess.Popen(
             [sys.executable, "-m", "cnnpipe", "--root", URL, "export", "lenet5", "--format", "onnx",
              "--format", "torchscript", "--format", "safetensors"],

@@ -1,0 +1,172 @@
+"""Publish a verified bundle to an MLflow model registry (``cnnpipe publish REF --mlflow URI``).
+
+The bundle's ONNX model is logged with MLflow's onnx flavor (so ``mlflow.pyfunc.load_model``
+serves it with onnxruntime), with a signature and an input example made from real test images
+preprocessed as the bundle's metadata says; every file of the bundle is logged beside it as an
+artifact. The registered version carries the bundle's and the weights' sha256, the dataset hash,
+the test metrics, the verify verdict and the git commit as tags. Publishing is idempotent: a
+version whose ``cnnpipe.bundle_sha256`` tag matches is found and reused, never duplicated, and
+the alias moves only once the version is READY.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import sys
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import EXIT_GATE, CnnpipeError, first_line
+from .formats import FORMATS
+from .modelfile import MODEL_JSON
+from .store import REPORTS, Version, Workspace
+
+TAG = "cnnpipe."  # prefix of every tag cnnpipe sets
+BUNDLE_TAG = f"{TAG}bundle_sha256"
+EXPERIMENT = "cnnpipe-publish"
+EXAMPLE_IMAGES = 4
+PROBE_TIMEOUT = 10.0  # seconds to reach the tracking server before anything is sent
+
+
+class NotVerified(CnnpipeError):
+    """The bundle has no passing verify report: it is not published (exit 1, a failed gate)."""
+
+    exit_code = EXIT_GATE
+
+
+@dataclass
+class PublishResult:
+    """The registered model version that holds the bundle."""
+
+    bundle: str
+    registered_model: str
+    version: str
+    alias: str | None
+    created: bool
+    model_uri: str
+    tags: dict[str, str]
+
+
+def newest_report(bundle: Version) -> dict[str, Any]:
+    """The newest verify report of ``bundle`` (reports are named by time); NotVerified if none passed."""
+    folder = bundle.path / REPORTS
+    reports = sorted(folder.glob("*.json")) if folder.is_dir() and not folder.is_symlink() else []
+    if not reports:
+        raise NotVerified(f"{bundle.ref}: has never been verified: run cnnpipe verify {bundle.ref} first")
+    try:
+        report = json.loads(reports[-1].read_text())
+    except (OSError, ValueError) as e:
+        raise NotVerified(f"{reports[-1]}: unreadable verify report ({e}); run cnnpipe verify {bundle.ref}") from None
+    if not isinstance(report, dict) or report.get("passed") is not True or report.get("bundle") != bundle.ref:
+        raise NotVerified(f"{bundle.ref}: its newest verify report ({reports[-1].name}) did not pass; "
+                          "fix what it names and verify again before publishing")
+    return report
+
+
+def _tags(bundle: Version, report: dict[str, Any]) -> dict[str, str]:
+    model = bundle.read_json(MODEL_JSON)
+    metrics = bundle.read_json("metrics.json") if bundle.lists("metrics.json") else {}
+    git = bundle.manifest.get("lineage", {}).get("git") or {}
+    tags = {
+        BUNDLE_TAG: bundle.manifest_sha256,
+        f"{TAG}bundle": bundle.ref,
+        f"{TAG}weights_sha256": str(bundle.results.get("weights_sha256", "")),
+        f"{TAG}dataset": str(model.get("dataset", {}).get("ref", "")),
+        f"{TAG}dataset_hash": str(model.get("dataset", {}).get("hash", "")),
+        f"{TAG}verify": "passed",
+        f"{TAG}verify_report": Path(str(report.get("report_path", ""))).name,
+        f"{TAG}git_commit": str(git.get("commit", "")) + ("-dirty" if git.get("dirty") else ""),
+    }
+    for key in ("accuracy", "top5_accuracy", "loss", "ece"):
+        if isinstance(metrics.get(key), int | float) and math.isfinite(metrics[key]):
+            tags[f"{TAG}test_{key}"] = f"{metrics[key]:.6g}"
+    return tags
+
+
+def _probe(uri: str) -> None:
+    """Fail fast, in one line, when an HTTP tracking server cannot be reached (MLflow itself retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT):
+            pass
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise CnnpipeError(f"--mlflow {uri}: cannot reach the tracking server ({first_line(e)})") from None
+
+
+def _example(bundle: Version, meta: dict[str, str]) -> np.ndarray:
+    """The first test images of the bundle's dataset, preprocessed as its metadata says."""
+    from .predict import preprocess
+
+    model = bundle.read_json(MODEL_JSON)
+    channels, height, width = json.loads(meta["input_shape"])
+    try:
+        data = Workspace(bundle.path.parents[2]).data.resolve(model["dataset"]["ref"])
+        images = np.load(data.file("splits/test-images.npy"), mmap_mode="r")[:EXAMPLE_IMAGES]
+    except (CnnpipeError, KeyError, OSError, ValueError):  # the dataset is elsewhere: a blank image stands in
+        images = np.zeros((1, channels, height, width), dtype=np.uint8)
+    return preprocess(np.ascontiguousarray(images), meta)
+
+
+def publish(bundle_ref: str, tracking_uri: str, root: Path = Path("."), alias: str | None = None,
+            registered_model: str | None = None) -> PublishResult:
+    """Register ``bundle_ref`` (verified) as a version of an MLflow registered model; idempotent."""
+    bundle = Workspace(root).exports.resolve(bundle_ref)
+    bundle.check()
+    report = newest_report(bundle)
+    name = registered_model or bundle.name
+    _probe(tracking_uri)
+    try:
+        import mlflow
+        import onnx
+        from mlflow import MlflowClient
+        from mlflow.models import infer_signature
+    except ImportError:
+        raise CnnpipeError("publish needs MLflow: pip install 'cnnpipe[mlflow]'") from None
+    tags = _tags(bundle, report)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    logging.getLogger("mlflow").setLevel(logging.ERROR)  # its INFO lines and links are not ours to print
+    try:
+        found = client.search_model_versions(f"name = '{name}' and tags.`{BUNDLE_TAG}` = '{tags[BUNDLE_TAG]}'")
+        created = not found
+        if created:
+            mlflow.set_tracking_uri(tracking_uri)
+            mlflow.set_registry_uri(tracking_uri)
+            onnx_path = bundle.file(FORMATS["onnx"].file)
+            graph = onnx.load(str(onnx_path))
+            meta = {p.key: p.value for p in graph.metadata_props}
+            example = _example(bundle, meta)
+            from .onnx_session import onnx_session
+
+            logits = onnx_session(onnx_path, "cpu").run(None, {meta["input_name"]: example})[0]
+            mlflow.set_experiment(EXPERIMENT)
+            with contextlib.redirect_stdout(sys.stderr), mlflow.start_run(run_name=bundle.ref, tags=tags) as run:
+                info = mlflow.onnx.log_model(graph, name="model", signature=infer_signature(example, logits),
+                                             input_example=example, save_as_external_data=False)
+                mlflow.log_artifacts(str(bundle.path), artifact_path="bundle")
+                mlflow.log_metrics({k.removeprefix(f"{TAG}"): float(v) for k, v in tags.items() if "test_" in k})
+            if not client.search_registered_models(f"name = '{name}'"):
+                client.create_registered_model(name)
+            version = client.create_model_version(name, info.model_uri, run_id=run.info.run_id, tags=tags,
+                                                  model_id=info.model_id, await_creation_for=300)
+        else:
+            version = found[0]
+        if version.status != "READY":
+            raise CnnpipeError(f"--mlflow {tracking_uri}: {name} version {version.version} is {version.status}, "
+                               "not READY; the alias was not moved")
+        if alias:
+            client.set_registered_model_alias(name, alias, version.version)
+    except CnnpipeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - MLflow's REST errors, a refused connection mid-way
+        raise CnnpipeError(f"--mlflow {tracking_uri}: {type(e).__name__}: {first_line(e)}") from None
+    return PublishResult(bundle=bundle.ref, registered_model=name, version=str(version.version), alias=alias,
+                         created=created, model_uri=f"models:/{name}/{version.version}", tags=tags)
