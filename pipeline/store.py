@@ -483,19 +483,22 @@ class Store:
     def listing(self, name: str) -> list[tuple[int, Version | str]]:
         """Every version folder of ``name``, oldest first, as a Version or, for a damaged one, the reason."""
         name_dir = self._name_dir(name)
-        try:
-            self._fetch_all(name)
-        except CnnpipeError as e:
-            return [(0, str(e))]
+        unfetchable: dict[int, str] = {}
+        for entry in self.mirror.listdir(name_dir) if self.mirror else []:
+            if m := _VERSION_RE.match(entry):
+                try:
+                    self._fetch(name, entry)
+                except CnnpipeError as e:
+                    unfetchable[int(m.group(1))] = str(e)
         found = sorted((int(m.group(1)), p) for p in (name_dir.iterdir() if name_dir.is_dir() else [])
                        if (m := _VERSION_RE.match(p.name)) and p.is_dir() and not p.is_symlink())
-        out: list[tuple[int, Version | str]] = []
+        out: list[tuple[int, Version | str]] = sorted(unfetchable.items())
         for number, p in found:
             try:
                 out.append((number, load_version(p, self.stage)))
             except CnnpipeError as e:
                 out.append((number, str(e)))
-        return out
+        return sorted(out, key=lambda item: item[0])
 
     def has(self, name: str) -> bool:
         """Whether ``name`` has a ``latest`` version."""
