@@ -236,10 +236,19 @@ def load_version(path: Path, stage: str | None = None) -> Version:
     if not manifest_path.is_file() or manifest_path.is_symlink():
         raise CnnpipeError(f"{path}: not a cnnpipe version (no {MANIFEST})")
     try:
-        manifest = json.loads(read_small(manifest_path, MAX_MANIFEST))
+        data = read_small(manifest_path, MAX_MANIFEST)
+    except OSError as e:
+        raise CnnpipeError(f"{manifest_path}: unreadable manifest ({e.strerror})") from None
+    return parse_version(path, data, stage)
+
+
+def parse_version(path: Path, data: bytes, stage: str | None = None) -> Version:
+    """The version at ``path`` whose manifest's bytes are ``data`` (checked for shape, never quoted)."""
+    try:
+        manifest = json.loads(data)
         _check_manifest(manifest)
-    except (OSError, ValueError) as e:  # JSON errors name a position, not the content
-        raise CnnpipeError(f"{manifest_path}: corrupt manifest ({e})") from None
+    except ValueError as e:  # JSON errors name a position, not the content
+        raise CnnpipeError(f"{path / MANIFEST}: corrupt manifest ({e})") from None
     if stage is not None and manifest["stage"] != stage:
         raise CnnpipeError(f"{path}: is a {manifest['stage']} artifact, expected a {stage} artifact")
     return Version(path=path, manifest=manifest)
@@ -461,15 +470,33 @@ class Store:
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.fullmatch(p.name))
 
-    def _fetch_all(self, name: str) -> None:
-        if self.mirror:
-            for entry in self.mirror.listdir(self._name_dir(name)):
-                if _VERSION_RE.match(entry):
-                    self._fetch(name, entry)
+    def _remote_listing(self, name: str) -> list[tuple[int, Version | str]]:
+        """Each remote version of ``name`` read from its manifest alone (its files are fetched when
+        the version is used), or the reason it cannot be read; oldest first."""
+        assert self.mirror is not None
+        name_dir = self._name_dir(name)
+        found: list[tuple[int, Version | str]] = []
+        for entry in self.mirror.listdir(name_dir):
+            if not (m := _VERSION_RE.match(entry)):
+                continue
+            local = name_dir / entry
+            try:
+                if (local / MANIFEST).is_file():
+                    found.append((int(m.group(1)), load_version(local, self.stage)))
+                elif (data := self.mirror.read(local / MANIFEST, MAX_MANIFEST)) is not None:
+                    found.append((int(m.group(1)), parse_version(local, data, self.stage)))
+            except CnnpipeError as e:
+                found.append((int(m.group(1)), str(e)))
+        return sorted(found, key=lambda item: item[0])
 
     def versions(self, name: str) -> list[Version]:
-        """Committed versions of ``name``, oldest first."""
-        self._fetch_all(name)
+        """Committed versions of ``name``, oldest first (on object storage: by their manifests; ``get``
+        fetches a version's files)."""
+        if self.mirror:
+            listed = self._remote_listing(name)
+            if damaged := [reason for _, reason in listed if isinstance(reason, str)]:
+                raise CnnpipeError(damaged[0])
+            return [version for _, version in listed if not isinstance(version, str)]
         name_dir = self._name_dir(name)
         if not name_dir.is_dir():
             return []
@@ -482,23 +509,18 @@ class Store:
 
     def listing(self, name: str) -> list[tuple[int, Version | str]]:
         """Every version folder of ``name``, oldest first, as a Version or, for a damaged one, the reason."""
+        if self.mirror:
+            return self._remote_listing(name)
         name_dir = self._name_dir(name)
-        unfetchable: dict[int, str] = {}
-        for entry in self.mirror.listdir(name_dir) if self.mirror else []:
-            if m := _VERSION_RE.match(entry):
-                try:
-                    self._fetch(name, entry)
-                except CnnpipeError as e:
-                    unfetchable[int(m.group(1))] = str(e)
         found = sorted((int(m.group(1)), p) for p in (name_dir.iterdir() if name_dir.is_dir() else [])
                        if (m := _VERSION_RE.match(p.name)) and p.is_dir() and not p.is_symlink())
-        out: list[tuple[int, Version | str]] = sorted(unfetchable.items())
+        out: list[tuple[int, Version | str]] = []
         for number, p in found:
             try:
                 out.append((number, load_version(p, self.stage)))
             except CnnpipeError as e:
                 out.append((number, str(e)))
-        return sorted(out, key=lambda item: item[0])
+        return out
 
     def has(self, name: str) -> bool:
         """Whether ``name`` has a ``latest`` version."""

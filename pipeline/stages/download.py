@@ -80,7 +80,7 @@ def _commit(
     store = draft.store
     existing = store.versions(draft.name)
     if existing and existing[-1].results.get("dataset_hash") == dataset_hash:
-        return existing[-1], True
+        return store.get(draft.name, f"v{existing[-1].number}"), True  # its files too, on object storage
     roles = {
         INFO: "description", "split.json": "split", "sources.json": "inventory",
         "samples.png": "plot", "classes.png": "plot",
