@@ -116,7 +116,11 @@ class Mirror:
     def upload_as(self, src: Path, local: Path) -> None:
         """Create ``local``'s remote counterpart from the file ``src`` (multipart when large); never overwrites."""
         with self.calling("upload", local):
-            self.fs.put_file(str(src), self.key(local), mode="create")
+            try:
+                self.fs.put_file(str(src), self.key(local), mode="create")
+            except FileExistsError:
+                raise CnnpipeError(f"--root {self.url}: {self.key(local)} already exists; another writer wrote "
+                                   "where only this one may: nothing was replaced") from None
 
     def fetch_additions(self, version_dir: Path, added_later: tuple[str, ...]) -> None:
         """Download what a committed version gained remotely since it was mirrored (its signature,
