@@ -34,6 +34,8 @@ CACHE_ENV = "CNNPIPE_CACHE"
 CLAIMS = ".claims"
 SCHEMES = {"s3": "s3fs"}  # URL scheme -> the package that serves it (the `s3` extra)
 S3_CONFIG = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3, "mode": "standard"}}
+PART_BYTES = 16 * 2**20  # a file over this is uploaded in multipart parts of this size (S3's minimum: 5 MiB)
+PARTS_IN_FLIGHT = 4  # parts uploaded at once: memory stays near PART_BYTES * PARTS_IN_FLIGHT, whatever the file
 MAX_ADDITION = 16 * 2**20  # bytes of a signature or a verify report fetched from the store
 CAS_TRIES = 50  # compare-and-swap attempts on ``latest`` before giving up
 _URL = re.compile(r"^([a-z][a-z0-9+.-]*)://(.+)$")
@@ -117,7 +119,8 @@ class Mirror:
         """Create ``local``'s remote counterpart from the file ``src`` (multipart when large); never overwrites."""
         with self.calling("upload", local):
             try:
-                self.fs.put_file(str(src), self.key(local), mode="create")
+                self.fs.put_file(str(src), self.key(local), mode="create", chunksize=PART_BYTES,
+                                 max_concurrency=PARTS_IN_FLIGHT)
             except FileExistsError:
                 raise CnnpipeError(f"--root {self.url}: {self.key(local)} already exists; another writer wrote "
                                    "where only this one may: nothing was replaced") from None
