@@ -15,9 +15,9 @@ from .card import CARD_FILES
 from .formats import FORMATS
 from .modelfile import MODEL_JSON
 from .signing import SIGNATURE
-from .store import MANIFEST, Version
+from .store import MANIFEST, REPORTS, Version
 
-_REPORT = re.compile(r"^verify/[0-9TZ]+-[A-Za-z0-9_-]*-[0-9]+\.json$")
+_REPORT = re.compile(rf"^{REPORTS}/[0-9TZ]+-[A-Za-z0-9_-]*-[0-9]+\.json$")
 
 
 def formats_to_check(bundle: Version, bundle_json: dict[str, Any]) -> tuple[list[str], list[str]]:

@@ -27,7 +27,8 @@ import numpy as np
 from .errors import EXIT_GATE, CnnpipeError, first_line
 from .formats import FORMATS
 from .modelfile import MODEL_JSON
-from .store import REPORTS, Version, Workspace
+from .remote import MAX_ADDITION
+from .store import REPORTS, Version, Workspace, read_small
 
 TAG = "cnnpipe."  # prefix of every tag cnnpipe sets
 BUNDLE_TAG = f"{TAG}bundle_sha256"
@@ -62,8 +63,8 @@ def newest_report(bundle: Version) -> dict[str, Any]:
     if not reports:
         raise NotVerified(f"{bundle.ref}: has never been verified: run cnnpipe verify {bundle.ref} first")
     try:
-        report = json.loads(reports[-1].read_text())
-    except (OSError, ValueError) as e:
+        report = json.loads(read_small(reports[-1], MAX_ADDITION))
+    except (OSError, ValueError, CnnpipeError) as e:
         raise NotVerified(f"{reports[-1]}: unreadable verify report ({e}); run cnnpipe verify {bundle.ref}") from None
     if not isinstance(report, dict) or report.get("passed") is not True or report.get("bundle") != bundle.ref:
         raise NotVerified(f"{bundle.ref}: its newest verify report ({reports[-1].name}) did not pass; "
