@@ -56,7 +56,7 @@ def tiny_folder(path: Path) -> Path:
 def run_one(name: str, root: Path, folder: Path, max_params: float) -> dict[str, Any]:
     """Build, train, export and verify ``torchvision:NAME`` in this process; the row of the table."""
     from cnnpipe.errors import CnnpipeError, first_line
-    from cnnpipe.nets import param_count
+    from cnnpipe.nets.registry import param_count
     from cnnpipe.nets.sources import build_arch
     from cnnpipe.options import ExportOptions, TrainConfig, VerifyOptions
     from cnnpipe.stages.download import import_folder

@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 
 from cnnpipe.data.idx import read_idx
+from cnnpipe.options import TrainConfig
 from cnnpipe.stages.download import import_folder
 from cnnpipe.stages.evaluate import evaluate
-from cnnpipe.stages.train import TrainConfig, train
+from cnnpipe.stages.train import train
 
 
 def write_folder(root: Path) -> None:

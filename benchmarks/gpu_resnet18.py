@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from cnnpipe.nets import build
+from cnnpipe.nets.registry import build
+from cnnpipe.options import TrainConfig
 from cnnpipe.stages.download import import_folder
 from cnnpipe.stages.evaluate import evaluate
-from cnnpipe.stages.train import TrainConfig, train
+from cnnpipe.stages.train import train
 
 
 def seeds_images_per_s(data: Path, batch: int, steps: int, device: torch.device, workers: int, limit: int | None) -> float:

@@ -24,8 +24,8 @@ from torchvision import transforms
 from cnnpipe.data.batches import DeviceBatches, batch_order
 from cnnpipe.data.idx import read_idx
 from cnnpipe.data.loading import normalize
-from cnnpipe.engine import train_epoch
-from cnnpipe.nets import build
+from cnnpipe.nets.registry import build
+from cnnpipe.training.engine import train_epoch
 
 MEAN, STD = [0.1307], [0.3081]
 

@@ -26,12 +26,12 @@ import torch
 from PIL import Image
 
 from cnnpipe.formats import FORMATS
-from cnnpipe.options import ExportOptions
-from cnnpipe.signing import Trust
+from cnnpipe.options import ExportOptions, TrainConfig
 from cnnpipe.stages.bench import bench
 from cnnpipe.stages.download import import_folder
 from cnnpipe.stages.export import export
-from cnnpipe.stages.train import TrainConfig, train
+from cnnpipe.stages.train import train
+from cnnpipe.verification.signing import Trust
 
 NETWORKS = {"lenet5": 1, "resnet18": 3}  # name: channels (lenet5 at 28x28, resnet18 at 32x32)
 OWN = Trust(native=True)  # the bundles this script builds itself: their AOTInductor code is its own

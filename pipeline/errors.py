@@ -1,4 +1,8 @@
-"""Errors that the CLI turns into one clear line and a documented exit code."""
+"""Every error the CLI turns into one clear line and a documented exit code, in one place.
+
+A stage raises the subclass that names the kind of failure, so callers and tests can tell
+them apart without reading the wording; the CLI prints ``str(e)`` and exits ``e.exit_code``.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,44 @@ class CnnpipeError(Exception):
     """A problem the user can fix: bad usage, bad input, a corrupt artifact (exit 2)."""
 
     exit_code = EXIT_USAGE
+
+
+class MissingExtra(CnnpipeError):
+    """An optional runtime is not installed; the message names its pip extra (exit 2)."""
+
+
+class ExportFailed(CnnpipeError):
+    """An exporter produced no file (its exception is the cause; exit 2)."""
+
+
+class LoadFailed(CnnpipeError):
+    """A runtime cannot load a file of a bundle (exit 2 where it stops a command; a failed row in verify and bench)."""
+
+
+class NativeCodeRefused(CnnpipeError):
+    """A file holding native code was not loaded: no verified signature and no --trust-native (exit 2)."""
+
+
+class FormatTimeout(CnnpipeError):
+    """A format's work did not finish within its time limit."""
+
+
+class GateFailed(CnnpipeError):
+    """A release gate failed (exit 1)."""
+
+    exit_code = EXIT_GATE
+
+
+class ChecksumError(GateFailed):
+    """A fetched file is not the published one (corrupt, truncated or replaced): exit 1."""
+
+
+class SignatureError(GateFailed):
+    """A bundle's signature is missing, invalid, or made with another key: exit 1."""
+
+
+class NotVerified(GateFailed):
+    """The bundle has no passing verify report: it is not published (exit 1, a failed gate)."""
 
 
 def first_line(e: BaseException) -> str:

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import CnnpipeError
-from .formats import BASE_FORMATS, FORMATS, Format
-from .signing import Trust, check_key
-from .store import check_name
-from .timelimit import DEFAULT_TIMEOUT, TIMEOUT_HELP, check_timeout
+from .formats import BASE_FORMATS, FORMATS, VARIANT_FLAGS, flag_help
+from .formats.base import Format
+from .store.version import check_name
+from .verification.signing import Trust, check_key
+from .verification.timelimit import DEFAULT_TIMEOUT, TIMEOUT_HELP, check_timeout
 
 DEVICES = ("auto", "cpu", "cuda")
 PROVIDERS = ("cpu", "cuda")
@@ -124,8 +125,7 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` filled from the network's recipe; raises on unusable values."""
-        from .nets import get_net
-        from .nets.registry import SMALL_NET_RECIPE
+        from .nets.registry import SMALL_NET_RECIPE, get_net
         from .nets.sources import default_name, parse
 
         recipe = get_net(self.arch).recipe if parse(self.arch).kind == "registry" else SMALL_NET_RECIPE
@@ -171,8 +171,8 @@ TRAIN_CHOICES = {
 
 
 @dataclass(frozen=True)
-class ExportOptions:
-    """What ``export`` writes; the variants and their flags come from the format table."""
+class _ExportChoices:
+    """What ``export`` writes, but for the variant flags (``ExportOptions`` adds one per flag of the format table)."""
 
     formats: tuple[str, ...] = option(
         ("all",), "Export format (repeatable): " + ", ".join(BASE_FORMATS) + " (torchscript is legacy), or all (every "
@@ -180,9 +180,6 @@ class ExportOptions:
         "--format", "-f", choices=FORMAT_CHOICES, multiple=True,
     )
     opset: int | None = option(None, "ONNX opset (default: the exporter's).")
-    fp16: bool = option(False, "Also write model.fp16.onnx (fp16 weights, float32 inputs and outputs).", "--fp16")
-    int8: bool = option(False, "Also write model.int8.onnx (static quantization calibrated on training images).", "--int8")
-    aoti: bool = option(False, "Also compile the pt2 program into model.aoti.pt2 (AOTInductor; needs a C++ compiler).", "--aoti")
     layout: str = option("flat", "triton: also write a Triton model repository under triton/.", choices=LAYOUTS)
     calibration: int = option(256, "Training images that calibrate --int8.", "--calibration-images")
     license: str | None = option(None, "License of the model, an SPDX id (MIT, Apache-2.0, CC-BY-4.0...), written "
@@ -193,7 +190,7 @@ class ExportOptions:
     @property
     def flags(self) -> dict[str, bool]:
         """The variant flags by name, as the format table's ``flag`` fields name them."""
-        return {"fp16": self.fp16, "int8": self.int8, "aoti": self.aoti}
+        return {flag: getattr(self, flag) for flag in VARIANT_FLAGS}
 
     @property
     def everything(self) -> bool:
@@ -236,6 +233,16 @@ class ExportOptions:
         if self.license is not None and not _SPDX.fullmatch(self.license):
             raise CnnpipeError(f"--license must be an SPDX license id such as MIT or Apache-2.0, not {self.license!r}")
         return chosen
+
+
+# One boolean option per variant flag of the format table (--fp16, --int8, --aoti): a new variant's
+# record brings its flag, help text and config-file key with it.
+ExportOptions = make_dataclass(
+    "ExportOptions", [(flag, bool, option(False, flag_help(flag), f"--{flag}")) for flag in VARIANT_FLAGS],
+    bases=(_ExportChoices,), frozen=True,
+)
+ExportOptions.__module__ = __name__
+ExportOptions.__doc__ = "What ``export`` writes: base formats, the variants flagged, the opset, layout, license and signing key."
 
 
 @dataclass(frozen=True)

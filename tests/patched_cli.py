@@ -12,7 +12,7 @@ import torchvision.datasets
 
 torchvision.datasets.MNIST.resources = [tuple(r) for r in json.loads(sys.argv.pop(1))]
 
-from cnnpipe.cli import main  # noqa: E402
+from cnnpipe.cli.app import main  # noqa: E402
 
 sys.argv[0] = "cnnpipe"
 main()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cnnpipe.formats import BASE_FORMATS
-from cnnpipe.nets import net_names
+from cnnpipe.nets.registry import net_names
 from test_imagefolder import CIFAR_JPEG, _make_folder
 
 from conftest import cnnpipe_json

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from cnnpipe.cli import app, main
+from cnnpipe.cli.app import app, main
 
 BAD = ["", "-1", "0", "99999999999999999999", "1e309", "nan", "text"]
 # what each command needs besides the option under test, chosen to fail after the options are checked

@@ -17,9 +17,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from cnnpipe.engine import batched_logits
-from cnnpipe.modelfile import load_model
-from cnnpipe.store import Workspace
+from cnnpipe.nets.modelfile import load_model
+from cnnpipe.store.workspace import Workspace
+from cnnpipe.training.engine import batched_logits
 from test_imagefolder import _make_folder
 
 from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_json, resign

@@ -15,8 +15,9 @@ import torch
 from cnnpipe.data.batches import DeviceBatches, StreamBatches, augment, batch_order
 from cnnpipe.data.cifar import read_cifar10
 from cnnpipe.errors import CnnpipeError
+from cnnpipe.options import TrainConfig
 from cnnpipe.stages.download import download
-from cnnpipe.stages.train import TrainConfig, train
+from cnnpipe.stages.train import train
 
 
 def test_random_crop_is_a_shift_of_the_zero_padded_image_and_flip_mirrors():

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnpipe.data.fetch import ChecksumError, fetch
-from cnnpipe.errors import CnnpipeError
+from cnnpipe.data.fetch import fetch
+from cnnpipe.errors import ChecksumError, CnnpipeError
 
 from conftest import SHARED, assert_clean_error, tree_state
 from mirror import serve

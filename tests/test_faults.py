@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from cnnpipe.store import MANIFEST, Store, Workspace, load_version
+from cnnpipe.store.version import MANIFEST, load_version
+from cnnpipe.store.workspace import Store, Workspace
 
 from conftest import cli_env, cnnpipe_json
 

@@ -11,10 +11,10 @@ import torch
 import typer
 from safetensors.torch import save_file
 
-from cnnpipe.cli import app
+from cnnpipe.cli.app import app
 from cnnpipe.description import InputSpec, ModelDescription
 from cnnpipe.formats import BASE_FORMATS, FORMATS, VARIANT_FLAGS, load_snippets
-from cnnpipe.nets import build
+from cnnpipe.nets.registry import build
 
 from conftest import assert_clean_error, choices_of, cnnpipe, cnnpipe_json, resign, tree_state
 

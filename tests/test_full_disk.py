@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnpipe.store import Workspace
+from cnnpipe.store.workspace import Workspace
 
 from conftest import cnnpipe, tree_state
 
@@ -112,7 +112,7 @@ def _versions(root: Path) -> set[str]:
 
 
 def _check(root: Path, rel: str) -> None:
-    from cnnpipe.store import load_version
+    from cnnpipe.store.version import load_version
 
     load_version(root / rel).check()
     assert Workspace(root)  # the store still opens

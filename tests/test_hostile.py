@@ -149,7 +149,7 @@ def test_nan_or_infinity_in_a_numeric_option_is_refused(pipeline_root: Path, arg
 
 
 def test_every_json_file_cnnpipe_writes_is_strict_json(pipeline_root: Path):
-    from cnnpipe.store import dumps
+    from cnnpipe.fs import dumps
 
     def refuse(constant: str) -> None:
         raise ValueError(f"non-standard JSON constant {constant}")

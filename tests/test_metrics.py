@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnpipe.metrics import classification_metrics, compare, confident_errors, expected_calibration_error
+from cnnpipe.evaluation.metrics import classification_metrics, compare, confident_errors, expected_calibration_error
 from cnnpipe.stages.evaluate import gates
 
 CLASSES = ["a", "b", "c", "d"]

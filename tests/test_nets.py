@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.nets import build, net_names, param_count
+from cnnpipe.nets.registry import build, net_names, param_count
 
 SEED_COUNTS = {
     ("lenet5", 1, 28): 61_706,

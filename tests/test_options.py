@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from cnnpipe.cli import app
+from cnnpipe.cli.app import app
 from cnnpipe.options import ExportOptions, GateOptions, TrainConfig, VerifyOptions
 
 from conftest import assert_clean_error, choices_of, cli_env, cnnpipe, cnnpipe_json

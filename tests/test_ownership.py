@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cnnpipe.store import Store
+from cnnpipe.store.workspace import Store
 
 from conftest import assert_clean_error, cli_env, cnnpipe
 
@@ -69,7 +69,7 @@ def test_a_live_writers_draft_is_kept_and_a_dead_ones_is_swept(tmp_path: Path, n
 
 
 def _still_owned(folder: Path) -> bool:
-    from cnnpipe.ownership import abandoned
+    from cnnpipe.store.ownership import abandoned
 
     return not abandoned(folder)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cnnpipe.data.imagefolder import decode_all
-from cnnpipe.predict import preprocess
+from cnnpipe.stages.predict import preprocess
 from mlflowserver import mlflow_server
 from test_bundle import write_pngs
 

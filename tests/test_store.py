@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.store import Store, check_name
+from cnnpipe.store.version import check_name
+from cnnpipe.store.workspace import Store
 
 
 def _store(tmp_path: Path) -> Store:

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnpipe.optim import make_schedule
+from cnnpipe.options import TrainConfig
 from cnnpipe.stages.download import download
-from cnnpipe.stages.train import TrainConfig, train
+from cnnpipe.stages.train import train
+from cnnpipe.training.optim import make_schedule
 
 from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_json
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from ..data.cifar import read_cifar10
-from ..data.fetch import OnBytes, fetch, sources
-from ..data.idx import read_idx
-from ..data.split import stratified_split
 from ..errors import CnnpipeError
+from .cifar import read_cifar10
+from .fetch import OnBytes, fetch, sources
+from .idx import read_idx
+from .split import stratified_split
 
 
 @dataclass

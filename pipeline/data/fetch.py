@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import EXIT_GATE, CnnpipeError
+from ..errors import ChecksumError, CnnpipeError
 
 MIRROR_ENV = "CNNPIPE_MIRROR"
 TIMEOUT_S = 30.0
@@ -31,11 +31,6 @@ PUBLISHED_BYTES = {
 }
 MAX_BYTES = 1 << 30
 
-
-class ChecksumError(CnnpipeError):
-    """A fetched file is not the published one (corrupt, truncated or replaced): exit 1."""
-
-    exit_code = EXIT_GATE
 
 
 def sources(official: list[str], mirror: str | None) -> list[str]:

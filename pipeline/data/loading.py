@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CnnpipeError
-from ..store import Version
+from ..store.version import Version
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: importing a dataset needs none
     import torch

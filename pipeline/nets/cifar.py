@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CnnpipeError
-from ..nets.registry import SGD_RECIPE, register
+from .registry import SGD_RECIPE, register
 
 VGG11 = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]
 

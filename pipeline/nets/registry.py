@@ -40,9 +40,12 @@ _REGISTRY: dict[str, NetSpec] = {}
 def register(
     name: str, *, source: str, channels: int, size: int, dataset: str, recipe: dict[str, Any]
 ) -> Callable[[Builder], Builder]:
-    """Decorator: register ``builder(channels, size, num_classes)`` under ``name``."""
+    """Decorator: register ``builder(channels, size, num_classes)`` under ``name``; a name registered
+    twice is a programming error, raised at import (as torchvision's ``register_model`` does)."""
 
     def wrap(builder: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"network {name!r} is already registered")
         _REGISTRY[name] = NetSpec(name, builder, source, channels, size, dataset, recipe)
         return builder
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..errors import CnnpipeError
-from ..nets.registry import SMALL_NET_RECIPE, register
+from .registry import SMALL_NET_RECIPE, register
 
 
 def _side(size: int, steps: list[tuple[int, int]], name: str, minimum: int) -> int:

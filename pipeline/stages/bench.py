@@ -13,12 +13,13 @@ import numpy as np
 import torch
 
 from ..description import ModelDescription
-from ..errors import CnnpipeError, first_line
-from ..formats import FORMATS, Format, LoadContext, Runner
-from ..modelfile import MODEL_JSON
-from ..signing import Trust
-from ..store import Workspace
-from ..timelimit import DEFAULT_TIMEOUT, Deadline, FormatTimeout, check_timeout, within
+from ..errors import CnnpipeError, FormatTimeout, first_line
+from ..formats import FORMATS
+from ..formats.base import Format, LoadContext, Runner
+from ..nets.modelfile import MODEL_JSON
+from ..store.workspace import Workspace
+from ..verification.signing import Trust
+from ..verification.timelimit import DEFAULT_TIMEOUT, Deadline, check_timeout, within
 
 Call = Callable[[], Any]
 MAX_THREADS = 1024

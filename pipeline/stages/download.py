@@ -16,10 +16,12 @@ from ..data.loading import INFO, split_files
 from ..data.resize import FOLDER_SIZE, channel_stats, check_size, resize_split
 from ..data.split import stratified_split
 from ..errors import CnnpipeError
+from ..evaluation.plots import plot_class_counts, plot_samples
+from ..fs import dumps, sha256_file, write_json
 from ..options import check_seed
-from ..plots import plot_class_counts, plot_samples
-from ..provenance import lineage
-from ..store import Draft, Version, Workspace, check_name, dumps, sha256_file, write_json
+from ..store.provenance import lineage
+from ..store.version import Version, check_name
+from ..store.workspace import Draft, Workspace
 
 
 @dataclass

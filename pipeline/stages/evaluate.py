@@ -14,16 +14,18 @@ from typing import Any
 
 import torch
 
-from ..card import PLOT_FILES, model_card
 from ..data.loading import load_dataset
 from ..description import ModelDescription
-from ..engine import batched_logits
 from ..errors import CnnpipeError
-from ..metrics import classification_metrics, compare, confident_errors
-from ..modelfile import load_model, resolve_device
-from ..plots import plot_confusion, plot_misclassified, plot_per_class
-from ..provenance import lineage
-from ..store import Store, Version, Workspace, write_json
+from ..evaluation.card import PLOT_FILES, model_card
+from ..evaluation.metrics import classification_metrics, compare, confident_errors
+from ..evaluation.plots import plot_confusion, plot_misclassified, plot_per_class
+from ..fs import write_json
+from ..nets.modelfile import load_model, resolve_device
+from ..store.provenance import lineage
+from ..store.version import Version
+from ..store.workspace import Store, Workspace
+from ..training.engine import batched_logits
 
 METRICS_SCHEMA = "cnnpipe.metrics/1"
 

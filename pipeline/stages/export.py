@@ -13,17 +13,20 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..card import PLOT_FILES, model_card
 from ..data.loading import load_dataset, normalize
 from ..description import ModelDescription
 from ..errors import CnnpipeError
-from ..formats import FORMATS, INPUT_NAME, OUTPUT_NAME, ExportContext
-from ..modelfile import MODEL_JSON, WEIGHTS, load_model
-from ..onnx_variants import triton_config, triton_repository
+from ..evaluation.card import PLOT_FILES, model_card
+from ..formats import FORMATS
+from ..formats.base import INPUT_NAME, OUTPUT_NAME, ExportContext
+from ..formats.triton import triton_config, triton_repository
+from ..fs import write_json
+from ..nets.modelfile import MODEL_JSON, WEIGHTS, load_model
 from ..options import ExportOptions
-from ..provenance import lineage
-from ..signing import sign
-from ..store import Version, Workspace, write_json
+from ..store.provenance import lineage
+from ..store.version import Version
+from ..store.workspace import Workspace
+from ..verification.signing import sign
 from .evaluate import latest_evaluation
 
 
@@ -159,6 +162,7 @@ def export(
                                         "calibration": calibration if options.int8 else None}),
             results={"formats": written, "onnx_opset": ctx.opset_used, "weights_sha256": weights_sha256,
                      "triton": triton},
+            packages=tuple(dict.fromkeys(p for f in written for p in FORMATS[f].packages)),
         )
     signature = str(sign(bundle, Path(options.sign_key))) if options.sign_key else None
     return ExportResult(

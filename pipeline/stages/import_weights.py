@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.loading import load_dataset
-from ..modelfile import MODEL_JSON, WEIGHTS, describe, load_state, read_state, save_weights
+from ..fs import write_json
+from ..nets.modelfile import MODEL_JSON, WEIGHTS, describe, load_state, read_state, save_weights
 from ..nets.sources import build_arch, default_name, store_code
-from ..provenance import environment, lineage
-from ..store import Workspace, check_name, write_json
+from ..store.provenance import environment, lineage
+from ..store.version import check_name
+from ..store.workspace import Workspace
 
 
 @dataclass

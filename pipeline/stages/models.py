@@ -8,11 +8,10 @@ from typing import Any
 from ..data.catalog import CATALOG
 from ..data.loading import INFO
 from ..errors import CnnpipeError
-from ..nets import build, get_net, net_names, param_count
-from ..nets.registry import SMALL_NET_RECIPE
+from ..nets.registry import SMALL_NET_RECIPE, build, get_net, net_names, param_count
 from ..nets.sources import build_arch, parse
 from ..options import TrainConfig
-from ..store import Workspace
+from ..store.workspace import Workspace
 
 DEFAULT_DATASET = TrainConfig.dataset  # what train uses when --dataset is not given
 

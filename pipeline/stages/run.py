@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from ..data.catalog import CATALOG
-from ..engine import Progress
 from ..errors import CnnpipeError
-from ..options import ExportOptions, GateOptions, VerifyOptions
-from ..signing import Trust
-from ..store import Workspace
+from ..options import ExportOptions, GateOptions, TrainConfig, VerifyOptions
+from ..store.workspace import Workspace
+from ..training.engine import Progress
+from ..verification.signing import Trust
 from .download import download
 from .evaluate import check_gate_options, evaluate
 from .export import export
-from .train import TrainConfig, train
+from .train import train
 from .verify import verify
 
 Stage = Callable[[str, Any], None]

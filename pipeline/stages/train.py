@@ -28,18 +28,20 @@ import torch.nn.functional as F
 
 from ..data.batches import DeviceBatches, StreamBatches, batch_order
 from ..data.loading import Dataset, load_dataset
-from ..engine import Progress, batched_logits, train_epoch
 from ..errors import CnnpipeError, first_line
-from ..finetune import apply_init, find_head, freeze_all_but, initial_state
-from ..modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device, save_weights
-from ..nets import param_count
+from ..evaluation.plots import plot_curves
+from ..fs import STORAGE_ERRNOS, dumps, write_json, write_through_memory, writing
+from ..nets.modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device, save_weights
+from ..nets.registry import param_count
 from ..nets.sources import ArchSource, build_arch, store_code
-from ..optim import make_optimizer, make_schedule
 from ..options import TrainConfig
-from ..ownership import abandoned, owned
-from ..plots import plot_curves
-from ..provenance import environment, lineage
-from ..store import STORAGE_ERRNOS, Workspace, check_name, dumps, write_json, write_through_memory, writing
+from ..store.ownership import abandoned, owned
+from ..store.provenance import environment, lineage
+from ..store.version import check_name
+from ..store.workspace import Workspace
+from ..training.engine import Progress, batched_logits, train_epoch
+from ..training.finetune import apply_init, find_head, freeze_all_but, initial_state
+from ..training.optim import make_optimizer, make_schedule
 
 CHECKPOINT = "checkpoint.pt"
 RUN_CONFIG = "config.json"

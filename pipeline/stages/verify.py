@@ -19,18 +19,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..consistency import check_bundle_records
 from ..data.loading import load_dataset, normalize
 from ..description import ModelDescription
 from ..errors import CnnpipeError, first_line
-from ..formats import FORMATS, Format, LoadContext, Tolerance
-from ..localize import localize_onnx
-from ..modelfile import MODEL_JSON, load_model
+from ..formats import FORMATS, REEXPORTED
+from ..formats.base import Format, LoadContext, Tolerance
+from ..fs import dumps, refuse_symlinks, writing
+from ..nets.modelfile import MODEL_JSON, load_model
 from ..options import VerifyOptions
-from ..reexport import COMPARED, compare_reexports
-from ..signing import Trust
-from ..store import REPORTS, Version, Workspace, dumps, publish_addition, refuse_symlinks, writing
-from ..timelimit import Deadline, within
+from ..store.version import REPORTS, Version
+from ..store.workspace import Workspace, upload_addition
+from ..verification.consistency import check_bundle_records
+from ..verification.localize import localize_onnx
+from ..verification.reexport import compare_reexports
+from ..verification.signing import Trust
+from ..verification.timelimit import Deadline, within
 from .export import export_context
 
 CHUNK = 256  # small activations: larger chunks let glibc's heap high-water creep up per chunk
@@ -247,14 +250,14 @@ def _localize(path: Path, model: torch.nn.Module, images: Images, tol: Tolerance
 def _reexport(
     ws: Workspace, bundle: Version, source: Version, model: torch.nn.Module, desc: ModelDescription, formats: list[str]
 ) -> dict[str, list[str]]:
-    """Export the bundle's formats again from the rebuilt weights (those ``reexport.COMPARED`` names)
+    """Export the bundle's formats again from the rebuilt weights (those the format table marks ``reexported``)
     and compare them with the shipped files; a re-export that fails counts as a difference."""
     opset = bundle.manifest.get("lineage", {}).get("config", {}).get("opset")
     ctx = export_context(ws, source, model, desc, opset if isinstance(opset, int) else None, 1)
     try:
         found = compare_reexports(ctx, bundle.path, formats)
     except CnnpipeError as e:
-        return {f: [f"it could not be exported again here ({e})"] for f in COMPARED if f in formats}
+        return {f: [f"it could not be exported again here ({e})"] for f in REEXPORTED if f in formats}
     exported_with = bundle.manifest.get("environment", {}).get("torch")
     if any(found.values()) and exported_with != torch.__version__:
         hint = (f"(the manifest says torch {exported_with}; this is torch {torch.__version__}: "
@@ -373,4 +376,4 @@ def _write_report(bundle: Version, result: VerifyResult) -> None:
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    publish_addition(path)
+    upload_addition(path)

@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from .. import __version__
 
 
 def _version(*dists: str) -> str | None:
@@ -32,17 +32,22 @@ def _versions() -> dict[str, Any]:
         "torchvision": _version("torchvision"),
         "onnx": _version("onnx"),
         "onnxscript": _version("onnxscript"),
-        "onnxruntime": _version("onnxruntime-gpu", "onnxruntime"),
+        "onnxruntime": _version(*DISTRIBUTIONS["onnxruntime"]),
         "safetensors": _version("safetensors"),
     }
 
 
-def environment() -> dict[str, Any]:
-    """Versions of Python and the libraries that shape a result, and the device. A stage that
-    did not import torch (download) used no device; torch is not imported just to say so."""
+DISTRIBUTIONS = {"onnxruntime": ("onnxruntime-gpu", "onnxruntime")}  # a package by the names it is installed under
+
+
+def environment(packages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Versions of Python and the libraries that shape a result (and of ``packages``, those of the
+    formats an export wrote), and the device. A stage that did not import torch (download) used
+    no device; torch is not imported just to say so."""
     torch = sys.modules.get("torch")
     cuda = torch is not None and torch.cuda.is_available()
-    return _versions() | {
+    extra = {name: _version(*DISTRIBUTIONS.get(name, (name,))) for name in packages}
+    return _versions() | extra | {
         "torch": torch.__version__ if torch is not None else _version("torch"),
         "cuda": torch.version.cuda if cuda else None,
         "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",

@@ -12,11 +12,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .description import InputSpec, ModelDescription
-from .errors import CnnpipeError, first_line
-from .nets import build, param_count
-from .nets.sources import ArchSource, rebuild
-from .store import Version
+from ..description import InputSpec, ModelDescription
+from ..errors import CnnpipeError, first_line
+from ..store.version import Version
+from .registry import build, param_count
+from .sources import ArchSource, rebuild
 
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"

@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from .data.imagefolder import decode_all
-from .errors import CnnpipeError, first_line
-from .formats import FORMATS
-from .onnx_session import PROVIDERS, onnx_session, stoppable_runs
-from .signing import Trust
-from .store import Workspace
-from .timelimit import DEFAULT_TIMEOUT, Deadline, check_timeout, within
+from ..data.imagefolder import decode_all
+from ..errors import CnnpipeError, first_line
+from ..formats import FORMATS
+from ..formats.onnx import ORT_PROVIDERS as PROVIDERS
+from ..formats.onnx import onnx_session, stoppable_runs
+from ..store.workspace import Workspace
+from ..verification.signing import Trust
+from ..verification.timelimit import DEFAULT_TIMEOUT, Deadline, check_timeout, within
 
 
 @dataclass

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import nn
 
-from .errors import CnnpipeError
-from .options import OPTIMIZERS, SCHEDULES
+from ..errors import CnnpipeError
+from ..options import OPTIMIZERS, SCHEDULES
 
 
 def make_optimizer(

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import CnnpipeError
+from ..errors import CnnpipeError
 
 OWNER = ".owner"
 _FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC  # write mode: NFS emulates flock with POSIX locks

@@ -17,17 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import EXIT_GATE, CnnpipeError, first_line
-from .store import ADDED_LATER, SIGNATURE, Version, publish_addition
+from ..errors import CnnpipeError, SignatureError, first_line
+from ..store.version import ADDED_LATER, SIGNATURE, Version
+from ..store.workspace import upload_addition
 
 UNSIGNED = ADDED_LATER  # added after signing: the signature itself and verify's reports
 PRIVATE_KEY, PUBLIC_KEY = "cnnpipe-signing.key", "cnnpipe-signing.pub"
 
-
-class SignatureError(CnnpipeError):
-    """A bundle's signature is missing, invalid, or made with another key: exit 1."""
-
-    exit_code = EXIT_GATE
 
 
 @dataclass(frozen=True)
@@ -122,7 +118,7 @@ def sign(bundle: Version, private_key: Path) -> Path:
         os.chmod(tmp, 0o644)
         os.link(tmp, target)  # fails if a signature appeared meanwhile: never replaced
         try:
-            publish_addition(target)
+            upload_addition(target)
         except BaseException:
             target.unlink()
             raise

@@ -24,11 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EXIT_GATE, CnnpipeError, first_line
-from .formats import FORMATS
-from .modelfile import MODEL_JSON
-from .remote import MAX_ADDITION
-from .store import REPORTS, Version, Workspace, read_small
+from ..errors import CnnpipeError, NotVerified, first_line
+from ..formats import FORMATS
+from ..fs import read_small
+from ..nets.modelfile import MODEL_JSON
+from ..store.remote import MAX_ADDITION
+from ..store.version import REPORTS, Version
+from ..store.workspace import Workspace
 
 TAG = "cnnpipe."  # prefix of every tag cnnpipe sets
 BUNDLE_TAG = f"{TAG}bundle_sha256"
@@ -36,11 +38,6 @@ EXPERIMENT = "cnnpipe-publish"
 EXAMPLE_IMAGES = 4
 PROBE_TIMEOUT = 10.0  # seconds to reach the tracking server before anything is sent
 
-
-class NotVerified(CnnpipeError):
-    """The bundle has no passing verify report: it is not published (exit 1, a failed gate)."""
-
-    exit_code = EXIT_GATE
 
 
 @dataclass
@@ -145,7 +142,7 @@ def publish(bundle_ref: str, tracking_uri: str, root: Path = Path("."), alias: s
             graph = onnx.load(str(onnx_path))
             meta = {p.key: p.value for p in graph.metadata_props}
             example = _example(bundle, meta)
-            from .onnx_session import onnx_session
+            from ..formats.onnx import onnx_session
 
             logits = onnx_session(onnx_path, "cpu").run(None, {meta["input_name"]: example})[0]
             mlflow.set_experiment(EXPERIMENT)

@@ -17,23 +17,23 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .formats import FORMATS, ExportContext
+from ..formats import FORMATS, REEXPORTED
+from ..formats.base import ExportContext
 
-# Made again and compared, parents before the variants derived from them. Not here: executorch
-# (byte-reproducible from a fresh process too, but lowering takes 10 to 20 s), torchscript and
-# openvino (their mangled names and node ids count what the process traced or converted before,
-# so only a fresh export process reproduces them; `run` verifies in the process that exported),
-# onnx-int8 (calibrated on training images), ort (its converter's tables come in a per-process
-# order), pt2-aoti (native code: trusted through a signature only).
-COMPARED = ("onnx", "onnx-fp16", "pt2", "safetensors")
+# Made again and compared: the formats whose record says ``reexported``, parents before the variants
+# derived from them. Not among them: executorch (byte-reproducible from a fresh process too, but
+# lowering takes 10 to 20 s), torchscript and openvino (their mangled names and node ids count what
+# the process traced or converted before, so only a fresh export process reproduces them; `run`
+# verifies in the process that exported), onnx-int8 (calibrated on training images), ort (its
+# converter's tables come in a per-process order), pt2-aoti (native code: trusted through a signature only).
 
 
 def compare_reexports(ctx: ExportContext, bundle: Path, formats: list[str]) -> dict[str, list[str]]:
-    """For each format of ``COMPARED`` among ``formats``, how its files in ``bundle`` differ from a
+    """For each format of ``REEXPORTED`` among ``formats``, how its files in ``bundle`` differ from a
     fresh export from ``ctx`` (an empty list: every file byte-identical)."""
     found: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="cnnpipe-reexport-") as tmp:
-        for fmt in (f for f in COMPARED if f in formats):
+        for fmt in (f for f in REEXPORTED if f in formats):
             spec = FORMATS[fmt]
             spec.save(ctx, Path(tmp) / spec.file)
             found[fmt] = []

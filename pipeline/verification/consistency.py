@@ -11,11 +11,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .card import CARD_FILES
-from .formats import FORMATS
-from .modelfile import MODEL_JSON
-from .signing import SIGNATURE
-from .store import MANIFEST, REPORTS, Version
+from ..evaluation.card import CARD_FILES
+from ..formats import FORMATS
+from ..nets.modelfile import MODEL_JSON
+from ..store.version import MANIFEST, REPORTS, SIGNATURE, Version
 
 _REPORT = re.compile(rf"^{REPORTS}/[0-9TZ]+-[A-Za-z0-9_-]*-[0-9]+\.json$")
 

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CnnpipeError
-from .modelfile import WEIGHTS, read_safetensors, read_state
-from .store import Workspace
+from ..errors import CnnpipeError
+from ..nets.modelfile import WEIGHTS, read_safetensors, read_state
+from ..store.workspace import Workspace
 
 
 def find_head(model: nn.Module, example: torch.Tensor) -> str:
@@ -53,7 +53,7 @@ def initial_state(ref: str, root: Path) -> dict[str, torch.Tensor]:
 
 def apply_init(model: nn.Module, state: dict[str, Any], head: str | None, where: str) -> None:
     """Load ``state`` into ``model``; with ``head`` its parameters are left freshly initialised."""
-    from .modelfile import load_state
+    from ..nets.modelfile import load_state
 
     if head is None:
         load_state(model, state, where, shown=10)

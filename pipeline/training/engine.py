@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.batches import augment
-from .data.loading import normalize
+from ..data.batches import augment
+from ..data.loading import normalize
 
 
 class Progress(Protocol):

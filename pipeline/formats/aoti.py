@@ -13,16 +13,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .errors import CnnpipeError, first_line
-from .formats import quiet
-from .store import write_through_memory
+from ..errors import CnnpipeError, ExportFailed, LoadFailed, first_line
+from ..fs import write_through_memory
+from .base import META_FILE, ExportContext, Format, LoadContext, Runner, Tolerance, quiet, register, same_meta, torch_runner
 
 
 def compile_package(program: Any, path: Path, meta: dict[str, str]) -> dict[str, str]:
     """Compile ``program`` into an AOTInductor package at ``path`` with ``meta`` embedded as
     ``cnnpipe.json`` (needs a C++ compiler); returns what it was compiled for."""
+    import torch
+
     try:
         with quiet():
             import torch._inductor as inductor
@@ -34,7 +34,7 @@ def compile_package(program: Any, path: Path, meta: dict[str, str]) -> dict[str,
             ))
             built = inductor.aoti_load_package(str(path)).get_metadata()
     except Exception as e:  # compiler missing or failing, unsupported op: all mean "no package"
-        raise CnnpipeError(f"AOTInductor compile failed (it needs a C++ compiler such as g++): {first_line(e)}") from None
+        raise ExportFailed(f"AOTInductor compile failed (it needs a C++ compiler such as g++): {first_line(e)}") from e
     return {
         "platform": f"{built.get('AOTI_PLATFORM', '')}-{built.get('AOTI_MACHINE', '')}",
         "device": built.get("AOTI_DEVICE_KEY", ""), "cpu_isa": built.get("AOTI_CPU_ISA", "").lower(),
@@ -61,5 +61,30 @@ def load_package(path: Path, compiled_for: dict[str, str]) -> tuple[Any, dict[st
         with quiet():
             package = inductor.aoti_load_package(str(path))
     except Exception as e:  # a package from another torch, platform or device
-        raise CnnpipeError(f"{path.name}: torch cannot load it ({first_line(e)})") from None
+        raise LoadFailed(f"{path.name}: torch cannot load it ({first_line(e)})") from e
     return package, package.get_metadata()
+
+
+def write_aoti(ctx: ExportContext, path: Path) -> dict[str, Any]:
+    """The pt2 program compiled by AOTInductor for this machine; records what it was compiled for."""
+    return {"compiled_for": compile_package(ctx.exported(), path, ctx.meta)}
+
+
+def load_aoti(path: Path, device: str, ctx: LoadContext) -> Runner:
+    """The package, loaded only where this CPU has the instructions model.json says it needs."""
+    compiled_for = ctx.variant.get("compiled_for", {})
+    package, built = load_package(path, compiled_for)
+    problems = same_meta(built.get(META_FILE), ctx, "AOTInductor metadata")
+    if built.get("AOTI_CPU_ISA", "").lower() != compiled_for.get("cpu_isa", ""):
+        problems.append(f"{path.name} holds code for '{built.get('AOTI_CPU_ISA', '')}', model.json says "
+                        f"'{compiled_for.get('cpu_isa', '')}'")
+    return torch_runner(package, device, problems)
+
+
+register(
+    Format(
+        "pt2-aoti", "model.aoti.pt2", "AOTInductor", "aoti", write_aoti, load_aoti,
+        {"cpu": Tolerance(1e-4, 1e-4, 1.0, None)}, parent="pt2", flag="aoti", native=True, packages=("torch",),
+        flag_help="model.aoti.pt2 (the pt2 program compiled by AOTInductor; needs a C++ compiler)",
+    ),
+)

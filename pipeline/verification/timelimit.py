@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import CnnpipeError
+from ..errors import CnnpipeError, FormatTimeout
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 1800.0  # seconds per format: generous, a real model on real images needs far less
@@ -29,9 +29,6 @@ TIMEOUT_HELP = ("Seconds each format may take to load and run before it fails wi
 STOP_GRACE = 10.0  # seconds a runtime asked to stop has to return
 _abandoned: list[threading.Thread] = []
 
-
-class FormatTimeout(CnnpipeError):
-    """A format's work did not finish within its time limit."""
 
 
 @dataclass

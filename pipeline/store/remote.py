@@ -28,7 +28,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import CnnpipeError, first_line
+from ..errors import CnnpipeError, first_line
 
 CACHE_ENV = "CNNPIPE_CACHE"
 CLAIMS = ".claims"
@@ -234,7 +234,7 @@ def collect_garbage(mirror: Mirror, older_than: timedelta) -> list[str]:
     """Remove what killed writers left, older than ``older_than``: the objects of versions that were
     claimed but never completed (no manifest; the claim stays, so its number is never handed out
     again) and unfinished multipart uploads. Returns what was removed."""
-    from .store import MANIFEST
+    from .version import MANIFEST
 
     now = datetime.now(timezone.utc)
     objects = mirror.find(mirror.cache)

@@ -21,23 +21,14 @@ from rich.console import Console
 from rich.markup import escape
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer's own click (>= 0.29)
 
+from ..data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE
+from ..errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
+from ..fs import STORAGE_ERRNOS, dumps
+from ..options import DEVICES, SPLITS, ExportOptions, GateOptions, SignatureOptions, TrainConfig, VerifyOptions, parse_batch_sizes
+from ..store.remote import is_url, open_root
+from ..verification.signing import Trust
+from ..verification.timelimit import DEFAULT_TIMEOUT, TIMEOUT_HELP, finish
 from . import interrupt
-from .data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE
-from .errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
-from .options import (
-    DEVICES,
-    SPLITS,
-    ExportOptions,
-    GateOptions,
-    SignatureOptions,
-    TrainConfig,
-    VerifyOptions,
-    parse_batch_sizes,
-)
-from .remote import is_url, open_root
-from .signing import Trust
-from .store import STORAGE_ERRNOS, dumps
-from .timelimit import DEFAULT_TIMEOUT, TIMEOUT_HELP, finish
 
 app = typer.Typer(
     add_completion=False,
@@ -275,9 +266,9 @@ def download(
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch a dataset (checksums checked) or import a folder of images into the data store."""
-    from .report import ByteProgress, render_download
-    from .stages.download import download as run_download
-    from .stages.download import import_folder
+    from ..stages.download import download as run_download
+    from ..stages.download import import_folder
+    from .render import ByteProgress, render_download
 
     def run_stage() -> Any:
         if name == "imagefolder":
@@ -308,8 +299,8 @@ def train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train a network; the epoch with the best validation accuracy is kept."""
-    from .report import TrainProgress, render_train
-    from .stages.train import train as run_train
+    from ..stages.train import train as run_train
+    from .render import TrainProgress, render_train
 
     if not 1 <= nproc <= (os.cpu_count() or 1):
         _fail(CnnpipeError(f"--nproc must be between 1 and {os.cpu_count() or 1} (this machine's CPU cores), not {nproc}"))
@@ -334,8 +325,8 @@ def import_model(
     as_json: JsonOpt = False,
 ) -> None:
     """Make a model version from weights trained elsewhere; every key and shape must match the network."""
-    from .report import render_import
-    from .stages.import_weights import import_weights
+    from ..stages.import_weights import import_weights
+    from .render import render_import
 
     result = _call(lambda: import_weights(weights, model, dataset, _root(ctx), name))
     _emit(as_json, result, lambda r: render_import(out, r))
@@ -377,8 +368,8 @@ def evaluate(
     as_json: JsonOpt = False,
 ) -> None:
     """Metrics, per-class table, plots and model card of a model version; optional gates exit 1."""
-    from .report import render_evaluate
-    from .stages.evaluate import evaluate as run_evaluate
+    from ..stages.evaluate import evaluate as run_evaluate
+    from .render import render_evaluate
 
     result = _call(lambda: run_evaluate(
         ref, _plain_value(split), _root(ctx), batch_size, _plain_value(device), gates.against, gates.min_accuracy,
@@ -398,13 +389,13 @@ def _gate_exit(result: Any) -> None:
 
 
 def _export(ref: str, options: ExportOptions, root: Path, trust_code: bool) -> Any:
-    from .stages.export import export as run_export
+    from ..stages.export import export as run_export
 
     return run_export(ref, options, root, trust_code=trust_code)
 
 
 def _verify(ref: str, options: VerifyOptions, root: Path, trust_code: bool, trust: Trust) -> Any:
-    from .stages.verify import verify as run_verify
+    from ..stages.verify import verify as run_verify
 
     return run_verify(ref, root, options, trust_code=trust_code, trust=trust)
 
@@ -415,7 +406,7 @@ def export(
     ctx: typer.Context, ref: ModelRef, options: ExportOptions, trust_code: TrustOpt = False, as_json: JsonOpt = False
 ) -> None:
     """Export a model version to ONNX, pt2, TorchScript and safetensors, with metadata."""
-    from .report import render_export
+    from .render import render_export
 
     result = _call(lambda: _export(ref, options, _root(ctx), trust_code))
     _emit(as_json, result, lambda r: render_export(out, r))
@@ -428,7 +419,7 @@ def verify(
     trust_native: TrustNativeOpt = False, trust_code: TrustOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """Reload each export in its own runtime and compare with PyTorch; exit 1 on any breach."""
-    from .report import render_verify
+    from .render import render_verify
 
     result = _call(lambda: _verify(ref, options, _root(ctx), trust_code, signature.trust(trust_native)))
     _emit(as_json, result, lambda r: render_verify(out, r))
@@ -453,8 +444,8 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """download → train → evaluate → export → verify; stops at the first failure with its exit code."""
-    from . import report
-    from .stages.run import run as run_pipeline
+    from ..stages.run import run as run_pipeline
+    from . import render as report
 
     renderers = {
         "download": report.render_download, "train": report.render_train, "evaluate": report.render_evaluate,
@@ -496,8 +487,8 @@ def predict(
     as_json: JsonOpt = False,
 ) -> None:
     """Classify image files with a bundle's ONNX model in onnxruntime (torch is not imported)."""
-    from .predict import predict as run_predict
-    from .report import render_predict
+    from ..stages.predict import predict as run_predict
+    from .render import render_predict
 
     result = _call(lambda: run_predict(images, bundle, _root(ctx), top_k, provider, batch_size, timeout,
                                        signature.trust()))
@@ -520,8 +511,8 @@ def bench(
 ) -> None:
     """Latency (p50, p99) and throughput of each runtime of a bundle at each batch size; exit 1 when
     a format cannot be loaded or run (a failed row, the others still timed)."""
-    from .report import render_bench
-    from .stages.bench import bench as run_bench
+    from ..stages.bench import bench as run_bench
+    from .render import render_bench
 
     result = _call(lambda: run_bench(ref, _root(ctx), parse_batch_sizes(batch_sizes), seconds, threads,
                                      trust_code=trust_code, timeout=timeout, trust=signature.trust(trust_native)))
@@ -538,7 +529,7 @@ def keygen(
     as_json: JsonOpt = False,
 ) -> None:
     """Make an ECDSA P-256 key pair for signing bundles (cnnpipe-signing.key, private; .pub, public)."""
-    from .signing import keygen as make_keys
+    from ..verification.signing import keygen as make_keys
 
     result = _call(lambda: make_keys(out_dir))
     _emit(as_json, result, lambda r: out.print(f"private key: {escape(r.private_key)} (keep it secret)\n"
@@ -559,8 +550,8 @@ def publish(
     as_json: JsonOpt = False,
 ) -> None:
     """Register a verified export bundle as a version of an MLflow registered model (idempotent)."""
-    from .publish import publish as run_publish
-    from .store import check_name
+    from ..stages.publish import publish as run_publish
+    from ..store.version import check_name
 
     def publish_bundle() -> Any:
         if not mlflow.strip():
@@ -586,8 +577,8 @@ def sign(
     as_json: JsonOpt = False,
 ) -> None:
     """Sign every file of an export bundle (model-signing, key-pair mode): adds bundle.sig, changes no file."""
-    from .signing import sign as sign_bundle
-    from .store import Workspace
+    from ..store.workspace import Workspace
+    from ..verification.signing import sign as sign_bundle
 
     result = _call(lambda: {"bundle": ref, "signature": str(sign_bundle(Workspace(_root(ctx)).exports.resolve(ref), key))})
     _emit(as_json, result, lambda r: out.print(f"signed {escape(r['bundle'])}: {escape(r['signature'])}", highlight=False))
@@ -604,8 +595,8 @@ def models(
     as_json: JsonOpt = False,
 ) -> None:
     """List every registered network (or one --model) with its parameter count for a dataset's input shape."""
-    from .report import render_models
-    from .stages.models import list_models
+    from ..stages.models import list_models
+    from .render import render_models
 
     result = _call(lambda: list_models(dataset, _root(ctx), model))
     _emit(as_json, result, lambda r: render_models(out, r))
@@ -627,7 +618,7 @@ def collect_garbage(
     but never completed and unfinished uploads (object storage)."""
     from datetime import timedelta
 
-    from .store import Workspace
+    from ..store.workspace import Workspace
 
     def collect() -> dict[str, Any]:
         if not 0 <= older_than <= MAX_AGE_HOURS:
@@ -642,8 +633,8 @@ def collect_garbage(
 @options_command
 def list_stores(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List what the data, models and exports stores hold."""
-    from .report import render_ls
-    from .store import Workspace
+    from ..store.workspace import Workspace
+    from .render import render_ls
 
     def listing() -> dict[str, Any]:
         ws = Workspace(_root(ctx))
@@ -671,8 +662,8 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one version's manifest: files, lineage, environment and results."""
-    from .report import render_show
-    from .store import Workspace
+    from ..store.workspace import Workspace
+    from .render import render_show
 
     version = _call(lambda: getattr(Workspace(_root(ctx)), store.value).resolve(ref))
     _emit(as_json, version.manifest, lambda m: render_show(out, version.path, m))

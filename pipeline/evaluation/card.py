@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from . import __version__
-from .description import ModelDescription
-from .formats import load_snippets
-from .nets import get_net
+from .. import __version__
+from ..description import ModelDescription
+from ..formats import load_snippets
+from ..nets.registry import get_net
 
 PLOTS = {
     "curves.png": "Training curves",
@@ -42,7 +42,7 @@ def _fmt(value: float | None) -> str:
 def front_matter(desc: ModelDescription, metrics: dict[str, Any] | None, split: str, license: str | None = None) -> str:
     """Hugging Face model-card metadata: the license given, the dataset by its Hub id where one is
     known, and a ``model-index`` of the evaluation results (no metrics are declared without one)."""
-    from .data.catalog import CATALOG
+    from ..data.catalog import CATALOG
 
     dataset = desc.dataset_ref.split("@")[0]
     spec = CATALOG.get(dataset)
@@ -109,7 +109,7 @@ def _origin(source: dict[str, Any]) -> str:
 
 def _bundle_files(bundle: dict[str, Any]) -> list[str]:
     """What each model file of a bundle is: its format, runtime and, for a variant, how it was derived."""
-    from .formats import FORMATS
+    from ..formats import FORMATS
 
     rows = ["## Files in this bundle", "", "| file | format | runs in | made |", "| --- | --- | --- | --- |"]
     for fmt in bundle["formats"]:

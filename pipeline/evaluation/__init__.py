@@ -1,0 +1,1 @@
+"""Evaluation: metrics from logits, the plots stages write, and the model card."""

@@ -1,0 +1,70 @@
+"""ExecuTorch: the network lowered to the XNNPACK delegate (``.pte``), run by the runtime's Python bindings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .base import META_KEY, ExportContext, Format, LoadContext, Runner, Tolerance, native_quiet, quiet, register
+
+PTE_MAX_BATCH = 64  # an ExecuTorch program's memory is planned for batches up to this; larger ones run in parts
+
+
+
+def write_executorch(ctx: ExportContext, path: Path) -> dict[str, Any]:
+    """An ExecuTorch program lowered to the XNNPACK delegate, its memory planned for batches up to
+    PTE_MAX_BATCH (exported from an example of that batch: with a smaller one the delegate plans
+    for fewer); the metadata is a constant method."""
+    import torch
+
+    with quiet():  # importing executorch logs a torch warning
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+        from executorch.exir.passes.sym_shape_eval_pass import ConstraintBasedSymShapeEvalPass
+
+    example = ctx.example[:1].expand(PTE_MAX_BATCH, *ctx.example.shape[1:]).contiguous()
+    with quiet():
+        program = torch.export.export(ctx.model, (example,),
+                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=PTE_MAX_BATCH)},))
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+                                              constant_methods={META_KEY: json.dumps(ctx.meta)})
+        path.write_bytes(lowered.to_executorch(
+            ExecutorchBackendConfig(sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass())).buffer)
+    return {"delegate": "XNNPACK", "max_batch": PTE_MAX_BATCH}
+
+
+def load_executorch(path: Path, device: str, ctx: LoadContext) -> Runner:
+    """The ``.pte`` in the ExecuTorch runtime's Python bindings; batches over its planned size run in parts."""
+    import torch
+
+    with native_quiet(), quiet():
+        from executorch.runtime import Runtime
+
+        program = Runtime.get().load_program(str(path))
+        forward = program.load_method("forward")
+        found = program.load_method(META_KEY).execute([])[0] if META_KEY in program.method_names else "{}"
+    limit = int(ctx.variant.get("max_batch", PTE_MAX_BATCH))
+
+    def call(x: Any) -> Any:
+        with native_quiet():
+            return torch.cat([forward.execute([x[i:i + limit]])[0] for i in range(0, len(x), limit)])
+
+    problems = [] if json.loads(found) == ctx.meta else [f"{path.name}: ExecuTorch metadata differs from model.json"]
+    return Runner(prepare=lambda x: torch.from_numpy(x), call=call, to_numpy=lambda y: y.numpy(), problems=problems)
+
+
+register(
+    Format(
+        "executorch", "model.pte", "executorch (xnnpack)", "executorch", write_executorch, load_executorch,
+        {"cpu": Tolerance(1e-4, 1e-4, 1.0, None)}, extra=("executorch", "executorch"), packages=("executorch",),
+        snippet=f"""ExecuTorch (`model.pte`, XNNPACK delegate; batches of 1 to {PTE_MAX_BATCH}):
+
+```python
+import torch
+from executorch.runtime import Runtime
+forward = Runtime.get().load_program("model.pte").load_method("forward")
+logits = forward.execute([torch.from_numpy(x)])[0]
+```""",
+    ),
+)

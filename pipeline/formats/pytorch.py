@@ -1,0 +1,122 @@
+"""PyTorch's own files: the ``torch.export`` program (pt2), TorchScript (legacy), and safetensors
+weights loaded into a freshly built network. torch is imported by each function, not here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..fs import write_through_memory
+from .base import (
+    FP32,
+    META_FILE,
+    ExportContext,
+    Format,
+    LoadContext,
+    Runner,
+    Tolerance,
+    needs_device,
+    quiet,
+    register,
+    same_meta,
+    torch_runner,
+)
+
+
+def write_pt2(ctx: ExportContext, path: Path) -> None:
+    """A ``torch.export`` program with a dynamic batch axis, the metadata as an extra file."""
+    import torch
+
+    program = ctx.exported()
+    with quiet():
+        write_through_memory(path, lambda f: torch.export.save(program, f, extra_files={META_FILE: json.dumps(ctx.meta)}))
+
+
+def load_pt2(path: Path, device: str, ctx: LoadContext) -> Runner:
+    import torch
+
+    extra = {META_FILE: ""}
+    with quiet():
+        module = torch.export.load(str(path), extra_files=extra).module()
+    return torch_runner(module, device, same_meta(extra[META_FILE], ctx, "pt2 extra file"))
+
+
+def write_safetensors(ctx: ExportContext, path: Path) -> None:
+    """The weights, with the metadata as safetensors ``__metadata__``."""
+    from .modelfile import save_weights
+
+    save_weights(ctx.model.state_dict(), path, ctx.meta)
+
+
+def load_safetensors(path: Path, device: str, ctx: LoadContext) -> Runner:
+    """A freshly built network on ``device`` with the file's weights."""
+    from safetensors import safe_open
+
+    from .modelfile import build_from, load_weights
+
+    needs_device(device)
+    model = build_from(ctx.desc, path.parent, ctx.trust_code)
+    load_weights(model, path)
+    model.eval().to(device)
+    with safe_open(str(path), framework="pt") as f:
+        problems = [] if f.metadata() == ctx.meta else ["safetensors __metadata__ differs from model.json"]
+    return torch_runner(model, device, problems)
+
+
+def write_torchscript(ctx: ExportContext, path: Path) -> None:
+    """A traced TorchScript module; the metadata rides along as an extra file."""
+    import torch
+
+    with quiet():
+        traced = torch.jit.trace(ctx.model, ctx.example)
+        write_through_memory(path, lambda f: torch.jit.save(traced, f, _extra_files={META_FILE: json.dumps(ctx.meta)}))
+
+
+def load_torchscript(path: Path, device: str, ctx: LoadContext) -> Runner:
+    import torch
+
+    needs_device(device)
+    extra = {META_FILE: ""}
+    with quiet():  # TorchScript is deprecated, still asked for
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
+    return torch_runner(module, device, same_meta(extra[META_FILE], ctx, "TorchScript extra file"))
+
+
+register(
+    Format(
+        "pt2", "model.pt2", "torch.export", "pt2", write_pt2, load_pt2, {"cpu": FP32}, reexported=True,
+        packages=("torch",),
+        snippet="""pt2 (`torch.export` program):
+
+```python
+import torch
+model = torch.export.load("model.pt2").module()
+logits = model(torch.from_numpy(x))
+```""",
+    ),
+    Format(
+        "safetensors", "model.safetensors", "torch (fresh model)", "pytorch eager", write_safetensors,
+        load_safetensors,
+        {"cpu": FP32, "cuda": Tolerance(1e-3, 1e-3, 1.0, None)},  # cuDNN convolutions use TF32 by default
+        devices=("cpu", "cuda"), reexported=True, packages=("safetensors",),
+        snippet="""safetensors (weights into a freshly built network):
+
+```python
+from cnnpipe.nets.sources import build_arch
+from safetensors.torch import load_file
+model = build_arch("{arch}", {channels}, {height}, {classes})[0].eval()
+model.load_state_dict(load_file("model.safetensors"))
+```""",
+    ),
+    Format(
+        "torchscript", "model.torchscript.pt", "torch.jit", "torchscript", write_torchscript, load_torchscript,
+        {"cpu": FP32}, legacy=True, packages=("torch",),
+        snippet="""TorchScript (legacy: deprecated upstream; prefer pt2):
+
+```python
+import torch
+model = torch.jit.load("model.torchscript.pt").eval()
+logits = model(torch.from_numpy(x))
+```""",
+    ),
+)

@@ -1,0 +1,1 @@
+"""Verification: re-export comparison, bundle consistency, parity localization, time limits and signatures."""
