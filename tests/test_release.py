@@ -11,7 +11,8 @@ from pathlib import Path
 import typer
 import yaml
 
-from cnnpipe.cli.app import app, config_defaults
+from cnnpipe.cli.app import app
+from cnnpipe.cli.plumbing import config_defaults
 
 from conftest import assert_clean_error, cnnpipe, cnnpipe_json, tree_state
 

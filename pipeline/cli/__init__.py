@@ -1,5 +1,5 @@
 """The ``cnnpipe`` command line: thin commands that build options, call a stage and render its result."""
 
-from .app import app, config_defaults, main
+from .app import app, main
 
-__all__ = ["app", "config_defaults", "main"]
+__all__ = ["app", "main"]

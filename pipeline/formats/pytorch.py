@@ -43,7 +43,7 @@ def load_pt2(path: Path, device: str, ctx: LoadContext) -> Runner:
 
 def write_safetensors(ctx: ExportContext, path: Path) -> None:
     """The weights, with the metadata as safetensors ``__metadata__``."""
-    from .modelfile import save_weights
+    from ..nets.modelfile import save_weights
 
     save_weights(ctx.model.state_dict(), path, ctx.meta)
 
@@ -52,7 +52,7 @@ def load_safetensors(path: Path, device: str, ctx: LoadContext) -> Runner:
     """A freshly built network on ``device`` with the file's weights."""
     from safetensors import safe_open
 
-    from .modelfile import build_from, load_weights
+    from ..nets.modelfile import build_from, load_weights
 
     needs_device(device)
     model = build_from(ctx.desc, path.parent, ctx.trust_code)

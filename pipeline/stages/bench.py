@@ -17,12 +17,12 @@ from ..errors import CnnpipeError, FormatTimeout, first_line
 from ..formats import FORMATS
 from ..formats.base import Format, LoadContext, Runner
 from ..nets.modelfile import MODEL_JSON
+from ..options.commands import BenchOptions
 from ..store.workspace import Workspace
 from ..verification.signing import Trust
-from ..verification.timelimit import DEFAULT_TIMEOUT, Deadline, check_timeout, within
+from ..verification.timelimit import Deadline, within
 
 Call = Callable[[], Any]
-MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -107,26 +107,15 @@ def _runtimes(
 
 
 def bench(
-    bundle_ref: str,
-    root: Path = Path("."),
-    batch_sizes: tuple[int, ...] = (1, 256),
-    seconds: float = 2.0,
-    threads: int | None = None,
-    *,
-    trust_code: bool = False,
-    timeout: float = DEFAULT_TIMEOUT,
+    bundle_ref: str, options: BenchOptions | None = None, root: Path = Path("."), *, trust_code: bool = False,
     trust: Trust | None = None,
 ) -> BenchResult:
     """Time every runtime of a bundle at each batch size on random inputs of the model's shape;
-    a runtime that takes over ``timeout`` seconds to load, or for one batch size, fails its row."""
-    if not batch_sizes or min(batch_sizes) < 1:
-        raise CnnpipeError("--batch-sizes must be positive integers")
-    if seconds <= 0:
-        raise CnnpipeError(f"--seconds must be positive, not {seconds}")
-    if threads is not None and not 0 <= threads <= MAX_THREADS:
-        raise CnnpipeError(f"--threads must be between 0 (torch's default) and {MAX_THREADS}, not {threads}")
-    check_timeout(timeout)
-    threads = threads or torch.get_num_threads()
+    a runtime that takes over ``options.timeout`` seconds to load, or for one batch size, fails its row."""
+    options = options or BenchOptions()
+    options.validate()
+    batch_sizes, seconds, timeout = options.batch_size_list(), options.seconds, options.timeout
+    threads = options.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     bundle = Workspace(root).exports.resolve(bundle_ref)
     trust_native = (trust or Trust()).check(bundle)  # before anything of the bundle is read

@@ -13,14 +13,14 @@ from ..data.catalog import CATALOG, FetchOptions, Prepared, get_spec, hold_out_v
 from ..data.fetch import OnBytes
 from ..data.imagefolder import decode_all, scan
 from ..data.loading import INFO, split_files
-from ..data.resize import FOLDER_SIZE, channel_stats, check_size, resize_split
+from ..data.resize import channel_stats, resize_split
 from ..data.split import stratified_split
 from ..errors import CnnpipeError
 from ..evaluation.plots import plot_class_counts, plot_samples
 from ..fs import dumps, sha256_file, write_json
-from ..options import check_seed
+from ..options.commands import DownloadOptions
 from ..store.provenance import lineage
-from ..store.version import Version, check_name
+from ..store.version import Version
 from ..store.workspace import Draft, Workspace
 
 
@@ -103,38 +103,30 @@ def _commit(
 
 
 def download(
-    name: str = "mnist-sample",
-    root: Path = Path("."),
-    mirror: str | None = None,
-    val_size: int | None = None,
-    seed: int = 0,
-    refresh: bool = False,
-    plots: bool = True,
-    on_bytes: OnBytes | None = None,
-    *,
-    size: int | None = None,
+    name: str = "mnist-sample", options: DownloadOptions | None = None, root: Path = Path("."), on_bytes: OnBytes | None = None,
 ) -> DownloadResult:
     """Fetch dataset ``name`` (checksums checked whatever the source) into a new version.
 
-    ``size`` resizes every image to ``size`` x ``size`` on import (bilinear), for networks
-    made for larger inputs; the version's ``dataset.json`` records it. Without ``refresh``,
+    ``options.size`` resizes every image to ``size`` x ``size`` on import (bilinear), for networks
+    made for larger inputs; the version's ``dataset.json`` records it. Without ``options.refresh``,
     an intact latest version made with the same options is reused without touching the
     network; an identical re-fetch also reuses it.
     """
+    options = options or DownloadOptions()
     spec = get_spec(name)
-    check_seed(seed)
+    options.validate()
+    size = options.size
     store = Workspace(root).data
-    config: dict[str, Any] = {"name": name, "val_size": val_size, "seed": seed}
+    config: dict[str, Any] = {"name": name, "val_size": options.val_size, "seed": options.seed}
     if size is not None and size != spec.size:
-        check_size(size)
         config["size"] = size
-    if not refresh and store.has(name):
+    if not options.refresh and store.has(name):
         latest = store.latest(name)
         if latest.manifest["lineage"].get("config") == config:
             latest.check()
             return _result(latest, reused=True)
     with store.draft(name) as draft:
-        prepared = spec.prepare(draft.path / "raw", FetchOptions(mirror, val_size, seed, on_bytes))
+        prepared = spec.prepare(draft.path / "raw", FetchOptions(options.mirror, options.val_size, options.seed, on_bytes))
         info = {
             "name": name, "summary": spec.summary, "license": spec.license,
             "channels": spec.channels, "height": spec.size, "width": spec.size, "augment": spec.augment,
@@ -144,82 +136,65 @@ def download(
             padding = round(spec.augment["crop_padding"] * size / spec.size)
             info |= {"height": size, "width": size, "augment": spec.augment | {"crop_padding": padding},
                      "resized": {"from": spec.size, "to": size, "method": "bilinear (Pillow)"}}
-        version, reused = _commit(draft, prepared, info, config, plots)
+        version, reused = _commit(draft, prepared, info, config, options.plots)
     return _result(version, reused)
 
 
-def import_folder(
-    path: Path,
-    name: str,
-    root: Path = Path("."),
-    size: int = FOLDER_SIZE,
-    channels: int = 3,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    skip_bad: bool = False,
-    flip: bool = True,
-    plots: bool = True,
-    follow_symlinks: bool = False,
-) -> DownloadResult:
-    """Import ``PATH/<class>/*`` (or ``PATH/{train,val,test}/<class>/*``) as dataset ``name``.
+def _folder_splits(decoded: dict[str | None, Any], options: DownloadOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The splits of a decoded folder and how they were made: stratified from one pool of images,
+    or the folder's own train/val/test (validation held out of train where it has none)."""
+    if None in decoded:
+        d = decoded[None]
+        n = len(d.labels)
+        n_test = round(n * options.test_fraction)
+        n_val = round(n * options.val_fraction)
+        parts = stratified_split(d.labels, {"val": n_val, "test": n_test, "train": n - n_val - n_test}, options.seed)
+        splits = {p: (d.images[i], d.labels[i]) for p, i in parts.items() if len(i)}
+        split = {"method": "stratified", "seed": options.seed, "sizes": {p: len(i) for p, i in parts.items()},
+                 "indices": {p: i.tolist() for p, i in parts.items()}}
+        return splits, split
+    splits = {s: (d.images, d.labels) for s, d in decoded.items() if s is not None}
+    split = {"method": "folders", "sizes": {s: len(v[1]) for s, v in splits.items()}}
+    if "val" not in splits:
+        n_val = max(1, round(len(splits["train"][1]) * options.val_fraction))
+        splits, split = hold_out_val(splits, n_val, options.seed)
+    return splits, split
+
+
+def import_folder(path: Path, options: DownloadOptions, root: Path = Path(".")) -> DownloadResult:
+    """Import ``PATH/<class>/*`` (or ``PATH/{train,val,test}/<class>/*``) as dataset ``options.dataset_name``.
 
     Every image is decoded and checked before anything is written: unreadable files fail
-    the import, naming them, unless ``skip_bad`` (then they are listed and left out).
+    the import, naming them, unless ``options.skip_bad`` (then they are listed and left out).
     """
-    check_name(name, "dataset name")
+    options.validate_folder()
+    name, size, channels = str(options.dataset_name), options.folder_size, options.channels
     if name in CATALOG:
         raise CnnpipeError(f"{name!r} is a standard dataset's name; choose another --name")
-    check_size(size)
-    check_seed(seed)
-    if channels not in (1, 3):
-        raise CnnpipeError(f"--channels must be 1 or 3, not {channels}")
-    if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise CnnpipeError("--val-fraction and --test-fraction must be fractions that leave images to train on")
-    found = scan(path.resolve(), follow_symlinks)
+    found = scan(path.resolve(), options.follow_symlinks)
     decoded = {split: decode_all(files, size, channels) for split, files in found.files.items()}
     failures = [f for d in decoded.values() for f in d.failures]
-    if failures and not skip_bad:
+    if failures and not options.skip_bad:
         shown = "; ".join(failures[:5]) + (f"; and {len(failures) - 5} more" if len(failures) > 5 else "")
         raise CnnpipeError(f"{len(failures)} unreadable image(s): {shown}. Fix or remove them, or pass --skip-bad")
     sources = {
         split or "all": {str(p.relative_to(found.root)): sha for p, sha in zip(d.paths, d.sha256)}
         for split, d in decoded.items()
     }
-    if None in decoded:
-        d = decoded[None]
-        n = len(d.labels)
-        n_test = round(n * test_fraction)
-        n_val = round(n * val_fraction)
-        parts = stratified_split(d.labels, {"val": n_val, "test": n_test, "train": n - n_val - n_test}, seed)
-        splits = {p: (d.images[i], d.labels[i]) for p, i in parts.items() if len(i)}
-        split = {"method": "stratified", "seed": seed, "sizes": {p: len(i) for p, i in parts.items()},
-                 "indices": {p: i.tolist() for p, i in parts.items()}}
-    else:
-        splits = {s: (d.images, d.labels) for s, d in decoded.items() if s is not None}
-        split = {"method": "folders", "sizes": {s: len(v[1]) for s, v in splits.items()}}
-        if "val" not in splits:
-            n_val = max(1, round(len(splits["train"][1]) * val_fraction))
-            splits, split = hold_out_val(splits, n_val, seed)
+    splits, split = _folder_splits(decoded, options)
     for part, (_, y) in splits.items():
         if len(y) == 0:
             raise CnnpipeError(f"{path}: the {part} split has no readable images")
-    prepared = Prepared(
-        splits=splits,
-        classes=found.classes,
-        source={"path": str(path.resolve()), "layout": found.layout, "skipped": failures},
-        split=split,
-        inventory={"sha256_by_split": sources},
-    )
+    prepared = Prepared(splits=splits, classes=found.classes, split=split, inventory={"sha256_by_split": sources},
+                        source={"path": str(path.resolve()), "layout": found.layout, "skipped": failures})
     config = {"name": name, "path": str(path.resolve()), "size": size, "channels": channels,
-              "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed, "skip_bad": skip_bad}
+              "val_fraction": options.val_fraction, "test_fraction": options.test_fraction, "seed": options.seed,
+              "skip_bad": options.skip_bad}
     info = {
         "name": name, "summary": f"image folder {path.name} ({found.layout})", "license": "the folder owner's",
         "channels": channels, "height": size, "width": size,
-        "augment": {"crop_padding": max(1, size // 8), "flip": flip},
+        "augment": {"crop_padding": max(1, size // 8), "flip": options.flip},
     }
-    store = Workspace(root).data
-    with store.draft(name) as draft:
-        version, reused = _commit(draft, prepared, info, config, plots)
+    with Workspace(root).data.draft(name) as draft:
+        version, reused = _commit(draft, prepared, info, config, options.plots)
     return _result(version, reused, failures)
-

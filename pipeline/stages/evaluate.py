@@ -22,6 +22,7 @@ from ..evaluation.metrics import classification_metrics, compare, confident_erro
 from ..evaluation.plots import plot_confusion, plot_misclassified, plot_per_class
 from ..fs import write_json
 from ..nets.modelfile import load_model, resolve_device
+from ..options.commands import EvaluateOptions
 from ..store.provenance import lineage
 from ..store.version import Version
 from ..store.workspace import Store, Workspace
@@ -91,18 +92,6 @@ def gates(
     return found
 
 
-def check_gate_options(
-    min_accuracy: float | None, against: str | None, max_regression: float | None, batch_size: int = 1
-) -> None:
-    """Refuse gate options that make no sense, before any work is done."""
-    if batch_size < 1:
-        raise CnnpipeError(f"--batch-size must be at least 1, not {batch_size}")
-    if min_accuracy is not None and not 0.0 <= min_accuracy <= 1.0:
-        raise CnnpipeError(f"--min-accuracy is a fraction between 0 and 1, not {min_accuracy}")
-    if max_regression is not None and (against is None or max_regression < 0):
-        raise CnnpipeError("--max-regression takes a number of points >= 0 and needs --against REF")
-
-
 def _baseline(ws: Workspace, ref: str, desc: ModelDescription, images: torch.Tensor, labels: torch.Tensor,
               batch_size: int, dev: torch.device, trust_code: bool) -> tuple[Version, dict[str, Any]]:
     """Evaluate model ``ref`` on the same images, in memory: the comparison's other side."""
@@ -118,75 +107,73 @@ def _baseline(ws: Workspace, ref: str, desc: ModelDescription, images: torch.Ten
 
 
 def evaluate(
-    model_ref: str,
-    split: str = "test",
-    root: Path = Path("."),
-    batch_size: int = 256,
-    device: str = "auto",
-    against: str | None = None,
-    min_accuracy: float | None = None,
-    max_regression: float | None = None,
-    *,
-    trust_code: bool = False,
+    model_ref: str, options: EvaluateOptions | None = None, root: Path = Path("."), *, trust_code: bool = False,
 ) -> EvalResult:
-    """Evaluate ``model_ref`` on ``split`` of the dataset it was trained on and write the evaluation.
+    """Evaluate ``model_ref`` on ``options.split`` of the dataset it was trained on and write the evaluation.
 
-    With ``against`` the other model version is evaluated on the same images and the
+    With ``options.against`` the other model version is evaluated on the same images and the
     per-class differences recorded; ``min_accuracy`` and ``max_regression`` become gates
     (see ``EvalResult.passed``). The evaluation is written whether or not a gate fails.
     """
-    if split not in ("test", "val"):
-        raise CnnpipeError(f"--split must be test or val, not {split!r}")
-    check_gate_options(min_accuracy, against, max_regression, batch_size)
+    options = options or EvaluateOptions()
+    options.validate()
     ws = Workspace(root)
     version = ws.models.resolve(model_ref)
     model, desc = load_model(version, trust_code=trust_code)
     dataset = load_dataset(ws.data.resolve(desc.dataset_ref))
     if dataset.dataset_hash != desc.dataset_hash:
         raise CnnpipeError(f"dataset {dataset.version.ref} does not have the hash {version.ref} was trained on")
-    dev = resolve_device(device)
-    images, labels = dataset.split(split)
-    classes = list(desc.classes)
+    dev = resolve_device(options.device)
+    images, labels = dataset.split(options.split)
     start = time.perf_counter()
-    logits = batched_logits(model.to(dev), images, list(desc.input.mean), list(desc.input.std), batch_size, dev)
-    result = classification_metrics(logits, labels, classes)
+    logits = batched_logits(model.to(dev), images, list(desc.input.mean), list(desc.input.std), options.batch_size, dev)
+    result = classification_metrics(logits, labels, list(desc.classes))
     inference_s = time.perf_counter() - start
     parents = [version, dataset.version]
     comparison = None
-    if against is not None:
-        baseline, base_metrics = _baseline(ws, against, desc, images, labels, batch_size, dev, trust_code)
+    if options.against is not None:
+        baseline, base_metrics = _baseline(ws, options.against, desc, images, labels, options.batch_size, dev, trust_code)
         comparison = {"against": baseline.ref} | compare(result, base_metrics)
         parents.append(baseline)
-    checks = gates(result, comparison, min_accuracy, max_regression)
+    checks = gates(result, comparison, options.min_accuracy, options.max_regression)
     errors = confident_errors(logits, labels)
+    written = _write_evaluation(version, desc, dataset.version, options, parents, images,
+                                {**result, "misclassified": errors, "comparison": comparison}, checks)
+    seconds = {"inference": round(inference_s, 4), "total": round(time.perf_counter() - start, 4)}
+    return EvalResult(
+        model=version.ref, split=options.split, path=str(written.path), seconds=seconds, comparison=comparison,
+        gates=checks, passed=all(g.passed for g in checks), **result,
+    )
+
+
+def _write_evaluation(version: Version, desc: ModelDescription, dataset: Version, options: EvaluateOptions,
+                      parents: list[Version], images: torch.Tensor, result: dict[str, Any], checks: list[Gate]) -> Version:
+    """Commit the evaluation: metrics, confusion matrix (csv and plot), per-class and misclassified plots, card."""
+    classes, split = list(desc.classes), options.split
     title = f"{version.ref} on {split}"
     with eval_store(version).draft(split) as draft:
         plot_confusion(result["confusion"], classes, draft.path / "confusion.png", title)
         plot_per_class(result["per_class"], draft.path / "per_class.png", title)
-        plot_misclassified(images, errors, classes, draft.path / "misclassified.png", title)
+        plot_misclassified(images, result["misclassified"], classes, draft.path / "misclassified.png", title)
         rows = [",".join(["true\\pred", *classes])]
         rows += [",".join([c, *map(str, r)]) for c, r in zip(classes, result["confusion"])]
         (draft.path / "confusion.csv").write_text("\n".join(rows) + "\n")
-        card = model_card(version.ref, desc, version.read_json("train.json"), result, split, list(PLOT_FILES))
+        metrics = {k: v for k, v in result.items() if k not in ("misclassified", "comparison")}
+        card = model_card(version.ref, desc, version.read_json("train.json"), metrics, split, list(PLOT_FILES))
         (draft.path / "README.md").write_text(card)
         write_json(draft.path / "metrics.json", {
-            "schema": METRICS_SCHEMA, "model": version.ref, "dataset": dataset.version.ref, "split": split,
-            **result, "misclassified": errors, "comparison": comparison, "gates": [asdict(g) for g in checks],
+            "schema": METRICS_SCHEMA, "model": version.ref, "dataset": dataset.ref, "split": split,
+            **result, "gates": [asdict(g) for g in checks],
         })
-        written = draft.commit(
+        return draft.commit(
             stage="evaluate",
             roles={"metrics.json": "metrics", "confusion.csv": "metrics", "README.md": "model card"}
             | {p: "plot" for p in PLOT_FILES},
-            lineage=lineage(parents, {"split": split, "batch_size": batch_size, "against": against,
-                                      "min_accuracy": min_accuracy, "max_regression": max_regression}),
+            lineage=lineage(parents, {"split": split, "batch_size": options.batch_size, "against": options.against,
+                                      "min_accuracy": options.min_accuracy, "max_regression": options.max_regression}),
             results={"accuracy": result["accuracy"], "loss": result["loss"], "images": result["images"],
                      "passed": all(g.passed for g in checks)},
         )
-    seconds = {"inference": round(inference_s, 4), "total": round(time.perf_counter() - start, 4)}
-    return EvalResult(
-        model=version.ref, split=split, path=str(written.path), seconds=seconds, comparison=comparison,
-        gates=checks, passed=all(g.passed for g in checks), **result,
-    )
 
 
 def latest_evaluation(version: Version, split: str = "test") -> Version | None:

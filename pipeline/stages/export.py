@@ -22,7 +22,7 @@ from ..formats.base import INPUT_NAME, OUTPUT_NAME, ExportContext
 from ..formats.triton import triton_config, triton_repository
 from ..fs import write_json
 from ..nets.modelfile import MODEL_JSON, WEIGHTS, load_model
-from ..options import ExportOptions
+from ..options.release import ExportOptions
 from ..store.provenance import lineage
 from ..store.version import Version
 from ..store.workspace import Workspace

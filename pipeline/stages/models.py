@@ -10,7 +10,7 @@ from ..data.loading import INFO
 from ..errors import CnnpipeError
 from ..nets.registry import SMALL_NET_RECIPE, build, get_net, net_names, param_count
 from ..nets.sources import build_arch, parse
-from ..options import TrainConfig
+from ..options.training import TrainConfig
 from ..store.workspace import Workspace
 
 DEFAULT_DATASET = TrainConfig.dataset  # what train uses when --dataset is not given

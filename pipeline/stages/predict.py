@@ -17,11 +17,11 @@ import numpy as np
 from ..data.imagefolder import decode_all
 from ..errors import CnnpipeError, first_line
 from ..formats import FORMATS
-from ..formats.onnx import ORT_PROVIDERS as PROVIDERS
-from ..formats.onnx import onnx_session, stoppable_runs
+from ..formats.onnx import ORT_PROVIDERS, onnx_session, stoppable_runs
+from ..options.commands import PredictOptions
 from ..store.workspace import Workspace
 from ..verification.signing import Trust
-from ..verification.timelimit import DEFAULT_TIMEOUT, Deadline, check_timeout, within
+from ..verification.timelimit import Deadline, within
 
 
 @dataclass
@@ -48,24 +48,16 @@ def preprocess(images: np.ndarray, meta: dict[str, str]) -> np.ndarray:
 
 
 def predict(
-    paths: list[Path],
-    bundle_ref: str,
-    root: Path = Path("."),
-    top_k: int = 3,
-    provider: str = "cpu",
-    batch_size: int = 256,
-    timeout: float = DEFAULT_TIMEOUT,
+    bundle_ref: str, paths: list[Path], options: PredictOptions | None = None, root: Path = Path("."), *,
     trust: Trust | None = None,
 ) -> PredictResult:
-    """Top-``top_k`` classes with probabilities for each image file, from the bundle's ONNX model;
-    inference that takes over ``timeout`` seconds is stopped with a usage error."""
+    """Top-``options.top_k`` classes with probabilities for each image file, from the bundle's ONNX model;
+    inference that takes over ``options.timeout`` seconds is stopped with a usage error."""
+    options = options or PredictOptions()
     if not paths:
         raise CnnpipeError("give at least one image file: cnnpipe predict IMAGE... --bundle REF")
-    if top_k < 1 or batch_size < 1:
-        raise CnnpipeError("--top-k and --batch-size must be at least 1")
-    if provider not in PROVIDERS:
-        raise CnnpipeError(f"unknown provider {provider!r}; use {', '.join(PROVIDERS)}")
-    check_timeout(timeout)
+    options.validate()
+    top_k, provider, batch_size = options.top_k, options.provider, options.batch_size
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
         raise CnnpipeError(f"{missing[0]}: no such image file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -77,8 +69,8 @@ def predict(
         session = onnx_session(path, provider)
     except Exception as e:  # onnxruntime raises its own exception types for files it cannot load
         raise CnnpipeError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
-    if session.get_providers()[0] != PROVIDERS[provider]:
-        raise CnnpipeError(f"{PROVIDERS[provider]} was asked for but onnxruntime runs on {session.get_providers()[0]}")
+    if session.get_providers()[0] != ORT_PROVIDERS[provider]:
+        raise CnnpipeError(f"{ORT_PROVIDERS[provider]} was asked for but onnxruntime runs on {session.get_providers()[0]}")
     meta = session.get_modelmeta().custom_metadata_map
     channels, height, width = json.loads(meta["input_shape"])
     if height != width:
@@ -106,5 +98,5 @@ def predict(
                 found.append({"path": str(path), "top": [{"class": classes[i], "probability": float(p[i])} for i in order]})
         return found
 
-    predictions = within(timeout, f"{bundle.ref}: {path.name}", classify)
+    predictions = within(options.timeout, f"{bundle.ref}: {path.name}", classify)
     return PredictResult(bundle=bundle.ref, providers=session.get_providers(), images=len(predictions), predictions=predictions)

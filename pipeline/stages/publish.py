@@ -28,6 +28,7 @@ from ..errors import CnnpipeError, NotVerified, first_line
 from ..formats import FORMATS
 from ..fs import read_small
 from ..nets.modelfile import MODEL_JSON
+from ..options.commands import PublishOptions
 from ..store.remote import MAX_ADDITION
 from ..store.version import REPORTS, Version
 from ..store.workspace import Workspace
@@ -114,13 +115,14 @@ def _example(bundle: Version, meta: dict[str, str]) -> np.ndarray:
     return preprocess(np.ascontiguousarray(images), meta)
 
 
-def publish(bundle_ref: str, tracking_uri: str, root: Path = Path("."), alias: str | None = None,
-            registered_model: str | None = None) -> PublishResult:
-    """Register ``bundle_ref`` (verified) as a version of an MLflow registered model; idempotent."""
+def publish(bundle_ref: str, options: PublishOptions, root: Path = Path(".")) -> PublishResult:
+    """Register ``bundle_ref`` (verified) as a version of an MLflow registered model (``options.mlflow``); idempotent."""
+    options.validate()
+    tracking_uri, alias = options.mlflow, options.alias
     bundle = Workspace(root).exports.resolve(bundle_ref)
     bundle.check()
     report = newest_report(bundle)
-    name = registered_model or bundle.name
+    name = options.registered_model or bundle.name
     _probe(tracking_uri)
     try:
         import mlflow

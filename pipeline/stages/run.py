@@ -9,12 +9,12 @@ from typing import Any
 
 from ..data.catalog import CATALOG
 from ..errors import CnnpipeError
-from ..options import ExportOptions, GateOptions, TrainConfig, VerifyOptions
+from ..options.commands import DownloadOptions, EvaluateOptions, RunOptions
 from ..store.workspace import Workspace
 from ..training.engine import Progress
 from ..verification.signing import Trust
 from .download import download
-from .evaluate import check_gate_options, evaluate
+from .evaluate import evaluate
 from .export import export
 from .train import train
 from .verify import verify
@@ -39,44 +39,31 @@ class RunResult:
 
 
 def run(
-    config: TrainConfig,
-    export_options: ExportOptions | None = None,
-    verify_options: VerifyOptions | None = None,
-    gates: GateOptions | None = None,
-    *,
+    options: RunOptions,
     root: Path = Path("."),
-    mirror: str | None = None,
-    size: int | None = None,
-    skip_train: bool = False,
+    *,
     trust_code: bool = False,
     progress: Progress | None = None,
     on_stage: Stage | None = None,
 ) -> RunResult:
     """Run every stage as a CI release job would, stopping at the first failed gate.
 
-    A standard dataset is fetched (or an intact version reused; ``size`` resizes it on
-    download); an imported folder is used as it is. ``skip_train`` releases the newest
-    version of the model ``config.name`` (default from ``config.arch``) as it is, for
-    weights brought in with ``import``. ``gates.against`` is pinned before training, so
+    A standard dataset is fetched (or an intact version reused; ``options.size`` resizes it on
+    download); an imported folder is used as it is. ``options.skip_train`` releases the newest
+    version of the model ``options.train.name`` (default from its ``arch``) as it is, for
+    weights brought in with ``import``. ``options.gates.against`` is pinned before training, so
     ``NAME`` means the version that was latest when the run started. ``on_stage(name,
     result)`` is called after each stage. A network from the user's file is trusted for the
     stages after training: this call already ran that file to train it, and the copy it
     rebuilds from is checked by sha256; with ``skip_train`` it runs only with ``trust_code``.
     Bad input raises ``CnnpipeError`` before anything is written.
     """
-    export_options = export_options or ExportOptions()
-    verify_options = verify_options or VerifyOptions()
-    gates = gates or GateOptions()
-    resolved = config.resolved()
-    check_gate_options(gates.min_accuracy, gates.against, gates.max_regression)
-    export_options.chosen(), verify_options.check()  # every stage's usage errors before any work
-    if size is not None and (skip_train or config.dataset not in CATALOG):
-        raise CnnpipeError("--size resizes a standard dataset on download; "
-                           f"{'a trained model' if skip_train else config.dataset} keeps the size it was stored at")
+    config, gates = options.train, options.gates
+    resolved = options.validate()
     models = Workspace(root).models
     against = models.resolve(gates.against).ref if gates.against else None
-    trusted = trust_code or not skip_train
-    if skip_train and not models.has(resolved.name):
+    trusted = trust_code or not options.skip_train
+    if options.skip_train and not models.has(resolved.name):
         raise CnnpipeError(f"--skip-train: no model {resolved.name!r} in the store; train it, or bring its weights "
                            "with `cnnpipe import`, first (or name it with --name)")
     result = RunResult()
@@ -87,22 +74,21 @@ def run(
             on_stage(stage, value)
         return value
 
-    if skip_train:
+    if options.skip_train:
         model_ref = models.latest(resolved.name).ref
     else:
         if config.dataset in CATALOG:
-            done("download", download(config.dataset, root, mirror, size=size))
+            done("download", download(config.dataset, DownloadOptions(mirror=options.mirror, size=options.size), root))
         model_ref = done("train", train(config, root, progress)).ref
-    evaluation = done("evaluate", evaluate(
-        model_ref, "test", root, device=config.device, against=against,
-        min_accuracy=gates.min_accuracy, max_regression=gates.max_regression, trust_code=trusted,
-    ))
+    evaluation = done("evaluate", evaluate(model_ref, EvaluateOptions(
+        split="test", device=config.device, against=against, min_accuracy=gates.min_accuracy,
+        max_regression=gates.max_regression), root, trust_code=trusted))
     if not evaluation.passed:
         result.failed = "evaluate"
         return result
-    bundle = done("export", export(model_ref, export_options, root, trust_code=trusted))
+    bundle = done("export", export(model_ref, options.export, root, trust_code=trusted))
     # the bundle this process just built: its native code (--aoti) is its own
-    verdict = done("verify", verify(bundle.ref, root, verify_options, trust_code=trusted, trust=Trust(native=True)))
+    verdict = done("verify", verify(bundle.ref, options.verify, root, trust_code=trusted, trust=Trust(native=True)))
     if not verdict.passed:
         result.failed = "verify"
     return result

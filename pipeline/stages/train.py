@@ -34,7 +34,7 @@ from ..fs import STORAGE_ERRNOS, dumps, write_json, write_through_memory, writin
 from ..nets.modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device, save_weights
 from ..nets.registry import param_count
 from ..nets.sources import ArchSource, build_arch, store_code
-from ..options import TrainConfig
+from ..options.training import TrainConfig
 from ..store.ownership import abandoned, owned
 from ..store.provenance import environment, lineage
 from ..store.version import check_name

@@ -11,7 +11,7 @@ import os
 import re
 import socket
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from ..formats import FORMATS, REEXPORTED
 from ..formats.base import Format, LoadContext, Tolerance
 from ..fs import dumps, refuse_symlinks, writing
 from ..nets.modelfile import MODEL_JSON, load_model
-from ..options import VerifyOptions
+from ..options.release import VerifyOptions
 from ..store.version import REPORTS, Version
 from ..store.workspace import Workspace, upload_addition
 from ..verification.consistency import check_bundle_records
@@ -39,7 +39,7 @@ from .export import export_context
 CHUNK = 256  # small activations: larger chunks let glibc's heap high-water creep up per chunk
 LOCALIZE_IMAGES = 16  # images a failed ONNX file is compared on, layer by layer
 LAYER_LIMIT = 0.1  # relative departure that marks a layer of a format with no logit bound (int8)
-Runner = Callable[[np.ndarray], np.ndarray]
+Inference = Callable[[np.ndarray], np.ndarray]  # a batch of inputs to its logits
 
 
 @dataclass
@@ -143,7 +143,7 @@ class Images:
             del mapped  # unmap: the pages read so far no longer count against this process
             yield start, normalize(raw, self.mean, self.std).numpy()
 
-    def logits(self, runner: Runner, batch: int) -> np.ndarray:
+    def logits(self, runner: Inference, batch: int) -> np.ndarray:
         out = []
         for _, x in self.chunks(batch):
             out += [runner(x[i : i + batch]) for i in range(0, len(x), batch)]
@@ -151,7 +151,7 @@ class Images:
 
 
 def check_format(
-    name: str, runtime: str, runner: Runner, images: Images, ref: np.ndarray, labels: np.ndarray,
+    name: str, runtime: str, runner: Inference, images: Images, ref: np.ndarray, labels: np.ndarray,
     classes: list[str], batch_sizes: list[int], tol: Tolerance, problems: list[str],
 ) -> FormatReport:
     """Run ``runner`` at every batch size and judge it against the reference logits."""
@@ -190,7 +190,7 @@ def check_format(
     )
 
 
-def _reference(model: torch.nn.Module) -> Runner:
+def _reference(model: torch.nn.Module) -> Inference:
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return model(torch.from_numpy(x)).numpy()
@@ -292,7 +292,7 @@ def _check_triton(bundle: Version, files: list[str], desc: ModelDescription) -> 
 
 
 def verify(
-    bundle_ref: str, root: Path = Path("."), options: VerifyOptions | None = None, *, trust_code: bool = False,
+    bundle_ref: str, options: VerifyOptions | None = None, root: Path = Path("."), *, trust_code: bool = False,
     trust: Trust | None = None,
 ) -> VerifyResult:
     """Check a bundle's signature (where ``trust`` gives a key), its hashes and records, then each
@@ -303,8 +303,8 @@ def verify(
     format's default. A format holding native code is loaded only when ``trust`` allows it.
     """
     options = options or VerifyOptions()
-    options.check()
-    batch_sizes, providers = options.batch_size_list(), options.provider_list()
+    options.validate()
+    batch_sizes = options.batch_size_list()
     samples = None if options.full else options.samples
     ws = Workspace(root)
     bundle = ws.exports.resolve(bundle_ref)
@@ -333,31 +333,40 @@ def verify(
         reference_per_class_accuracy=_per_class(ref.argmax(1), labels, classes), integrity=integrity,
     )
     if integrity == "ok":
-        problems = _check_triton(bundle, bundle_json.get("triton", []), desc)
-        if (desc.arch, desc.classes, desc.input) != (source_desc.arch, source_desc.classes, source_desc.input):
-            problems.insert(0, "the bundle's model.json does not describe its source model")
-        formats, disagreements = check_bundle_records(bundle, bundle_json)
-        if problems or disagreements:
-            result.passed = False
-            result.integrity = "; ".join([*problems, *disagreements])
-        # first, in the state an export process is in: loading a TorchScript or OpenVINO file
-        # advances per-process name counters that a later export would write
-        result.reexport = _reexport(ws, bundle, source, model, source_desc, formats)
-        judge = dict(images=images, ref=ref, labels=labels, classes=classes, batch_sizes=list(batch_sizes))
-        for fmt in formats:
-            spec = FORMATS[fmt]
-            variant = bundle_json.get("variants", {}).get(fmt, {})
-            ctx = LoadContext(meta=meta, variant=variant, desc=desc, trust_code=trust_code, trust_native=trust_native)
-            for device in [d for d in providers if d in spec.devices] or ["cpu"]:
-                result.formats.append(_check_one(spec, bundle, device, ctx, options.overrides(fmt), judge, model,
-                                                 options.timeout))
-        for report in result.formats:
-            if result.reexport.get(report.format):
-                report.passed = False
-                report.reasons.append("differs from a re-export of the weights: " + "; ".join(result.reexport[report.format]))
-        result.passed = result.passed and bool(result.formats) and all(r.passed for r in result.formats)
+        _judge_bundle(bundle, bundle_json, desc, source, source_desc, model, images, ref, labels, options, result,
+               LoadContext(meta=meta, variant={}, desc=desc, trust_code=trust_code, trust_native=trust_native), ws)
     _write_report(bundle, result)
     return result
+
+
+def _judge_bundle(bundle: Version, bundle_json: dict[str, Any], desc: ModelDescription, source: Version,
+                  source_desc: ModelDescription, model: torch.nn.Module, images: Images, ref: np.ndarray,
+                  labels: np.ndarray, options: VerifyOptions, result: VerifyResult, base: LoadContext,
+                  ws: Workspace) -> None:
+    """The records, the re-export comparison and every format's answers of an intact bundle, into ``result``."""
+    problems = _check_triton(bundle, bundle_json.get("triton", []), desc)
+    if (desc.arch, desc.classes, desc.input) != (source_desc.arch, source_desc.classes, source_desc.input):
+        problems.insert(0, "the bundle's model.json does not describe its source model")
+    formats, disagreements = check_bundle_records(bundle, bundle_json)
+    if problems or disagreements:
+        result.passed = False
+        result.integrity = "; ".join([*problems, *disagreements])
+    # first, in the state an export process is in: loading a TorchScript or OpenVINO file
+    # advances per-process name counters that a later export would write
+    result.reexport = _reexport(ws, bundle, source, model, source_desc, formats)
+    judge = dict(images=images, ref=ref, labels=labels, classes=list(source_desc.classes),
+                 batch_sizes=list(options.batch_size_list()))
+    for fmt in formats:
+        spec = FORMATS[fmt]
+        ctx = replace(base, variant=bundle_json.get("variants", {}).get(fmt, {}))
+        for device in [d for d in options.provider_list() if d in spec.devices] or ["cpu"]:
+            result.formats.append(_check_one(spec, bundle, device, ctx, options.overrides(fmt), judge, model,
+                                             options.timeout))
+    for report in result.formats:
+        if result.reexport.get(report.format):
+            report.passed = False
+            report.reasons.append("differs from a re-export of the weights: " + "; ".join(result.reexport[report.format]))
+    result.passed = result.passed and bool(result.formats) and all(r.passed for r in result.formats)
 
 
 def _write_report(bundle: Version, result: VerifyResult) -> None:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import CnnpipeError
-from ..options import OPTIMIZERS, SCHEDULES
+from ..options.fields import OPTIMIZERS, SCHEDULES
 
 
 def make_optimizer(

@@ -1,0 +1,112 @@
+"""The options of ``train`` (and of ``run``'s training stage)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from ..errors import CnnpipeError
+from ..store.version import check_name
+from .fields import (
+    COMPILE,
+    COMPILE_MODES,
+    DEVICES,
+    LOADERS,
+    MAX_EPOCHS,
+    OPTIMIZERS,
+    PRECISIONS,
+    SCHEDULES,
+    check_choice,
+    check_finite,
+    check_seed,
+    option,
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run (recorded, resolved, in ``train.json``).
+
+    ``None`` means the network's recipe: Adam 1e-3 for the small nets, SGD 0.1 with
+    weight decay 5e-4 and a cosine schedule for ``vgg11-bn`` and ``resnet18``.
+    """
+
+    arch: str = option("lenet5", "Architecture to train (see `cnnpipe models`).", "--model", "-m")
+    dataset: str = option("mnist-sample", "Dataset version to train on (NAME, NAME@vN or a path).", "--dataset", "-d")
+    name: str | None = option(None, "Name of the model in the store (default: the architecture).")
+    epochs: int = option(8, "Training epochs.")
+    batch_size: int | None = option(None, "Training batch size (default: the network's recipe).", "--batch-size")
+    optimizer: str | None = option(None, "Optimizer (default: the network's recipe).", choices=OPTIMIZERS)
+    lr: float | None = option(None, "Peak learning rate (default: the recipe's).", "--lr")
+    momentum: float = option(0.9, "SGD momentum.")
+    nesterov: bool = option(False, "SGD with Nesterov momentum.")
+    weight_decay: float | None = option(None, "Weight decay (default: the recipe's).", "--weight-decay")
+    schedule: str | None = option(None, "Learning-rate schedule (default: the recipe's).", choices=SCHEDULES)
+    warmup_epochs: float = option(0.0, "Linear learning-rate warm-up, in epochs.", "--warmup-epochs")
+    step_size: int | None = option(None, "step schedule: epochs between decays (default epochs/3).", "--step-size")
+    gamma: float = option(0.1, "step schedule: decay factor.")
+    label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy.", "--label-smoothing")
+    grad_clip: float | None = option(None, "Clip the gradient norm to this value.", "--grad-clip")
+    patience: int | None = option(None, "Stop after this many epochs without a better validation accuracy.")
+    seed: int = option(0, "Seed for weights init and shuffling.")
+    device: str = option("auto", "auto: CUDA when present, else CPU.", choices=DEVICES)
+    compile: str = option("auto", "torch.compile: auto compiles on CUDA only.", choices=COMPILE)
+    compile_mode: str = option("default", "torch.compile mode (reduce-overhead: CUDA graphs).", "--compile-mode",
+                               choices=COMPILE_MODES)
+    precision: str = option("auto", "auto: bf16 autocast on CUDA.", choices=PRECISIONS)
+    deterministic: bool = option(False, "torch.use_deterministic_algorithms(True).")
+    augment: bool = option(True, "Use the dataset's augmentation (random crop, flips where valid).")
+    loader: str = option("auto", "device: the split on the device; stream: memory-mapped through a DataLoader; "
+                         "auto: device when it fits.", choices=LOADERS)
+    workers: int = option(2, "DataLoader workers when streaming.")
+    init_from: str | None = option(None, "Start from these weights: a model version (NAME, NAME@vN, a path) or a "
+                                   ".safetensors/checkpoint file.", "--init-from")
+    reset_head: bool = option(False, "With --init-from: re-initialise the module that produces the logits "
+                              "(needed when the class count differs).", "--reset-head")
+    freeze_backbone: bool = option(False, "Train only the module that produces the logits.", "--freeze-backbone")
+    eval_batch_size: int = 1000
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` filled from the network's recipe; raises on unusable values."""
+        from ..nets.registry import SMALL_NET_RECIPE, get_net
+        from ..nets.sources import default_name, parse
+
+        recipe = get_net(self.arch).recipe if parse(self.arch).kind == "registry" else SMALL_NET_RECIPE
+        out = TrainConfig(**asdict(self))
+        out.name = self.name or default_name(self.arch)
+        for key in ("batch_size", "optimizer", "lr", "weight_decay", "schedule"):
+            if getattr(out, key) is None:
+                setattr(out, key, recipe[key])
+        out.step_size = self.step_size or max(1, self.epochs // 3)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        """Every usage error a resolved config can hold, before any work."""
+        check_name(self.name or "", "model name")
+        check_finite(self)
+        check_seed(self.seed)
+        checks = [
+            (1 <= self.epochs <= MAX_EPOCHS, f"--epochs must be between 1 and {MAX_EPOCHS:,}, not {self.epochs}"),
+            (self.batch_size >= 1 and self.eval_batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, not {self.lr}"),
+            (self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}"),
+            (0 <= self.warmup_epochs < self.epochs, f"--warmup-epochs must be in [0, epochs), not {self.warmup_epochs}"),
+            (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), not {self.label_smoothing}"),
+            (self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, not {self.grad_clip}"),
+            (self.patience is None or self.patience >= 1, f"--patience must be at least 1, not {self.patience}"),
+            (self.workers >= 0, f"--workers must be 0 or more, not {self.workers}"),
+            (not self.reset_head or self.init_from is not None,
+             "--reset-head re-initialises what --init-from loaded: add --init-from"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CnnpipeError(message)
+        for key, choices in TRAIN_CHOICES.items():
+            check_choice(getattr(self, key), choices, "--" + key.replace("_", "-"))
+
+
+TRAIN_CHOICES = {
+    "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES, "compile": COMPILE,
+    "compile_mode": COMPILE_MODES, "precision": PRECISIONS, "loader": LOADERS,
+}
