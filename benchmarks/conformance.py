@@ -58,7 +58,7 @@ def run_one(name: str, root: Path, folder: Path, max_params: float) -> dict[str,
     from cnnpipe.errors import CnnpipeError, first_line
     from cnnpipe.nets.registry import param_count
     from cnnpipe.nets.sources import build_arch
-    from cnnpipe.options import ExportOptions, TrainConfig, VerifyOptions
+    from cnnpipe.options import DownloadOptions, ExportOptions, TrainConfig, VerifyOptions
     from cnnpipe.stages.download import import_folder
     from cnnpipe.stages.export import export
     from cnnpipe.stages.train import train
@@ -81,7 +81,7 @@ def run_one(name: str, root: Path, folder: Path, max_params: float) -> dict[str,
         row["error"] = f"not run: {row['params'] / 1e6:.0f}M parameters, over --max-params"
         return row
     dataset = f"tiny{row['size']}"
-    import_folder(folder, dataset, root, size=row["size"], plots=False)
+    import_folder(folder, DownloadOptions(dataset_name=dataset, size=row["size"], plots=False), root)
     start = time.perf_counter()
     try:
         model = train(TrainConfig(arch=arch, dataset=dataset, name="net", epochs=1, batch_size=8,
@@ -94,7 +94,7 @@ def run_one(name: str, root: Path, folder: Path, max_params: float) -> dict[str,
         start = time.perf_counter()
         try:
             bundle = export(model.ref, ExportOptions(formats=(fmt,)), root)
-            verdict = verify(bundle.ref, root, VerifyOptions(batch_sizes="1,2", samples=CLASSES * HELD_OUT))
+            verdict = verify(bundle.ref, VerifyOptions(batch_sizes="1,2", samples=CLASSES * HELD_OUT), root)
             reports = [r for r in verdict.formats if r.format == fmt]
             failed = [reason for r in reports for reason in r.reasons if not r.passed]
             result = "pass" if verdict.passed else "verify: " + "; ".join(failed or ["failed"])

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from cnnpipe.data.idx import read_idx
-from cnnpipe.options import TrainConfig
+from cnnpipe.options import DownloadOptions, EvaluateOptions, TrainConfig
 from cnnpipe.stages.download import import_folder
 from cnnpipe.stages.evaluate import evaluate
 from cnnpipe.stages.train import train
@@ -50,10 +50,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         write_folder(tmp_path / "digits")
-        import_folder(tmp_path / "digits", "digits", tmp_path, size=28, channels=1, flip=False, plots=False)
+        import_folder(tmp_path / "digits", DownloadOptions(dataset_name="digits", size=28, channels=1, flip=False, plots=False),
+                      tmp_path)
         trained = train(TrainConfig(arch=args.model, dataset="digits", epochs=1, device="cpu"), tmp_path)
         history = [json.loads(line) for line in (Path(trained.path) / "history.jsonl").read_text().splitlines()]
-        runs = [evaluate(trained.ref, "test", tmp_path, device="cpu") for _ in range(args.repeat)]
+        runs = [evaluate(trained.ref, EvaluateOptions(device="cpu"), tmp_path) for _ in range(args.repeat)]
     best = min(runs, key=lambda r: r.seconds["total"])
     epoch_s = history[0]["train_s"]
     rows = [

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from cnnpipe.nets.registry import build
-from cnnpipe.options import TrainConfig
+from cnnpipe.options import DownloadOptions, TrainConfig
 from cnnpipe.stages.download import import_folder
 from cnnpipe.stages.evaluate import evaluate
 from cnnpipe.stages.train import train
@@ -103,7 +103,7 @@ def main() -> None:
                 for f in sorted(cls.iterdir())[: args.limit]:
                     (src / split / cls.name / f.name).symlink_to(f.resolve())
     t0 = time.perf_counter()
-    import_folder(src, "cifar10-jpeg", root)
+    import_folder(src, DownloadOptions(dataset_name="cifar10-jpeg"), root)
     import_s = time.perf_counter() - t0
 
     seeds = seeds_images_per_s(args.data, args.batch_size, args.steps, device, args.workers, args.limit)

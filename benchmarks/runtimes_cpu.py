@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from cnnpipe.formats import FORMATS
-from cnnpipe.options import ExportOptions, TrainConfig
+from cnnpipe.options import BenchOptions, DownloadOptions, ExportOptions, TrainConfig
 from cnnpipe.stages.bench import bench
 from cnnpipe.stages.download import import_folder
 from cnnpipe.stages.export import export
@@ -61,11 +61,12 @@ def main() -> None:
         for name, channels in NETWORKS.items():
             size = 28 if name == "lenet5" else 32
             make_folder(root / f"images-{name}", channels, size)
-            import_folder(root / f"images-{name}", f"data-{name}", root, size=size, channels=channels, plots=False)
+            import_folder(root / f"images-{name}", DownloadOptions(dataset_name=f"data-{name}", size=size, channels=channels,
+                                                                  plots=False), root)
             trained = train(TrainConfig(arch=name, dataset=f"data-{name}", epochs=1, batch_size=16,
                                         optimizer="adam", lr=1e-3, device="cpu"), root)
             bundle = export(trained.ref, ExportOptions(fp16=True, int8=True, aoti=True), root)
-            result = bench(bundle.ref, root, (1, args.batch), args.seconds, args.threads, trust=OWN)
+            result = bench(bundle.ref, BenchOptions(f"1,{args.batch}", args.seconds, args.threads), root, trust=OWN)
             print(f"\n{name}: input {'x'.join(map(str, result.input_shape))}, {result.threads} threads, "
                   f"torch {torch.__version__}")
             print(f"{'runtime':<26} {'batch':>5} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8} {'images/s':>10}")
@@ -79,7 +80,7 @@ def main() -> None:
                 rows = [r for r in result.rows if r.batch == batch]
                 best = max(rows, key=lambda r: r.images_per_s)
                 print(f"fastest at batch {batch}: {best.runtime} ({best.images_per_s:,.0f} images/s)")
-            rounds = [result.rows] + [bench(bundle.ref, root, (1,), args.seconds, args.threads, trust=OWN).rows
+            rounds = [result.rows] + [bench(bundle.ref, BenchOptions("1", args.seconds, args.threads), root, trust=OWN).rows
                                       for _ in range(args.rounds - 1)]
             for runtime in COMPILED:
                 ratios = []

@@ -15,7 +15,7 @@ import torch
 from cnnpipe.data.batches import DeviceBatches, StreamBatches, augment, batch_order
 from cnnpipe.data.cifar import read_cifar10
 from cnnpipe.errors import CnnpipeError
-from cnnpipe.options import TrainConfig
+from cnnpipe.options import DownloadOptions, TrainConfig
 from cnnpipe.stages.download import download
 from cnnpipe.stages.train import train
 
@@ -54,7 +54,7 @@ def test_device_and_stream_loaders_give_the_same_batches_in_the_same_order(tmp_p
 
 
 def test_training_through_either_loader_gives_identical_weights(tmp_path: Path):
-    download("mnist-sample", tmp_path, plots=False)
+    download("mnist-sample", DownloadOptions(plots=False), tmp_path)
     for loader in ("device", "stream"):
         result = train(TrainConfig(epochs=1, loader=loader, name=loader, batch_size=128, device="cpu"), tmp_path)
         assert result.history[0]["train_accuracy"] > 0.5

@@ -49,7 +49,8 @@ def test_compiled_bf16_training_on_cuda(cuda_root: Path, mode: str):
 _INTERRUPT = """
 import sys
 from pathlib import Path
-from cnnpipe.stages.train import TrainConfig, train
+from cnnpipe.options.training import TrainConfig
+from cnnpipe.stages.train import train
 
 class StopAtEpoch2:
     def start_epoch(self, epoch, epochs, steps):

@@ -72,7 +72,7 @@ def test_concurrent_writers_get_distinct_versions(tmp_path: Path):
     payloads = {v.results["payload"] for v in store.versions("net")}
     assert payloads == {f"p{i}" for i in range(12)}
     for v in store.versions("net"):
-        v.check()
+        v.rehash()
     assert store.resolve("net").number == 12
 
 
@@ -84,7 +84,7 @@ def test_check_names_the_changed_file(tmp_path: Path):
     data[0] ^= 1
     target.write_bytes(bytes(data))
     with pytest.raises(CnnpipeError, match=r"b\.bin: sha256 does not match"):
-        store.resolve("net").check()
+        store.resolve("net").rehash()
 
 
 def test_symlinked_member_is_refused(tmp_path: Path):
@@ -96,7 +96,7 @@ def test_symlinked_member_is_refused(tmp_path: Path):
     member.unlink()
     os.symlink(outside, member)
     with pytest.raises(CnnpipeError, match="symbolic link"):
-        store.resolve("net").check()
+        store.resolve("net").rehash()
 
 
 @pytest.mark.parametrize("bad", ["../x", "a/b", "..", "a b", "x\x1b[31m", "", "-rf", "a..b"])

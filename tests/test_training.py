@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnpipe.options import TrainConfig
+from cnnpipe.options import DownloadOptions, TrainConfig
 from cnnpipe.stages.download import download
 from cnnpipe.stages.train import train
 from cnnpipe.training.optim import make_schedule
@@ -48,7 +48,7 @@ def test_schedules_warm_up_then_decay_as_named():
 @pytest.fixture(scope="module")
 def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sample")
-    download("mnist-sample", root, plots=False)
+    download("mnist-sample", DownloadOptions(plots=False), root)
     return root
 
 

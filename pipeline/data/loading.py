@@ -69,7 +69,7 @@ class Dataset:
 
 def load_dataset(version: Version) -> Dataset:
     """Open a dataset version after re-checking every file's sha256."""
-    version.check()
+    version.rehash()
     return Dataset(version=version, info=version.read_json(INFO))
 
 

@@ -121,7 +121,7 @@ def load_state(model: nn.Module, state: dict[str, Any], where: Any, shown: int =
 
 def load_model(version: Version, weights: str = WEIGHTS, trust_code: bool = False) -> tuple[nn.Module, ModelDescription]:
     """Rebuild a version's network in eval mode on the CPU, after re-checking its hashes."""
-    version.check()
+    version.rehash()
     desc = read_description(version)
     model = build_from(desc, version.path, trust_code)
     load_weights(model, version.file(weights))

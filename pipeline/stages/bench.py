@@ -118,8 +118,8 @@ def bench(
     threads = options.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     bundle = Workspace(root).exports.resolve(bundle_ref)
-    trust_native = (trust or Trust()).check(bundle)  # before anything of the bundle is read
-    bundle.check()
+    trust_native = (trust or Trust()).admit(bundle)  # before anything of the bundle is read
+    bundle.rehash()
     bundle_json = bundle.read_json(MODEL_JSON)
     shape = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}").input.shape
     result = BenchResult(bundle=bundle.ref, threads=threads, input_shape=shape)

@@ -123,7 +123,7 @@ def download(
     if not options.refresh and store.has(name):
         latest = store.latest(name)
         if latest.manifest["lineage"].get("config") == config:
-            latest.check()
+            latest.rehash()
             return _result(latest, reused=True)
     with store.draft(name) as draft:
         prepared = spec.prepare(draft.path / "raw", FetchOptions(options.mirror, options.val_size, options.seed, on_bytes))

@@ -182,5 +182,5 @@ def latest_evaluation(version: Version, split: str = "test") -> Version | None:
     if not store.has(split):
         return None
     evaluation = store.latest(split)
-    evaluation.check()
+    evaluation.rehash()
     return evaluation

@@ -62,8 +62,8 @@ def predict(
     if missing:
         raise CnnpipeError(f"{missing[0]}: no such image file" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     bundle = Workspace(root).exports.resolve(bundle_ref)
-    (trust or Trust()).check(bundle)  # before anything of the bundle is read
-    bundle.check()
+    (trust or Trust()).admit(bundle)  # before anything of the bundle is read
+    bundle.rehash()
     path = bundle.file(FORMATS["onnx"].file)
     try:
         session = onnx_session(path, provider)

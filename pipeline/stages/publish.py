@@ -120,7 +120,7 @@ def publish(bundle_ref: str, options: PublishOptions, root: Path = Path(".")) ->
     options.validate()
     tracking_uri, alias = options.mlflow, options.alias
     bundle = Workspace(root).exports.resolve(bundle_ref)
-    bundle.check()
+    bundle.rehash()
     report = newest_report(bundle)
     name = options.registered_model or bundle.name
     _probe(tracking_uri)

@@ -9,16 +9,11 @@ and the run folder removed. Under ``torchrun`` every rank trains its shard of ea
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import secrets
-import shutil
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +25,18 @@ from ..data.batches import DeviceBatches, StreamBatches, batch_order
 from ..data.loading import Dataset, load_dataset
 from ..errors import CnnpipeError, first_line
 from ..evaluation.plots import plot_curves
-from ..fs import STORAGE_ERRNOS, dumps, write_json, write_through_memory, writing
+from ..fs import dumps, write_json
 from ..nets.modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device, save_weights
 from ..nets.registry import param_count
 from ..nets.sources import ArchSource, build_arch, store_code
 from ..options.training import TrainConfig
-from ..store.ownership import abandoned, owned
 from ..store.provenance import environment, lineage
-from ..store.version import check_name
 from ..store.workspace import Workspace
 from ..training.engine import Progress, batched_logits, train_epoch
 from ..training.finetune import apply_init, find_head, freeze_all_but, initial_state
 from ..training.optim import make_optimizer, make_schedule
-
-CHECKPOINT = "checkpoint.pt"
-RUN_CONFIG = "config.json"
+from ..training.placement import distributed, eval_batch_size, train_source
+from ..training.runs import find_run, load_run, run_folder, save_checkpoint
 
 
 @dataclass
@@ -71,126 +63,6 @@ class TrainResult:
     fine_tune: str | None = None  # what --init-from, --reset-head and --freeze-backbone did
 
 
-def fits_in_memory(nbytes: int, device: torch.device) -> bool:
-    """Whether ``nbytes`` takes at most a quarter of the device's free memory."""
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return nbytes <= free // 4
-
-
-def _train_source(dataset: Dataset, config: TrainConfig, device: torch.device) -> DeviceBatches | StreamBatches:
-    """The training split on the device when it fits (or ``--loader device``), else streamed."""
-    images, labels = dataset.arrays("train", mmap=True)
-    stream = config.loader == "stream" or (config.loader == "auto" and not fits_in_memory(images.nbytes, device))
-    if stream:
-        return StreamBatches(images, labels, device, config.workers)
-    return DeviceBatches(images, labels, device)
-
-
-def eval_batch_size(n: int, limit: int) -> int:
-    """The largest batch size ≤ ``limit`` that divides ``n`` (no ragged batch to recompile for)."""
-    return next(b for b in range(min(n, limit), 0, -1) if n % b == 0)
-
-
-def _distributed(device_choice: str) -> tuple[int, int, torch.device | None]:
-    """Rank and world size under torchrun (initialising the process group), else (0, 1, None)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, None
-    cuda = torch.cuda.is_available() and device_choice != "cpu"
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda and local >= torch.cuda.device_count():
-        raise CnnpipeError(
-            f"{world} processes on CUDA need one GPU each, and this machine has {torch.cuda.device_count()}; "
-            "use fewer processes or --device cpu"
-        )
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return dist.get_rank(), world, device
-
-
-def _save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
-    tmp = run_dir / f".{CHECKPOINT}.tmp"
-    try:
-        write_through_memory(tmp, lambda f: torch.save(state, f))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, run_dir / CHECKPOINT)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def find_run(root: Path, ref: str) -> Path:
-    """The run folder ``ref`` names: a path, or NAME (its newest interrupted run no live process owns)."""
-    path = Path(ref)
-    if "/" not in ref:
-        runs = Workspace(root).models.root / check_name(ref, "model name") / ".runs"
-        found = sorted(p for p in runs.glob("*") if (p / CHECKPOINT).is_file()) if runs.is_dir() else []
-        if not found:
-            raise CnnpipeError(f"no interrupted training run of {ref!r} to resume (no checkpoint under {runs})")
-        idle = [p for p in found if abandoned(p)]
-        if not idle:
-            raise CnnpipeError(f"every run of {ref!r} with a checkpoint is still training in a live process; "
-                               "wait for it to end")
-        path = idle[-1]
-    if not (path / CHECKPOINT).is_file() or not (path / RUN_CONFIG).is_file():
-        raise CnnpipeError(f"{path}: not an interrupted training run (needs {CHECKPOINT} and {RUN_CONFIG})")
-    return path
-
-
-@contextmanager
-def _run_folder(ws: Workspace, name: str, config: TrainConfig, resumed: Path | None) -> Iterator[Path]:
-    """The run folder this process owns (``flock``) while it trains: ``resumed``, or a new one under
-    ``models/NAME/.runs``. It is removed after the commit, or when the run fails before its first
-    checkpoint; no other run's folder is ever touched (others are judged by their lock, not a PID)."""
-    if resumed is not None:
-        with owned(resumed, "this training run"):
-            yield resumed
-            shutil.rmtree(resumed, ignore_errors=True)
-        return
-    runs = ws.models.root / name / ".runs"
-    with ExitStack() as stack:
-        with ws.models.lock(name):  # sweeping and taking ownership never interleave
-            for old in sorted(runs.glob("*")) if runs.is_dir() else []:
-                if not (old / CHECKPOINT).exists() and abandoned(old):  # killed before its first epoch
-                    shutil.rmtree(old, ignore_errors=True)
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-            run_dir = runs / f"{stamp}-{secrets.token_hex(4)}"
-            run_dir.mkdir(parents=True)
-            stack.enter_context(owned(run_dir, "this training run"))
-        try:
-            with writing(runs):
-                write_json(run_dir / RUN_CONFIG, asdict(config) | {"name": name})
-                yield run_dir
-        except BaseException as e:
-            if not (run_dir / CHECKPOINT).exists():
-                shutil.rmtree(run_dir, ignore_errors=True)
-                _remove_if_empty(runs)
-            elif isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:
-                raise CnnpipeError(f"cannot write: {e.strerror} ({e.filename}); no version was committed; the last "
-                                   f"checkpoint is kept in {run_dir}: free space, then cnnpipe train --resume {name}"
-                                   ) from None
-            raise
-        shutil.rmtree(run_dir, ignore_errors=True)
-    _remove_if_empty(runs)
-
-
-def load_run(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
-    """The config and last checkpoint of an interrupted run (weights only, no code)."""
-    try:
-        saved = json.loads((run_dir / RUN_CONFIG).read_text())
-        config = TrainConfig(**{f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved})
-        state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged or hostile checkpoint: refuse it, whatever went wrong
-        raise CnnpipeError(f"{run_dir / CHECKPOINT}: cannot resume from it ({type(e).__name__}: {e})") from None
-    return config, state
-
-
 def train(
     config: TrainConfig,
     root: Path = Path("."),
@@ -204,13 +76,6 @@ def train(
     """
     with ExitStack() as stack:
         return _train(config, root, progress, resume, stack)
-
-
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()
-    except OSError:
-        pass
 
 
 @dataclass
@@ -254,7 +119,7 @@ class _State:
 def _setup(cfg: TrainConfig, ws: Workspace) -> _Run:
     """Dataset, device, network, optimizer and schedule of a run; refuses a batch size that cannot work."""
     dataset = load_dataset(ws.data.resolve(cfg.dataset))
-    rank, world, dist_device = _distributed(cfg.device)
+    rank, world, dist_device = distributed(cfg.device)
     device = dist_device or resolve_device(cfg.device)
     compiled = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
@@ -271,7 +136,7 @@ def _setup(cfg: TrainConfig, ws: Workspace) -> _Run:
     wrapped: torch.nn.Module = model
     if world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    source = _train_source(dataset, cfg, device)
+    source = train_source(dataset, cfg, device)
     drop_last = compiled or world > 1
     steps_per_epoch = len(source) // cfg.batch_size if drop_last else math.ceil(len(source) / cfg.batch_size)
     if steps_per_epoch == 0:
@@ -334,7 +199,7 @@ def _restore_fields(run: _Run, saved: dict[str, Any]) -> _State:
 
 
 def _checkpoint(run: _Run, state: _State, run_dir: Path) -> None:
-    _save_checkpoint(run_dir, {
+    save_checkpoint(run_dir, {
         "epoch": state.epoch, "model": {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()},
         "optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
         "generator": run.generator.get_state(), "torch_rng": torch.get_rng_state(),
@@ -414,7 +279,7 @@ def _train(
     ws = Workspace(root)
     run = _setup(cfg, ws)
     state = _restore(run, saved) if saved is not None else _State()
-    run_dir = stack.enter_context(_run_folder(ws, cfg.name, config, resumed)) if run.rank == 0 else None
+    run_dir = stack.enter_context(run_folder(ws, cfg.name, config, resumed)) if run.rank == 0 else None
 
     stopped_early = False
     for epoch in range(state.epoch + 1, cfg.epochs + 1):

@@ -198,7 +198,7 @@ def _reference(model: torch.nn.Module) -> Inference:
     return run
 
 
-def _check_one(
+def _verify_format(
     spec: Format, bundle: Version, device: str, ctx: LoadContext, overrides: dict[str, float | None], judge: dict[str, Any],
     model: torch.nn.Module, timeout: float,
 ) -> FormatReport:
@@ -308,9 +308,9 @@ def verify(
     samples = None if options.full else options.samples
     ws = Workspace(root)
     bundle = ws.exports.resolve(bundle_ref)
-    trust_native = (trust or Trust()).check(bundle)  # before anything of the bundle is read
+    trust_native = (trust or Trust()).admit(bundle)  # before anything of the bundle is read
     try:
-        bundle.check()
+        bundle.rehash()
         integrity = "ok"
     except CnnpipeError as e:
         integrity = str(e)
@@ -360,7 +360,7 @@ def _judge_bundle(bundle: Version, bundle_json: dict[str, Any], desc: ModelDescr
         spec = FORMATS[fmt]
         ctx = replace(base, variant=bundle_json.get("variants", {}).get(fmt, {}))
         for device in [d for d in options.provider_list() if d in spec.devices] or ["cpu"]:
-            result.formats.append(_check_one(spec, bundle, device, ctx, options.overrides(fmt), judge, model,
+            result.formats.append(_verify_format(spec, bundle, device, ctx, options.overrides(fmt), judge, model,
                                              options.timeout))
     for report in result.formats:
         if result.reexport.get(report.format):

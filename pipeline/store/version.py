@@ -90,7 +90,7 @@ class Version:
         except (OSError, ValueError) as e:
             raise CnnpipeError(f"{path}: unreadable JSON ({e})") from None
 
-    def check(self) -> None:
+    def rehash(self) -> None:
         """Re-hash every file the manifest lists; raise naming the first that differs."""
         for entry in self.manifest["files"]:
             path = safe_member(self.path, entry["path"])

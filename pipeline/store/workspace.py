@@ -201,7 +201,7 @@ class Store:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     self.mirror.download(local / entry["path"], dest)
                 try:
-                    fetched.check()
+                    fetched.rehash()
                 except CnnpipeError as e:
                     raise CnnpipeError(f"{self.mirror.url}: {name}@{version} as downloaded: {e}") from None
                 (draft.path / OWNER).unlink()

@@ -47,7 +47,7 @@ def initial_state(ref: str, root: Path) -> dict[str, torch.Tensor]:
     if path.is_file():
         return read_state(path)
     version = Workspace(root).models.resolve(ref)
-    version.check()
+    version.rehash()
     return read_safetensors(version.file(WEIGHTS))
 
 

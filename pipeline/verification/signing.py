@@ -36,7 +36,7 @@ class Trust:
     require_signature: bool = False
     native: bool = False
 
-    def check(self, bundle: Version) -> bool:
+    def admit(self, bundle: Version) -> bool:
         """Verify the signature where a key is given (``SignatureError`` when it fails), before anything
         of the bundle is read; whether the bundle's native code may be loaded."""
         if self.require_signature and self.public_key is None:
@@ -106,7 +106,7 @@ def sign(bundle: Version, private_key: Path) -> Path:
     target = bundle.path / SIGNATURE
     if target.exists():
         raise CnnpipeError(f"{bundle.ref}: is already signed ({target}); a signed bundle is never signed again")
-    bundle.check()  # sign only what the manifest says was written
+    bundle.rehash()  # sign only what the manifest says was written
     fd, tmp = tempfile.mkstemp(prefix=".sig-", dir=bundle.path.parent)  # outside the version: it never sees it
     os.close(fd)
     try:
