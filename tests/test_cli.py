@@ -8,8 +8,9 @@ from pathlib import Path
 import onnx
 import pytest
 import torch
+from PIL import Image
 
-from conftest import assert_clean_error, cnnpipe, cnnpipe_json, tree_state
+from conftest import assert_clean_error, cnnpipe, cnnpipe_json, resign, tree_state
 
 
 def test_run_twice_gives_v1_then_v2_and_leaves_v1_untouched(tmp_path: Path):
@@ -161,6 +162,21 @@ def test_a_failed_stage_leaves_no_version_behind(root_copy: Path):
     assert not (root_copy / "exports/lenet5/v2").exists()
     assert not list((root_copy / "models/diverge").glob("v*"))
     assert not list(root_copy.rglob(".tmp-*"))
+
+
+def test_debug_prints_the_runtimes_own_exception_behind_the_one_line(root_copy: Path, tmp_path: Path):
+    """CNNPIPE_DEBUG=1 keeps the one-line error and adds the whole chain: onnxruntime's exception is the cause."""
+    bundle = root_copy / "exports/lenet5/v1"
+    (bundle / "model.onnx").write_bytes(b"not a protobuf" * 64)
+    resign(bundle, "model.onnx")
+    image = tmp_path / "digit.png"
+    Image.new("L", (28, 28), 128).save(image)
+    plain = cnnpipe(root_copy, "predict", str(image), "--bundle", "lenet5")
+    assert_clean_error(plain, 2, "onnxruntime cannot load it")
+    debug = cnnpipe(root_copy, "predict", str(image), "--bundle", "lenet5", env={"CNNPIPE_DEBUG": "1"})
+    assert debug.returncode == 2 and "onnxruntime cannot load it" in debug.stderr.splitlines()[-1]
+    assert "The above exception was the direct cause of the following exception" in debug.stderr
+    assert "cnnpipe.errors.LoadFailed" in debug.stderr
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

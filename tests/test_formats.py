@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import onnx
+import pytest
 import torch
 import typer
 from safetensors.torch import save_file
@@ -142,3 +143,28 @@ def test_a_tampered_onnx_weight_fails_and_verify_names_the_first_layer_that_depa
     for key in ("mean_abs_diff", "median_abs_diff", "p99_abs_diff", "topk_agreement"):
         assert onnx_row[key] is not None and onnx_row["by_batch_size"]["1"][key] is not None
     assert onnx_row["nonfinite"] == 0 and onnx_row["bound_ratio"] > 1 >= rows["pt2"]["bound_ratio"]
+
+
+def test_a_format_name_or_file_registered_twice_fails():
+    from dataclasses import replace
+
+    from cnnpipe.formats.base import REGISTRY, register
+
+    before = dict(REGISTRY)
+    with pytest.raises(ValueError, match="'onnx' is already registered"):
+        register(FORMATS["onnx"])
+    with pytest.raises(ValueError, match="writes a file of 'onnx'"):
+        register(replace(FORMATS["onnx"], name="onnx-copy"))
+    assert REGISTRY == before
+
+
+def test_variant_flags_and_reexported_formats_come_from_the_records():
+    from cnnpipe.formats import REEXPORTED
+    from cnnpipe.options import ExportOptions
+
+    assert set(ExportOptions().flags) == set(VARIANT_FLAGS)
+    assert ExportOptions(int8=True).flags == {flag: flag == "int8" for flag in VARIANT_FLAGS}
+    assert [f for f in FORMATS if FORMATS[f].reexported] == list(REEXPORTED)
+    for name in REEXPORTED:  # a variant is made again only after its parent
+        parent = FORMATS[name].parent
+        assert parent is None or REEXPORTED.index(parent) < REEXPORTED.index(name)

@@ -43,3 +43,10 @@ def test_networks_adapt_to_rgb_32_and_to_three_classes(name: str):
 def test_inputs_a_network_cannot_take_are_refused_clearly(name: str, size: int):
     with pytest.raises(CnnpipeError, match=f"{name} needs"):
         build(name, 1, size, 10)
+
+
+def test_a_network_name_registered_twice_fails():
+    from cnnpipe.nets.registry import register
+
+    with pytest.raises(ValueError, match="'lenet5' is already registered"):
+        register("lenet5", source="test", channels=1, size=28, dataset="mnist", recipe={})(lambda c, s, n: None)

@@ -10,13 +10,26 @@ import pytest
 import typer
 
 from cnnpipe.cli.app import app
-from cnnpipe.options import ExportOptions, GateOptions, TrainConfig, VerifyOptions
+from cnnpipe.options import (
+    BenchOptions,
+    DownloadOptions,
+    EvaluateOptions,
+    ExportOptions,
+    GateOptions,
+    GcOptions,
+    PredictOptions,
+    PublishOptions,
+    TrainConfig,
+    VerifyOptions,
+)
+from cnnpipe.options.commands import RunOptions
 
 from conftest import assert_clean_error, choices_of, cli_env, cnnpipe, cnnpipe_json
 
 COMMANDS = typer.main.get_command(app).commands
-GROUPS = {"train": [TrainConfig], "export": [ExportOptions], "verify": [VerifyOptions], "evaluate": [GateOptions],
-          "run": [TrainConfig, ExportOptions, VerifyOptions, GateOptions]}
+GROUPS = {"train": [TrainConfig], "export": [ExportOptions], "verify": [VerifyOptions], "evaluate": [EvaluateOptions],
+          "run": [TrainConfig, ExportOptions, VerifyOptions, GateOptions, RunOptions], "download": [DownloadOptions],
+          "bench": [BenchOptions], "predict": [PredictOptions], "publish": [PublishOptions], "gc": [GcOptions]}
 
 
 def _params(command: str) -> dict[str, object]:

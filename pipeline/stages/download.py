@@ -113,8 +113,8 @@ def download(
     network; an identical re-fetch also reuses it.
     """
     options = options or DownloadOptions()
-    spec = get_spec(name)
     options.validate()
+    spec = get_spec(name)
     size = options.size
     store = Workspace(root).data
     config: dict[str, Any] = {"name": name, "val_size": options.val_size, "seed": options.seed}

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..data.imagefolder import decode_all
-from ..errors import CnnpipeError, first_line
+from ..errors import CnnpipeError, LoadFailed, first_line
 from ..formats import FORMATS
 from ..formats.onnx import ORT_PROVIDERS, onnx_session, stoppable_runs
 from ..options.commands import PredictOptions
@@ -68,7 +68,7 @@ def predict(
     try:
         session = onnx_session(path, provider)
     except Exception as e:  # onnxruntime raises its own exception types for files it cannot load
-        raise CnnpipeError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
+        raise LoadFailed(f"{path}: onnxruntime cannot load it ({first_line(e)})") from e
     if session.get_providers()[0] != ORT_PROVIDERS[provider]:
         raise CnnpipeError(f"{ORT_PROVIDERS[provider]} was asked for but onnxruntime runs on {session.get_providers()[0]}")
     meta = session.get_modelmeta().custom_metadata_map
