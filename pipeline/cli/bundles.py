@@ -8,10 +8,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ..errors import EXIT_GATE
 from ..options.commands import BenchOptions, PredictOptions, PublishOptions
 from ..options.release import SignatureOptions
-from .plumbing import BundleRef, JsonOpt, TrustNativeOpt, TrustOpt, call, emit, err, options_command, out, root_of
+from .plumbing import BundleRef, JsonOpt, TrustNativeOpt, TrustOpt, call, emit, gate_failed, options_command, out, root_of
 
 
 @options_command
@@ -44,9 +43,7 @@ def bench(
     result = call(lambda: run_bench(ref, options, root_of(ctx), trust_code=trust_code, trust=signature.trust(trust_native)))
     emit(as_json, result, lambda r: render_bench(out, r))
     if not result.passed:
-        err.print(f"[bold red]bench:[/] {len(result.failed)} runtime(s) failed: {escape(', '.join(result.failed))}",
-                  highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_GATE)
+        gate_failed("bench", f"{len(result.failed)} runtime(s) failed: {', '.join(result.failed)}")
 
 
 def keygen(

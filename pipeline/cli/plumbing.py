@@ -207,6 +207,12 @@ def emit(as_json: bool, result: Any, render: Callable[[Any], None]) -> None:
         render(result)
 
 
+def gate_failed(label: str, detail: str) -> NoReturn:
+    """Print ``label: detail`` (a failed release gate) on stderr and exit 1."""
+    err.print(f"[bold red]{label}:[/] {escape(detail)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_GATE)
+
+
 def gate_exit(result: Any) -> None:
     """Exit 1 naming each failed evaluation gate."""
     failed = [g for g in result.gates if not g.passed]

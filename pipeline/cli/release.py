@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
-from ..errors import EXIT_GATE, CnnpipeError
+from ..errors import CnnpipeError
 from ..fs import dumps
 from ..options.commands import DownloadOptions, EvaluateOptions, RunOptions
 from ..options.release import ExportOptions, GateOptions, SignatureOptions, VerifyOptions
@@ -25,6 +24,7 @@ from .plumbing import (
     emit,
     err,
     gate_exit,
+    gate_failed,
     options_command,
     out,
     plain,
@@ -139,9 +139,7 @@ def verify(
     result = call(lambda: run_verify(ref, options, root_of(ctx), trust_code=trust_code, trust=signature.trust(trust_native)))
     emit(as_json, result, lambda r: render_verify(out, r))
     if not result.passed:
-        err.print(f"[bold red]verify failed:[/] {escape(result.bundle)} (report: {escape(result.report_path)})",
-                  highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_GATE)
+        gate_failed("verify failed", f"{result.bundle} (report: {result.report_path})")
 
 
 @options_command
@@ -173,5 +171,4 @@ def run(
     if result.failed == "evaluate":
         gate_exit(result.evaluate)
     if result.failed == "verify":
-        err.print(f"[bold red]verify failed:[/] {escape(result.verify.bundle)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_GATE)
+        gate_failed("verify failed", result.verify.bundle)
