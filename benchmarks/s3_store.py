@@ -25,7 +25,7 @@ from s3server import BUCKET, s3_server  # noqa: E402
 COMMIT = """
 import os, sys, resource
 from pathlib import Path
-from cnnpipe.remote import is_url, open_root
+from cnnpipe.store.remote import is_url, open_root
 from cnnpipe.store import Workspace
 root, mib = sys.argv[1], int(sys.argv[2])
 root = open_root(root) if is_url(root) else Path(root)

@@ -10,7 +10,7 @@ from pathlib import Path
 SCRIPT = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from cnnpipe import interrupt
+from cnnpipe.cli import interrupt
 interrupt.install()
 try:
     import slow_module  # signals itself, then works on for 0.3 s
