@@ -96,6 +96,7 @@ def options_command(fn: Callable[..., None]) -> Callable[..., None]:
         for name, cls in groups.items():
             keys = [f.name for f in dataclasses.fields(cls) if "cli" in f.metadata]
             kwargs[name] = cls(**{k: plain_value(kwargs.pop(k)) for k in keys})
+            call(kwargs[name].validate)  # a usage error in one line, before a stage (and torch) is imported
         fn(**kwargs)
 
     command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]

@@ -172,13 +172,13 @@ class RunOptions:
     verify: VerifyOptions = field(default_factory=VerifyOptions)
     gates: GateOptions = field(default_factory=GateOptions)
 
-    def validate(self) -> TrainConfig:
-        """Every stage's usage errors before any work; returns the resolved training config."""
-        resolved = self.train.resolved()
+    def validate(self) -> None:
+        """Every stage's usage errors before any work (the training config as far as it is set; the
+        stage resolves it from the network's recipe)."""
+        self.train.validate()
         self.gates.validate()
         self.export.validate()
         self.verify.validate()
         if self.size is not None and (self.skip_train or self.train.dataset not in CATALOG):
             raise CnnpipeError("--size resizes a standard dataset on download; "
                                f"{'a trained model' if self.skip_train else self.train.dataset} keeps the size it was stored at")
-        return resolved

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 from ..errors import CnnpipeError
@@ -74,7 +73,7 @@ class TrainConfig:
         recipe = get_net(self.arch).recipe if parse(self.arch).kind == "registry" else SMALL_NET_RECIPE
         out = TrainConfig(**asdict(self))
         out.name = self.name or default_name(self.arch)
-        for key in ("batch_size", "optimizer", "lr", "weight_decay", "schedule"):
+        for key in RECIPE_FIELDS:
             if getattr(out, key) is None:
                 setattr(out, key, recipe[key])
         out.step_size = self.step_size or max(1, self.epochs // 3)
@@ -82,15 +81,19 @@ class TrainConfig:
         return out
 
     def validate(self) -> None:
-        """Every usage error a resolved config can hold, before any work."""
-        check_name(self.name or "", "model name")
+        """Every usage error the config can hold, before any work; a field left None (the network's
+        recipe fills it, see ``resolved``) is checked once resolved."""
+        if self.name is not None:
+            check_name(self.name, "model name")
         check_finite(self)
         check_seed(self.seed)
+        unset = {k for k in RECIPE_FIELDS if getattr(self, k) is None}
         checks = [
             (1 <= self.epochs <= MAX_EPOCHS, f"--epochs must be between 1 and {MAX_EPOCHS:,}, not {self.epochs}"),
-            (self.batch_size >= 1 and self.eval_batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"--lr must be a positive number, not {self.lr}"),
-            (self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}"),
+            ("batch_size" in unset or self.batch_size >= 1, f"--batch-size must be at least 1, not {self.batch_size}"),
+            (self.eval_batch_size >= 1, f"eval_batch_size must be at least 1, not {self.eval_batch_size}"),
+            ("lr" in unset or self.lr > 0, f"--lr must be a positive number, not {self.lr}"),
+            ("weight_decay" in unset or self.weight_decay >= 0, f"--weight-decay must be 0 or more, not {self.weight_decay}"),
             (0 <= self.warmup_epochs < self.epochs, f"--warmup-epochs must be in [0, epochs), not {self.warmup_epochs}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), not {self.label_smoothing}"),
             (self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, not {self.grad_clip}"),
@@ -103,9 +106,11 @@ class TrainConfig:
             if not ok:
                 raise CnnpipeError(message)
         for key, choices in TRAIN_CHOICES.items():
-            check_choice(getattr(self, key), choices, "--" + key.replace("_", "-"))
+            if key not in unset:
+                check_choice(getattr(self, key), choices, "--" + key.replace("_", "-"))
 
 
+RECIPE_FIELDS = ("batch_size", "optimizer", "lr", "weight_decay", "schedule")  # None: the network's recipe decides
 TRAIN_CHOICES = {
     "optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES, "compile": COMPILE,
     "compile_mode": COMPILE_MODES, "precision": PRECISIONS, "loader": LOADERS,

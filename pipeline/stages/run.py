@@ -59,7 +59,8 @@ def run(
     Bad input raises ``CnnpipeError`` before anything is written.
     """
     config, gates = options.train, options.gates
-    resolved = options.validate()
+    options.validate()
+    resolved = config.resolved()
     models = Workspace(root).models
     against = models.resolve(gates.against).ref if gates.against else None
     trusted = trust_code or not options.skip_train
