@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +37,49 @@ def write_executorch(ctx: ExportContext, path: Path) -> dict[str, Any]:
     return {"delegate": "XNNPACK", "max_batch": PTE_MAX_BATCH}
 
 
+def runtime() -> Any:
+    """ExecuTorch's ``Runtime`` class, imported without its export toolchain where that works.
+
+    ``executorch.runtime`` imports ``executorch.exir`` (and with it ``torch._dynamo``: about 6 s of
+    every process that loads a ``.pte``) only for the class of one warning, in ``exir._warnings``.
+    That small module is loaded on its own for the import and the stand-in package removed after,
+    so a later ``import executorch.exir`` (an export in the same process) is the real one. Any
+    change upstream that breaks this falls back to the plain import.
+    """
+    if "executorch.runtime" in sys.modules or "executorch.exir" in sys.modules:
+        from executorch.runtime import Runtime
+
+        return Runtime
+    try:
+        package = importlib.util.find_spec("executorch.exir").submodule_search_locations[0]
+        spec = importlib.util.spec_from_file_location("executorch.exir._warnings", Path(package) / "_warnings.py")
+        warnings_module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(warnings_module)
+    except Exception:  # noqa: BLE001 - another layout upstream: the plain, slower import
+        from executorch.runtime import Runtime
+
+        return Runtime
+    stand_in = types.ModuleType("executorch.exir")
+    stand_in.__path__ = [package]
+    stand_in._warnings = warnings_module
+    sys.modules.update({"executorch.exir": stand_in, "executorch.exir._warnings": warnings_module})
+    try:
+        from executorch.runtime import Runtime
+    finally:
+        for name in ("executorch.exir", "executorch.exir._warnings"):
+            sys.modules.pop(name, None)
+        import executorch
+
+        executorch.__dict__.pop("exir", None)
+    return Runtime
+
+
 def load_executorch(path: Path, device: str, ctx: LoadContext) -> Runner:
     """The ``.pte`` in the ExecuTorch runtime's Python bindings; batches over its planned size run in parts."""
     import torch
 
     with native_quiet(), quiet():
-        from executorch.runtime import Runtime
-
-        program = Runtime.get().load_program(str(path))
+        program = runtime().get().load_program(str(path))
         forward = program.load_method("forward")
         found = program.load_method(META_KEY).execute([])[0] if META_KEY in program.method_names else "{}"
     limit = int(ctx.variant.get("max_batch", PTE_MAX_BATCH))
