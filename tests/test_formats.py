@@ -168,3 +168,22 @@ def test_variant_flags_and_reexported_formats_come_from_the_records():
     for name in REEXPORTED:  # a variant is made again only after its parent
         parent = FORMATS[name].parent
         assert parent is None or REEXPORTED.index(parent) < REEXPORTED.index(name)
+
+
+def test_loading_the_executorch_runtime_leaves_its_export_toolchain_unimported():
+    """executorch.runtime imports executorch.exir (torch._dynamo, seconds of every verify) for one
+    warning class; cnnpipe's loader skips that, and a later real import of exir still works."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from cnnpipe.formats.executorch import runtime\n"
+        "assert runtime().__name__ == 'Runtime'\n"
+        "assert 'executorch.exir' not in sys.modules and 'torch._dynamo' not in sys.modules, 'exir was imported'\n"
+        "from executorch.exir import to_edge_transform_and_lower\n"
+        "import executorch.exir._warnings\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
