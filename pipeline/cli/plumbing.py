@@ -40,7 +40,7 @@ TrustNativeOpt = Annotated[bool, typer.Option(
 )]
 
 
-def choice_type(choices: tuple[str, ...]) -> type[Enum]:
+def _choice_type(choices: tuple[str, ...]) -> type[Enum]:
     """An Enum typer shows and checks as a choice of ``choices``."""
     return Enum("Choice", {c: c for c in choices}, type=str)  # type: ignore[return-value]
 
@@ -56,7 +56,7 @@ def _option_params(cls: type) -> list[inspect.Parameter]:
         annotation: Any = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else list(f.default_factory())  # type: ignore[misc]
         if cli.choices:
-            choice = choice_type(cli.choices)
+            choice = _choice_type(cli.choices)
             annotation = list[choice] if cli.multiple else (choice | None if default is None else choice)
         info = typer.Option(*cli.flags, help=cli.help, envvar=cli.envvar, show_default=default not in (None, ""))
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,

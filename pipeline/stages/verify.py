@@ -334,7 +334,7 @@ def verify(
     )
     if integrity == "ok":
         _judge_bundle(bundle, bundle_json, desc, source, source_desc, model, images, ref, labels, options, result,
-               LoadContext(meta=meta, variant={}, desc=desc, trust_code=trust_code, trust_native=trust_native), ws)
+                      LoadContext(meta=meta, variant={}, desc=desc, trust_code=trust_code, trust_native=trust_native), ws)
     _write_report(bundle, result)
     return result
 
@@ -354,12 +354,12 @@ def _judge_bundle(bundle: Version, bundle_json: dict[str, Any], desc: ModelDescr
     # first, in the state an export process is in: loading a TorchScript or OpenVINO file
     # advances per-process name counters that a later export would write
     result.reexport = _reexport(ws, bundle, source, model, source_desc, formats)
-    judge = dict(images=images, ref=ref, labels=labels, classes=list(source_desc.classes),
-                 batch_sizes=list(options.batch_size_list()))
+    judge = dict(images=images, ref=ref, labels=labels, classes=list(source_desc.classes), batch_sizes=result.batch_sizes)
+    providers = options.provider_list()
     for fmt in formats:
         spec = FORMATS[fmt]
         ctx = replace(base, variant=bundle_json.get("variants", {}).get(fmt, {}))
-        for device in [d for d in options.provider_list() if d in spec.devices] or ["cpu"]:
+        for device in [d for d in providers if d in spec.devices] or ["cpu"]:
             result.formats.append(_verify_format(spec, bundle, device, ctx, options.overrides(fmt), judge, model,
                                              options.timeout))
     for report in result.formats:
