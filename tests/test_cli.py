@@ -26,7 +26,7 @@ def test_run_twice_gives_v1_then_v2_and_leaves_v1_untouched(tmp_path: Path):
     assert set(by_format["onnx"]["by_batch_size"]) == {"1", "2", "7", "64"}
     v1 = {p: tree_state(tmp_path / p / "lenet5" / "v1") for p in ("models", "exports")}
 
-    second = cnnpipe_json(tmp_path, "run")
+    second = cnnpipe_json(tmp_path, "run", "--format", "onnx")
     assert second["download"]["reused"] is True
     assert second["train"]["ref"] == "lenet5@v2" and second["export"]["ref"] == "lenet5@v2"
     assert {p: tree_state(tmp_path / p / "lenet5" / "v1") for p in ("models", "exports")} == v1
