@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..fs import write_through_memory
+from .archive import check_pt2
 from .base import (
     FP32,
     META_FILE,
@@ -33,8 +34,10 @@ def write_pt2(ctx: ExportContext, path: Path) -> None:
 
 
 def load_pt2(path: Path, device: str, ctx: LoadContext) -> Runner:
+    """The program, after ``check_pt2`` found nothing in the archive that torch would unpickle or load as code."""
     import torch
 
+    check_pt2(path)
     extra = {META_FILE: ""}
     with quiet():
         module = torch.export.load(str(path), extra_files=extra).module()
@@ -84,7 +87,7 @@ def load_torchscript(path: Path, device: str, ctx: LoadContext) -> Runner:
 
 register(
     Format(
-        "pt2", "model.pt2", "torch.export", "pt2", write_pt2, load_pt2, {"cpu": FP32}, reexported=True,
+        "pt2", "model.pt2", "torch.export", "pt2", write_pt2, load_pt2, {"cpu": FP32}, reexported=True, runs_code=True,
         packages=("torch",),
         snippet="""pt2 (`torch.export` program):
 
@@ -110,7 +113,7 @@ model.load_state_dict(load_file("model.safetensors"))
     ),
     Format(
         "torchscript", "model.torchscript.pt", "torch.jit", "torchscript", write_torchscript, load_torchscript,
-        {"cpu": FP32}, legacy=True, packages=("torch",),
+        {"cpu": FP32}, legacy=True, packages=("torch",), reexported=True, fresh=True, runs_code=True,
         snippet="""TorchScript (legacy: deprecated upstream; prefer pt2):
 
 ```python

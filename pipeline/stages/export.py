@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ from ..store.provenance import lineage
 from ..store.version import Version
 from ..store.workspace import Workspace
 from ..verification.signing import sign
+from ..verification.timelimit import DEFAULT_TIMEOUT
+from ..verification.worker import Workers
 from .evaluate import latest_evaluation
 
 
@@ -115,6 +117,14 @@ def export_context(
     )
 
 
+def write_fresh(root: Path, version: Version, meta: dict[str, str], name: str, folder: Path, trust_code: bool) -> Any:
+    """In a fresh worker: write format ``name`` of model ``version``, embedding ``meta``, into ``folder``
+    (returns its variant record)."""
+    model, desc = load_model(version, trust_code=trust_code)
+    ctx = replace(export_context(Workspace(root), version, model, desc, None, 1), meta=meta)
+    return FORMATS[name].save(ctx, folder / FORMATS[name].file)
+
+
 def export(
     model_ref: str, options: ExportOptions | None = None, root: Path = Path("."), *, trust_code: bool = False
 ) -> ExportResult:
@@ -136,9 +146,13 @@ def export(
     ctx = export_context(ws, version, model, desc, opset, calibration)
     weights_sha256 = ctx.meta["weights_sha256"]
     written, variants, triton = [], {}, []
-    with ws.exports.draft(version.name) as draft:
+    with ws.exports.draft(version.name) as draft, Workers() as workers:
         for spec in chosen:
-            record = spec.save(ctx, draft.path / spec.file)
+            if spec.fresh:
+                record = workers.run(write_fresh, (root, version, dict(ctx.meta), spec.name, draft.path, trust_code),
+                                     DEFAULT_TIMEOUT, f"{spec.name} export", None)
+            else:
+                record = spec.save(ctx, draft.path / spec.file)
             if record is not None:
                 variants[spec.name] = record
             written.append(spec.name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.loading import load_dataset, normalize
+from ..data.loading import load_dataset, split_files
 from ..description import ModelDescription
 from ..errors import CnnpipeError, first_line
 from ..formats import FORMATS, REEXPORTED
@@ -30,13 +31,13 @@ from ..options.release import VerifyOptions
 from ..store.version import REPORTS, Version
 from ..store.workspace import Workspace, upload_addition
 from ..verification.consistency import check_bundle_records
-from ..verification.localize import localize_onnx
-from ..verification.reexport import compare_reexports
+from ..verification.localize import compare_layers
+from ..verification.reexport import compare_files, compare_reexports
 from ..verification.signing import Trust
-from ..verification.timelimit import Deadline, within
-from .export import export_context
+from ..verification.timelimit import DEFAULT_TIMEOUT
+from ..verification.worker import CHUNK, Images, Job, Workers, run_format
+from .export import export_context, write_fresh
 
-CHUNK = 256  # small activations: larger chunks let glibc's heap high-water creep up per chunk
 LOCALIZE_IMAGES = 16  # images a failed ONNX file is compared on, layer by layer
 LAYER_LIMIT = 0.1  # relative departure that marks a layer of a format with no logit bound (int8)
 Inference = Callable[[np.ndarray], np.ndarray]  # a batch of inputs to its logits
@@ -68,6 +69,7 @@ class FormatReport:
     by_batch_size: dict[str, dict[str, float | None]] = field(default_factory=dict)
     providers: list[str] | None = None
     localization: dict[str, Any] | None = None  # for a failed ONNX file: the first layer that departs
+    sandbox: str | None = None  # how the worker that ran it was confined (verification.sandbox)
 
 
 @dataclass
@@ -125,44 +127,17 @@ def _per_class(pred: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict
     }
 
 
-class Images:
-    """The first ``count`` uint8 test images, normalized chunk by chunk into float32 NCHW."""
-
-    def __init__(self, open_images: Callable[[], np.ndarray], count: int, mean: list[float], std: list[float]):
-        self.open_images, self.count, self.mean, self.std = open_images, count, mean, std
-
-    def __len__(self) -> int:
-        return self.count
-
-    def chunks(self, batch: int) -> Any:
-        """(start, float32 chunk) pairs; a chunk is a whole number of batches."""
-        size = max(batch, CHUNK // batch * batch)
-        for start in range(0, self.count, size):
-            mapped = self.open_images()
-            raw = torch.from_numpy(np.array(mapped[start : min(start + size, self.count)]))
-            del mapped  # unmap: the pages read so far no longer count against this process
-            yield start, normalize(raw, self.mean, self.std).numpy()
-
-    def logits(self, runner: Inference, batch: int) -> np.ndarray:
-        out = []
-        for _, x in self.chunks(batch):
-            out += [runner(x[i : i + batch]) for i in range(0, len(x), batch)]
-        return np.concatenate(out)
-
-
 def check_format(
-    name: str, runtime: str, runner: Inference, images: Images, ref: np.ndarray, labels: np.ndarray,
-    classes: list[str], batch_sizes: list[int], tol: Tolerance, problems: list[str],
+    name: str, runtime: str, outputs: dict[int, np.ndarray], ref: np.ndarray, labels: np.ndarray,
+    classes: list[str], tol: Tolerance, problems: list[str],
 ) -> FormatReport:
-    """Run ``runner`` at every batch size and judge it against the reference logits."""
-    outputs, by_batch, reasons = {}, {}, list(problems)
+    """Judge a format's logits at every batch size (``outputs``) against the reference logits."""
+    by_batch, reasons = {}, list(problems)
     ref_accuracy = float((ref.argmax(1) == labels).mean())
     bound = None if tol.atol is None else tol.atol + tol.rtol * np.abs(ref.astype(np.float64))
-    for b in batch_sizes:
-        out = images.logits(runner, b)
+    for b, out in outputs.items():
         if out.shape != ref.shape:
             raise CnnpipeError(f"{name}: output shape {out.shape} at batch {b}, expected {ref.shape}")
-        outputs[b] = out
         d = by_batch[str(b)] = _diffs(out, ref, tol)
         if d["nonfinite"]:
             reasons.append(f"{d['nonfinite']} NaN or Inf logits at batch {b}")
@@ -200,62 +175,80 @@ def _reference(model: torch.nn.Module) -> Inference:
 
 def _verify_format(
     spec: Format, bundle: Version, device: str, ctx: LoadContext, overrides: dict[str, float | None], judge: dict[str, Any],
-    model: torch.nn.Module, timeout: float,
+    model: torch.nn.Module, timeout: float, workers: Workers,
 ) -> FormatReport:
-    """Load one format on one device and judge it within ``timeout`` seconds; a file that cannot be
-    loaded or run, or does not finish in time, fails with the reason."""
+    """Load and run one format on one device in a worker and judge its answers; a file that cannot be
+    loaded or run, a worker that dies, or one that does not finish within ``timeout`` seconds fails with the reason."""
     tol, runtime = spec.tolerance(device, **overrides), spec.runtime_on(device)
+    images: Images = judge["images"]
+    what = f"{spec.name} on {device}"
     try:
         path = bundle.file(spec.file)  # a format whose file the manifest does not list fails here
-        return within(timeout, f"{spec.name} on {device}",
-                      lambda deadline: _judge(spec, path, device, ctx, tol, runtime, judge, model, deadline))
-    except Exception as e:  # noqa: BLE001 - a hostile file may fail in any way; the format fails, verify goes on
-        reason = str(e) if isinstance(e, CnnpipeError) else f"{spec.file} failed while running: {first_line(e)}"
-        return FormatReport(spec.name, runtime, False, [reason], asdict(tol))
-
-
-def _judge(
-    spec: Format, path: Path, device: str, ctx: LoadContext, tol: Tolerance, runtime: str, judge: dict[str, Any],
-    model: torch.nn.Module, deadline: Deadline,
-) -> FormatReport:
-    runner = spec.open(path, device, ctx)
-    deadline.cancel = runner.cancel
-    report = check_format(spec.name, runtime, runner, **judge, tol=tol, problems=runner.problems)
-    report.providers = runner.providers
+        job = Job(spec.name, path, device, ctx, images, tuple(judge["batch_sizes"]))
+        answers = workers.run(run_format, (job,), timeout, what, (bundle.path, images.path))
+        report = check_format(spec.name, runtime, answers.logits, judge["ref"], judge["labels"], judge["classes"], tol,
+                              answers.problems)
+    except (CnnpipeError, OSError) as e:
+        return FormatReport(spec.name, runtime, False, [str(e)], asdict(tol))
+    report.providers, report.sandbox = answers.providers, workers.confinement
     if not report.passed and spec.onnx_graph:
-        report.localization = _localize(path, model, judge["images"], tol)
-        first, layers = report.localization.get("first_divergent"), report.localization.get("layers")
-        if first:
-            report.reasons.append(f"first layer that departs from PyTorch: {first['layer']} ({first['module']}, "
-                                  f"ONNX node {first['onnx_node']}): max abs diff {first['max_abs_diff']:.3g} on "
-                                  f"activations up to {first['max_abs_activation']:.3g}")
-        elif layers:
-            worst = max(layers, key=lambda row: row["relative"] or 0.0)
-            report.reasons.append(f"no layer departs by more than {report.localization['limit']:g} of its activations; "
-                                  f"the largest relative error is {worst['relative']:.3g} in {worst['layer']} "
-                                  f"({worst['module']})")
+        report.localization = _localize(replace(job, intermediates=_first(images)), model, tol, workers, timeout)
+        _explain(report)
     return report
 
 
-def _localize(path: Path, model: torch.nn.Module, images: Images, tol: Tolerance) -> dict[str, Any]:
-    """Layer-by-layer comparison of a failed ONNX file on the first LOCALIZE_IMAGES images."""
-    limit = LAYER_LIMIT if tol.atol is None else max(10 * tol.rtol, 1e-3)
+def _unauthenticated(spec: Format, device: str, overrides: dict[str, float | None]) -> FormatReport:
+    """The failed row of a format that can run code and was not proven: it is not loaded."""
+    reason = (f"unauthenticated: {spec.file} can run code when it is loaded, and it is neither covered by a signature "
+              "verified with --public-key nor byte-identical to cnnpipe's re-export of the weights; it was not loaded")
+    return FormatReport(spec.name, spec.runtime_on(device), False, [reason], asdict(spec.tolerance(device, **overrides)))
+
+
+def _first(images: Images) -> np.ndarray:
     _, x = next(images.chunks(LOCALIZE_IMAGES))
+    return x[:LOCALIZE_IMAGES]
+
+
+def _explain(report: FormatReport) -> None:
+    """The localization's finding as a reason of a failed ONNX format."""
+    first, layers = report.localization.get("first_divergent"), report.localization.get("layers")
+    if first:
+        report.reasons.append(f"first layer that departs from PyTorch: {first['layer']} ({first['module']}, "
+                              f"ONNX node {first['onnx_node']}): max abs diff {first['max_abs_diff']:.3g} on "
+                              f"activations up to {first['max_abs_activation']:.3g}")
+    elif layers:
+        worst = max(layers, key=lambda row: row["relative"] or 0.0)
+        report.reasons.append(f"no layer departs by more than {report.localization['limit']:g} of its activations; "
+                              f"the largest relative error is {worst['relative']:.3g} in {worst['layer']} "
+                              f"({worst['module']})")
+
+
+def _localize(job: Job, model: torch.nn.Module, tol: Tolerance, workers: Workers, timeout: float) -> dict[str, Any]:
+    """Layer-by-layer comparison of a failed ONNX file on the first LOCALIZE_IMAGES images (its
+    intermediate tensors computed in a worker)."""
+    limit = LAYER_LIMIT if tol.atol is None else max(10 * tol.rtol, 1e-3)
     try:
-        return localize_onnx(path, model, x[:LOCALIZE_IMAGES], limit)
+        found = workers.run(run_format, (job,), timeout, f"{job.format}'s layers", (job.path.parent,)).intermediates
+        return compare_layers(found, model, job.intermediates, limit)
     except Exception as e:  # noqa: BLE001 - the verdict stands; only the diagnosis is missing
         return {"error": f"could not compare layers: {type(e).__name__}: {first_line(e)}"}
 
 
 def _reexport(
-    ws: Workspace, bundle: Version, source: Version, model: torch.nn.Module, desc: ModelDescription, formats: list[str]
+    ws: Workspace, bundle: Version, source: Version, model: torch.nn.Module, desc: ModelDescription, formats: list[str],
+    trust_code: bool, workers: Workers,
 ) -> dict[str, list[str]]:
-    """Export the bundle's formats again from the rebuilt weights (those the format table marks ``reexported``)
-    and compare them with the shipped files; a re-export that fails counts as a difference."""
+    """Export the bundle's formats again from the rebuilt weights (those the format table marks ``reexported``;
+    a ``fresh`` one in a fresh worker) and compare them with the shipped files; a re-export that fails
+    counts as a difference."""
     opset = bundle.manifest.get("lineage", {}).get("config", {}).get("opset")
-    ctx = export_context(ws, source, model, desc, opset if isinstance(opset, int) else None, 1)
+    opset = opset if isinstance(opset, int) else None
+    ctx = export_context(ws, source, model, desc, opset, 1)
     try:
         found = compare_reexports(ctx, bundle.path, formats)
+        for fmt in (f for f in REEXPORTED if f in formats and FORMATS[f].fresh):
+            found[fmt] = workers.run(compare_fresh, (ws.root, source, dict(ctx.meta), fmt, bundle.path, trust_code),
+                                     DEFAULT_TIMEOUT, f"{fmt} re-export", (bundle.path, source.path))
     except CnnpipeError as e:
         return {f: [f"it could not be exported again here ({e})"] for f in REEXPORTED if f in formats}
     exported_with = bundle.manifest.get("environment", {}).get("torch")
@@ -264,6 +257,13 @@ def _reexport(
                 "verify where it was exported, or export it again)")
         found = {f: problems + [hint] if problems else problems for f, problems in found.items()}
     return found
+
+
+def compare_fresh(root: Path, source: Version, meta: dict[str, str], fmt: str, bundle: Path, trust_code: bool) -> list[str]:
+    """In a fresh, confined worker: write ``fmt`` again into the worker's scratch folder and compare."""
+    made = Path(tempfile.mkdtemp())
+    write_fresh(root, source, meta, fmt, made, trust_code)
+    return compare_files(fmt, bundle, made)
 
 
 def _source_model(ws: Workspace, bundle: Version) -> Version:
@@ -322,9 +322,8 @@ def verify(
     desc = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}")
     meta = bundle_json.get("metadata", {})
     classes = list(source_desc.classes)
-    images = Images(
-        lambda: dataset.arrays("test", mmap=True)[0], len(labels), list(source_desc.input.mean), list(source_desc.input.std)
-    )
+    images = Images(dataset.version.file(split_files("test")[0]), len(labels), tuple(source_desc.input.mean),
+                    tuple(source_desc.input.std))
     ref = images.logits(_reference(model), CHUNK)
     result = VerifyResult(
         bundle=bundle.ref, model=source.ref, passed=integrity == "ok", report_path="",
@@ -351,17 +350,18 @@ def _judge_bundle(bundle: Version, bundle_json: dict[str, Any], desc: ModelDescr
     if problems or disagreements:
         result.passed = False
         result.integrity = "; ".join([*problems, *disagreements])
-    # first, in the state an export process is in: loading a TorchScript or OpenVINO file
-    # advances per-process name counters that a later export would write
-    result.reexport = _reexport(ws, bundle, source, model, source_desc, formats)
     judge = dict(images=images, ref=ref, labels=labels, classes=list(source_desc.classes), batch_sizes=result.batch_sizes)
     providers = options.provider_list()
-    for fmt in formats:
-        spec = FORMATS[fmt]
-        ctx = replace(base, variant=bundle_json.get("variants", {}).get(fmt, {}))
-        for device in [d for d in providers if d in spec.devices] or ["cpu"]:
-            result.formats.append(_verify_format(spec, bundle, device, ctx, options.overrides(fmt), judge, model,
-                                             options.timeout))
+    with Workers() as workers:
+        result.reexport = _reexport(ws, bundle, source, model, source_desc, formats, base.trust_code, workers)
+        for fmt in formats:
+            spec = FORMATS[fmt]
+            ctx = replace(base, variant=bundle_json.get("variants", {}).get(fmt, {}))
+            proven = result.reexport.get(fmt) == [] or base.trust_native
+            for device in [d for d in providers if d in spec.devices] or ["cpu"]:
+                result.formats.append(_unauthenticated(spec, device, options.overrides(fmt)) if spec.runs_code and not proven
+                                      else _verify_format(spec, bundle, device, ctx, options.overrides(fmt), judge, model,
+                                                          options.timeout, workers))
     for report in result.formats:
         if result.reexport.get(report.format):
             report.passed = False

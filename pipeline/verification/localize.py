@@ -61,9 +61,9 @@ def _torch_outputs(model: Any, x: np.ndarray) -> list[tuple[str, str, np.ndarray
     return seen
 
 
-def localize_onnx(path: Any, model: Any, x: np.ndarray, limit: float) -> dict[str, Any]:
-    """The layers of ``model`` compared with the ONNX file at ``path`` on images ``x`` and the first
-    whose output departs: ``max|onnx - torch| > limit * max|torch|``."""
+def onnx_intermediates(path: Any, x: np.ndarray) -> dict[str, Any]:
+    """Every module's output tensor in the ONNX file at ``path`` on images ``x`` (run in a worker):
+    ``{"outputs": module -> (tensor, node), "values": tensor -> array}``."""
     import onnx
     import onnxruntime as ort
 
@@ -78,6 +78,13 @@ def localize_onnx(path: Any, model: Any, x: np.ndarray, limit: float) -> dict[st
     session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     values = dict(zip(names, session.run(names, {session.get_inputs()[0].name: x})))
+    return {"outputs": outputs, "values": values}
+
+
+def compare_layers(found: dict[str, Any], model: Any, x: np.ndarray, limit: float) -> dict[str, Any]:
+    """The layers of ``model`` compared with an ONNX file's intermediate tensors (``onnx_intermediates``
+    on images ``x``) and the first whose output departs: ``max|onnx - torch| > limit * max|torch|``."""
+    outputs, values = found["outputs"], found["values"]
     layers, first = [], None
     ran = _torch_outputs(model, x)
     calls = Counter(module for module, _, _ in ran)
@@ -85,6 +92,8 @@ def localize_onnx(path: Any, model: Any, x: np.ndarray, limit: float) -> dict[st
         if module not in outputs or calls[module] > 1:  # a module called twice has no single output
             continue
         tensor, node = outputs[module]
+        if tensor not in values:
+            continue
         got = np.asarray(values[tensor], dtype=np.float32)
         if got.shape != ref.shape:
             continue

@@ -11,6 +11,7 @@ in the state an export process is in.
 
 from __future__ import annotations
 
+import re
 import tempfile
 import zipfile
 from collections import Counter
@@ -18,32 +19,41 @@ from pathlib import Path
 from typing import Any
 
 from ..formats import FORMATS, REEXPORTED
+
+DEBUG_MEMBER = re.compile(r"[^/]+/(.*\.debug_pkl|\.data/serialization_id)")
 from ..formats.base import ExportContext
 
 # Made again and compared: the formats whose record says ``reexported``, parents before the variants
-# derived from them. Not among them: executorch (byte-reproducible from a fresh process too, but
-# lowering takes 10 to 20 s), torchscript and openvino (their mangled names and node ids count what
-# the process traced or converted before, so only a fresh export process reproduces them; `run`
-# verifies in the process that exported), onnx-int8 (calibrated on training images), ort (its
-# converter's tables come in a per-process order), pt2-aoti (native code: trusted through a signature only).
+# derived from them; those marked ``fresh`` (TorchScript: its mangled names count what the process
+# traced before) are written by export, and made again by verify, each in a fresh worker. Not among
+# them: executorch (byte-reproducible from a fresh process too, but lowering takes 10 to 20 s),
+# openvino, onnx-int8 (calibrated on training images), ort (its converter is not deterministic, even
+# in a fresh process), pt2-aoti (native code): answers on test images and a signature only.
 
 
 def compare_reexports(ctx: ExportContext, bundle: Path, formats: list[str]) -> dict[str, list[str]]:
-    """For each format of ``REEXPORTED`` among ``formats``, how its files in ``bundle`` differ from a
-    fresh export from ``ctx`` (an empty list: every file byte-identical)."""
+    """For each format of ``REEXPORTED`` among ``formats`` (but those re-exported in a fresh worker),
+    how its files in ``bundle`` differ from an export from ``ctx`` (an empty list: every file byte-identical)."""
     found: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="cnnpipe-reexport-") as tmp:
-        for fmt in (f for f in REEXPORTED if f in formats):
-            spec = FORMATS[fmt]
-            spec.save(ctx, Path(tmp) / spec.file)
-            found[fmt] = []
-            for rel in spec.files:
-                shipped, fresh = bundle / rel, Path(tmp) / rel
-                if not shipped.is_file() or shipped.read_bytes() != fresh.read_bytes():
-                    try:
-                        found[fmt] += [f"{rel}: {why}" for why in _difference(shipped, fresh, spec.onnx_graph)]
-                    except Exception as e:  # noqa: BLE001 - a hostile file: the verdict stands, its description fails
-                        found[fmt].append(f"{rel}: the bytes differ, and it cannot be read to say how ({type(e).__name__})")
+        for fmt in (f for f in REEXPORTED if f in formats and not FORMATS[f].fresh):
+            FORMATS[fmt].save(ctx, Path(tmp) / FORMATS[fmt].file)
+            found[fmt] = compare_files(fmt, bundle, Path(tmp))
+    return found
+
+
+def compare_files(fmt: str, bundle: Path, made: Path) -> list[str]:
+    """How the files of format ``fmt`` in ``bundle`` differ from those made again in folder ``made``."""
+    spec, found = FORMATS[fmt], []
+    for rel in spec.files:
+        shipped, fresh = bundle / rel, made / rel
+        if spec.fresh and shipped.is_file() and _same_members(shipped, fresh):
+            continue
+        if not shipped.is_file() or shipped.read_bytes() != fresh.read_bytes():
+            try:
+                found += [f"{rel}: {why}" for why in _difference(shipped, fresh, spec.onnx_graph)]
+            except Exception as e:  # noqa: BLE001 - a hostile file: the verdict stands, its description fails
+                found.append(f"{rel}: the bytes differ, and it cannot be read to say how ({type(e).__name__})")
     return found
 
 
@@ -57,6 +67,19 @@ def _difference(shipped: Path, fresh: Path, onnx_graph: bool) -> list[str]:
     else:
         found = []
     return found or ["the bytes differ" + (", though no node, initializer, attribute or metadata does" if onnx_graph else "")]
+
+
+def _same_members(shipped: Path, fresh: Path) -> bool:
+    """Whether two TorchScript archives hold the same members with the same bytes, but for their debug
+    members: the source ranges and Python call stack of the tracing (with the install's paths), and the
+    random serialization id. The code, constants and tensors must be byte-identical."""
+    try:
+        with zipfile.ZipFile(shipped) as a, zipfile.ZipFile(fresh) as b:
+            kept = [{i.filename: (i.file_size, i.CRC) for i in z.infolist() if not DEBUG_MEMBER.fullmatch(i.filename)}
+                    for z in (a, b)]
+            return kept[0] == kept[1] and all(a.read(n) == b.read(n) for n in kept[1])
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError):
+        return False
 
 
 def _attributes(node: Any) -> dict[str, bytes]:
