@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..formats import FORMATS, REEXPORTED
+from ..formats.base import ExportContext
 
 DEBUG_MEMBER = re.compile(r"[^/]+/(.*\.debug_pkl|\.data/serialization_id)")
-from ..formats.base import ExportContext
 
 # Made again and compared: the formats whose record says ``reexported``, parents before the variants
 # derived from them; those marked ``fresh`` (TorchScript: its mangled names count what the process

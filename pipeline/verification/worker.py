@@ -19,9 +19,9 @@ import shutil
 import signal
 import sys
 import tempfile
-import warnings
 import time
 import types
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
