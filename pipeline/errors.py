@@ -52,7 +52,7 @@ class SignatureError(GateFailed):
 
 
 class NotVerified(GateFailed):
-    """The bundle has no passing verify report: it is not published (exit 1, a failed gate)."""
+    """The bundle has no proof that it passed verify: it is not published or signed (exit 1, a failed gate)."""
 
 
 def first_line(e: BaseException) -> str:
@@ -61,3 +61,8 @@ def first_line(e: BaseException) -> str:
     # native runtimes (OpenVINO) put source locations before the reason: skip those lines
     reasons = [line for line in lines if not line.startswith("Exception from ") and " failed at src/" not in line]
     return (reasons or lines or [type(e).__name__])[0][:200]
+
+
+class RollbackWarning(UserWarning):
+    """``latest`` names an older version than the newest complete one (moved back, or a writer stopped
+    between its commit and the pointer): said on stderr; with ``--require-signature`` it fails."""

@@ -125,3 +125,19 @@ def test_a_pickled_weight_in_a_pt2_config_is_refused(tmp_path: Path):
         archive.writestr("archive/data/weights/weight_0", b"\x80\x02cos\nsystem\n.")
     with pytest.raises(LoadFailed, match="'w' in archive/data/weights/model_weights_config.json is stored as a pickle"):
         check_pt2(path)
+
+
+def test_sign_refuses_a_bundle_that_fails_verify(root_copy: Path, tmp_path: Path):
+    import onnx
+    from onnx import numpy_helper
+
+    bundle = root_copy / "exports/lenet5/v1"
+    assert cnnpipe(root_copy, "keygen", "--out", str(tmp_path / "keys")).returncode == 0
+    graph = onnx.load(str(bundle / "model.onnx"))
+    weight = graph.graph.initializer[0]
+    weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) + 0.01, weight.name))
+    onnx.save(graph, str(bundle / "model.onnx"))
+    resign(bundle, "model.onnx")
+    proc = cnnpipe(root_copy, "sign", "lenet5", "--key", str(tmp_path / "keys/cnnpipe-signing.key"))
+    assert proc.returncode == 1 and "refusing to sign a bundle that fails verify (onnx:" in proc.stderr, proc.stderr
+    assert not (bundle / "bundle.sig").exists()

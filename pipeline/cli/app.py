@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Annotated, NoReturn
 
 import typer
 from rich.markup import escape
 from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer's own click (>= 0.29)
 
-from ..errors import EXIT_USAGE
+from ..errors import EXIT_USAGE, RollbackWarning
 from ..verification.timelimit import finish
 from . import bundles, interrupt, release, stores
 from .plumbing import ROOT_HELP, err, out, root_path
@@ -40,10 +41,22 @@ for _name, _command in COMMANDS.items():
     app.command(_name)(_command)
 
 
+def _warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+    """cnnpipe's own warnings as one line on stderr; others as Python prints them."""
+    if issubclass(category, RollbackWarning):
+        err.print(f"[bold yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        _python_warning(message, category, *args, **kwargs)
+
+
+_python_warning = warnings.showwarning
+
+
 def main() -> NoReturn:
     """Console-script entry point: click's usage errors are one line too; a format's work left
     running past ``--timeout`` cannot be joined, so the process then ends without it."""
     interrupt.install()
+    warnings.showwarning = _warning
     try:
         code = app(prog_name="cnnpipe", standalone_mode=False)
     except NoArgsIsHelpError as e:

@@ -77,7 +77,7 @@ def sign(
     key: Annotated[Path, typer.Option("--key", help="Private key (PEM) to sign with (see cnnpipe keygen).")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Sign every file of an export bundle (model-signing, key-pair mode): adds bundle.sig, changes no file."""
+    """Verify an export bundle, then sign every file of it (model-signing, key-pair mode): adds bundle.sig."""
     from ..stages.sign import sign as sign_bundle
 
     result = call(lambda: sign_bundle(ref, key, root_of(ctx)))

@@ -12,7 +12,7 @@ import typer
 from ..errors import CnnpipeError
 from ..fs import dumps
 from ..options.commands import DownloadOptions, EvaluateOptions, RunOptions
-from ..options.release import ExportOptions, GateOptions, SignatureOptions, VerifyOptions
+from ..options.release import ExportOptions, GateOptions, SignatureOptions, VerdictOptions, VerifyOptions
 from ..options.training import TrainConfig
 from .plumbing import (
     BundleRef,
@@ -129,14 +129,16 @@ def export(
 
 @options_command
 def verify(
-    ctx: typer.Context, ref: BundleRef, options: VerifyOptions, signature: SignatureOptions,
+    ctx: typer.Context, ref: BundleRef, options: VerifyOptions, signature: SignatureOptions, verdict: VerdictOptions,
     trust_native: TrustNativeOpt = False, trust_code: TrustOpt = False, as_json: JsonOpt = False,
 ) -> None:
     """Reload each export in its own runtime and compare with PyTorch; exit 1 on any breach."""
     from ..stages.verify import verify as run_verify
     from .render import render_verify
 
-    result = call(lambda: run_verify(ref, options, root_of(ctx), trust_code=trust_code, trust=signature.trust(trust_native)))
+    key = Path(verdict.sign_key) if verdict.sign_key else None
+    result = call(lambda: run_verify(ref, options, root_of(ctx), trust_code=trust_code, trust=signature.trust(trust_native),
+                                     sign_key=key))
     emit(as_json, result, lambda r: render_verify(out, r))
     if not result.passed:
         gate_failed("verify failed", f"{result.bundle} (report: {result.report_path})")

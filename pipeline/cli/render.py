@@ -215,8 +215,11 @@ def render_verify(console: Console, r: Any) -> None:
     for f in r.formats:
         for reason in f.reasons:
             console.print(f"[red]{f.format} ({escape(f.runtime)}):[/] {escape(reason)}", highlight=False)
+    for row in r.statements:
+        state = ("[green]verifies[/], " + ("passed" if row["passed"] else "failed")) if row["valid"] else "[red]refused[/]"
+        console.print(f"statement {row['file']}: {state} {escape(row['reason'])}", highlight=False)
     verdict = "[green]passed[/]" if r.passed else "[red]FAILED[/]"
-    console.print(f"verify: {verdict}; report {r.report_path}")
+    console.print(f"verify: {verdict}; report {r.report_path}" + (f"; signed statement {r.statement}" if r.statement else ""))
 
 
 def render_predict(console: Console, r: Any) -> None:

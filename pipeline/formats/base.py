@@ -73,6 +73,8 @@ class ExportContext:
 
             with quiet():
                 self.program = torch.export.export(self.model, (self.example,), dynamic_shapes=batch_axis())
+            for node in self.program.graph.nodes:  # the exporting process's call stack, with its install paths
+                node.meta.pop("stack_trace", None)
         return self.program
 
 

@@ -172,6 +172,9 @@ def to_int8(source: Path, target: Path, meta: dict[str, str], input_name: str, c
     onnx.save(proto, str(target))
 
 
+STACK_TRACE = "pkg.torch.onnx.stack_trace"
+
+
 def write_onnx(ctx: ExportContext, path: Path) -> None:
     """ONNX through the dynamo exporter with a dynamic batch axis; its opset joins the metadata."""
     import onnx
@@ -195,6 +198,10 @@ def write_onnx(ctx: ExportContext, path: Path) -> None:
     ctx.meta["onnx_opset"] = str(used)
     proto = onnx.load(str(path))
     set_metadata(proto, ctx.meta)
+    for node in proto.graph.node:  # the exporting process's call stack: its install paths, not the model
+        kept = [p for p in node.metadata_props if p.key != STACK_TRACE]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
     onnx.save(proto, str(path))
 
 

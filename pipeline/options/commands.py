@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..data.catalog import CATALOG
 from ..data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE, check_size
@@ -134,11 +135,16 @@ class PublishOptions:
                          "--mlflow", envvar="MLFLOW_TRACKING_URI")
     alias: str | None = option(None, "Point this alias (e.g. champion) at the version once it is complete.")
     registered_model: str | None = option(None, "Registered model name (default: the bundle's name).", "--registered-model")
+    public_key: str | None = option(None, "Public key (PEM) a passed verification statement of this bundle (verify "
+                                    "--sign-key) must verify with; without it, publish verifies the bundle itself.",
+                                    "--public-key")
 
     def validate(self) -> None:
         """Every usage error these options can hold, before any work."""
         if not self.mlflow.strip():
             raise CnnpipeError("--mlflow must name a tracking server, e.g. http://127.0.0.1:5000")
+        if self.public_key is not None and not Path(self.public_key).is_file():
+            raise CnnpipeError(f"--public-key {self.public_key}: no such key file (make a pair with cnnpipe keygen)")
         for flag, value in (("--alias", self.alias), ("--registered-model", self.registered_model)):
             if value is not None:
                 check_name(value, flag)

@@ -119,6 +119,20 @@ class SignatureOptions:
 
 
 @dataclass(frozen=True)
+class VerdictOptions:
+    """The key ``verify`` signs its verdict with."""
+
+    sign_key: str | None = option(None, "Sign the verdict with this private key (PEM, see cnnpipe keygen): verify writes "
+                                  "verify/*.intoto.json, an in-toto statement of the bundle's files and the verdict in "
+                                  "a DSSE envelope, which publish and sign accept as proof.", "--sign-key")
+
+    def validate(self) -> None:
+        """A usage error when the key given is not a readable file."""
+        if self.sign_key is not None:
+            check_key(Path(self.sign_key), "--sign-key")
+
+
+@dataclass(frozen=True)
 class VerifyOptions:
     """How ``verify`` judges a bundle; tolerances left None take each format's default."""
 

@@ -4,7 +4,8 @@ The bundle's ONNX model is logged with MLflow's onnx flavor (so ``mlflow.pyfunc.
 serves it with onnxruntime), with a signature and an input example made from real test images
 preprocessed as the bundle's metadata says; every file of the bundle is logged beside it as an
 artifact. The registered version carries the bundle's and the weights' sha256, the dataset hash,
-the test metrics, the verify verdict and the git commit as tags. Publishing is idempotent: a
+the test metrics, the proof it was verified (a signed statement, or a verify run by publish) and the
+git commit as tags; only the files the manifest lists are sent. Publishing is idempotent: a
 version whose ``cnnpipe.bundle_sha256`` tag matches is found and reused, never duplicated, and
 the alias moves only once the version is READY.
 """
@@ -20,18 +21,16 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..errors import CnnpipeError, NotVerified, first_line
 from ..formats import FORMATS
-from ..fs import read_small
 from ..nets.modelfile import MODEL_JSON
 from ..options.commands import PublishOptions
-from ..store.remote import MAX_ADDITION
-from ..store.version import REPORTS, Version
+from ..store.version import MANIFEST, Version
 from ..store.workspace import Workspace
+from ..verification.statement import proven
 
 TAG = "cnnpipe."  # prefix of every tag cnnpipe sets
 BUNDLE_TAG = f"{TAG}bundle_sha256"
@@ -54,23 +53,21 @@ class PublishResult:
     tags: dict[str, str]
 
 
-def newest_report(bundle: Version) -> dict[str, Any]:
-    """The newest verify report of ``bundle`` (reports are named by time); NotVerified if none passed."""
-    folder = bundle.path / REPORTS
-    reports = sorted(folder.glob("*.json")) if folder.is_dir() and not folder.is_symlink() else []
-    if not reports:
-        raise NotVerified(f"{bundle.ref}: has never been verified: run cnnpipe verify {bundle.ref} first")
-    try:
-        report = json.loads(read_small(reports[-1], MAX_ADDITION))
-    except (OSError, ValueError, CnnpipeError) as e:
-        raise NotVerified(f"{reports[-1]}: unreadable verify report ({e}); run cnnpipe verify {bundle.ref}") from None
-    if not isinstance(report, dict) or report.get("passed") is not True or report.get("bundle") != bundle.ref:
-        raise NotVerified(f"{bundle.ref}: its newest verify report ({reports[-1].name}) did not pass; "
-                          "fix what it names and verify again before publishing")
-    return report
+def proof(bundle: Version, options: PublishOptions, root: Path) -> dict[str, str]:
+    """Why ``bundle`` may be published: a passed statement that verifies with ``--public-key`` and names
+    its files, or (without a key) a verify run here that passed; ``NotVerified`` otherwise. A report
+    file alone is never proof: anyone who can write the store can write one."""
+    if options.public_key is not None:
+        return {"by": "statement", "file": proven(bundle, Path(options.public_key))["file"]}
+    from .verify import verify
+
+    result = verify(bundle.ref, root=root)
+    if not result.passed:
+        raise NotVerified(f"{bundle.ref}: verify failed (report: {result.report_path}); fix what it names first")
+    return {"by": "verify", "file": Path(result.report_path).name}
 
 
-def _tags(bundle: Version, report: dict[str, Any]) -> dict[str, str]:
+def _tags(bundle: Version, report: dict[str, str]) -> dict[str, str]:
     model = bundle.read_json(MODEL_JSON)
     metrics = bundle.read_json("metrics.json") if bundle.lists("metrics.json") else {}
     git = bundle.manifest.get("lineage", {}).get("git") or {}
@@ -81,7 +78,7 @@ def _tags(bundle: Version, report: dict[str, Any]) -> dict[str, str]:
         f"{TAG}dataset": str(model.get("dataset", {}).get("ref", "")),
         f"{TAG}dataset_hash": str(model.get("dataset", {}).get("hash", "")),
         f"{TAG}verify": "passed",
-        f"{TAG}verify_report": Path(str(report.get("report_path", ""))).name,
+        f"{TAG}verify_proof": f"{report['by']}:{report['file']}",
         f"{TAG}git_commit": str(git.get("commit", "")) + ("-dirty" if git.get("dirty") else ""),
     }
     for key in ("accuracy", "top5_accuracy", "loss", "ece"):
@@ -121,9 +118,9 @@ def publish(bundle_ref: str, options: PublishOptions, root: Path = Path(".")) ->
     tracking_uri, alias = options.mlflow, options.alias
     bundle = Workspace(root).exports.resolve(bundle_ref)
     bundle.rehash()
-    report = newest_report(bundle)
-    name = options.registered_model or bundle.name
     _probe(tracking_uri)
+    report = proof(bundle, options, root)
+    name = options.registered_model or bundle.name
     try:
         import mlflow
         import onnx
@@ -151,7 +148,9 @@ def publish(bundle_ref: str, options: PublishOptions, root: Path = Path(".")) ->
             with contextlib.redirect_stdout(sys.stderr), mlflow.start_run(run_name=bundle.ref, tags=tags) as run:
                 info = mlflow.onnx.log_model(graph, name="model", signature=infer_signature(example, logits),
                                              input_example=example, save_as_external_data=False)
-                mlflow.log_artifacts(str(bundle.path), artifact_path="bundle")
+                for rel in [MANIFEST, *(f["path"] for f in bundle.manifest["files"])]:  # what it lists, no link
+                    path = bundle.path / MANIFEST if rel == MANIFEST else bundle.file(rel)
+                    mlflow.log_artifact(str(path), artifact_path=str(Path("bundle", rel).parent))
                 mlflow.log_metrics({k.removeprefix(f"{TAG}"): float(v) for k, v in tags.items() if "test_" in k})
             if not client.search_registered_models(f"name = '{name}'"):
                 client.create_registered_model(name)

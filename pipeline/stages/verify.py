@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -22,18 +23,20 @@ import torch
 
 from ..data.loading import load_dataset, split_files
 from ..description import ModelDescription
-from ..errors import CnnpipeError, first_line
+from ..errors import CnnpipeError, RollbackWarning, first_line
 from ..formats import FORMATS, REEXPORTED
 from ..formats.base import Format, LoadContext, Tolerance
 from ..fs import dumps, refuse_symlinks, writing
 from ..nets.modelfile import MODEL_JSON, load_model
 from ..options.release import VerifyOptions
+from ..store.provenance import environment
 from ..store.version import REPORTS, Version
 from ..store.workspace import Workspace, upload_addition
 from ..verification.consistency import check_bundle_records
 from ..verification.localize import compare_layers
 from ..verification.reexport import compare_files, compare_reexports
 from ..verification.signing import Trust
+from ..verification.statement import check_statements, cpu_flags, write_statement
 from ..verification.timelimit import DEFAULT_TIMEOUT
 from ..verification.worker import CHUNK, Images, Job, Workers, run_format
 from .export import export_context, write_fresh
@@ -87,6 +90,9 @@ class VerifyResult:
     integrity: str
     formats: list[FormatReport] = field(default_factory=list)
     reexport: dict[str, list[str]] = field(default_factory=dict)  # format -> how it differs from a re-export
+    dataset_hash: str = ""
+    statement: str | None = None  # the signed statement written (with a signing key)
+    statements: list[dict[str, Any]] = field(default_factory=list)  # with --public-key: each statement found, checked
 
 
 def _diffs(out: np.ndarray, ref: np.ndarray, tol: Tolerance) -> dict[str, float | int | None]:
@@ -293,7 +299,7 @@ def _check_triton(bundle: Version, files: list[str], desc: ModelDescription) -> 
 
 def verify(
     bundle_ref: str, options: VerifyOptions | None = None, root: Path = Path("."), *, trust_code: bool = False,
-    trust: Trust | None = None,
+    trust: Trust | None = None, sign_key: Path | None = None,
 ) -> VerifyResult:
     """Check a bundle's signature (where ``trust`` gives a key), its hashes and records, then each
     format's logits against the PyTorch reference.
@@ -301,13 +307,15 @@ def verify(
     ``options`` (``VerifyOptions``) sets the batch sizes, the number of real test images
     (or the whole split with ``full``), the devices, and tolerances that override every
     format's default. A format holding native code is loaded only when ``trust`` allows it.
+    With ``sign_key`` the verdict is also written as a signed in-toto statement; with a public
+    key in ``trust``, the statements already there are checked and listed.
     """
     options = options or VerifyOptions()
     options.validate()
     batch_sizes = options.batch_size_list()
     samples = None if options.full else options.samples
     ws = Workspace(root)
-    bundle = ws.exports.resolve(bundle_ref)
+    bundle = _resolve(ws, bundle_ref, trust or Trust())
     trust_native = (trust or Trust()).admit(bundle)  # before anything of the bundle is read
     try:
         bundle.rehash()
@@ -330,12 +338,36 @@ def verify(
         images=len(images), batch_sizes=list(batch_sizes),
         reference_accuracy=float((ref.argmax(1) == labels).mean()),
         reference_per_class_accuracy=_per_class(ref.argmax(1), labels, classes), integrity=integrity,
+        dataset_hash=dataset.dataset_hash,
     )
     if integrity == "ok":
         _judge_bundle(bundle, bundle_json, desc, source, source_desc, model, images, ref, labels, options, result,
                       LoadContext(meta=meta, variant={}, desc=desc, trust_code=trust_code, trust_native=trust_native), ws)
     _write_report(bundle, result)
+    if sign_key is not None:
+        result.statement = str(write_statement(bundle, _predicate(bundle, result), sign_key))
+    if trust is not None and trust.public_key is not None:
+        result.statements = check_statements(bundle, trust.public_key)
     return result
+
+
+def _resolve(ws: Workspace, ref: str, trust: Trust) -> Version:
+    """The bundle ``ref`` names; a ``latest`` moved back fails when a signature is required."""
+    with warnings.catch_warnings():
+        if trust.require_signature:
+            warnings.simplefilter("error", RollbackWarning)
+        try:
+            return ws.exports.resolve(ref)
+        except RollbackWarning as w:
+            raise CnnpipeError(f"{w} (--require-signature refuses a latest that was moved back)") from None
+
+
+def _predicate(bundle: Version, result: VerifyResult) -> dict[str, Any]:
+    """What a signed statement says about the bundle: the verdict and how it was reached."""
+    verdict = {k: v for k, v in asdict(result).items() if k not in ("report_path", "statement", "statements")}
+    packages = tuple(dict.fromkeys(p for f in result.formats for p in FORMATS[f.format].packages))
+    return verdict | {"version": bundle.number, "environment": environment(packages), "cpu_flags": cpu_flags(),
+                      "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def _judge_bundle(bundle: Version, bundle_json: dict[str, Any], desc: ModelDescription, source: Version,

@@ -19,6 +19,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import CnnpipeError
+from ..errors import CnnpipeError, RollbackWarning
 from ..fs import dumps, fsync_dir, read_small, refuse_symlinks, sha256_file, writing
 from .ownership import OWNER, abandoned, owned
 from .provenance import environment
@@ -316,7 +317,13 @@ class Store:
         if not VERSION_RE.match(version):
             raise CnnpipeError(f"{pointer}: does not name a version (v1, v2, …); the store is damaged: "
                                f"write the newest version's name into it, or use {name}@vN")
-        return self.get(name, version)
+        chosen = self.get(name, version)
+        newest = max((v.number for v in self.versions(name)), default=chosen.number)
+        if newest > chosen.number:
+            warnings.warn(RollbackWarning(f"{name}: latest names v{chosen.number}, but v{newest} is its newest complete "
+                                          f"version; say which with {name}@v{newest} or {name}@v{chosen.number}"),
+                          stacklevel=2)
+        return chosen
 
     def get(self, name: str, version: str) -> Version:
         m = VERSION_RE.match(version)

@@ -16,7 +16,7 @@ from ..formats import FORMATS
 from ..nets.modelfile import MODEL_JSON
 from ..store.version import MANIFEST, REPORTS, SIGNATURE, Version
 
-_REPORT = re.compile(rf"^{REPORTS}/[0-9TZ]+-[A-Za-z0-9_-]*-[0-9]+\.json$")
+_REPORT = re.compile(rf"^{REPORTS}/[0-9TZ]+-[A-Za-z0-9_-]*-[0-9]+(\.intoto)?\.json$")  # reports and signed statements
 
 
 def formats_to_check(bundle: Version, bundle_json: dict[str, Any]) -> tuple[list[str], list[str]]:

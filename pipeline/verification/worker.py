@@ -34,7 +34,10 @@ import numpy as np
 from ..errors import CnnpipeError, FormatTimeout, first_line
 
 CHUNK = 256  # small activations: larger chunks let glibc's heap high-water creep up per chunk
-PRELOAD = ["numpy", "torch", "cnnpipe.formats", "cnnpipe.verification.worker", "onnx", "onnxruntime", "openvino", "safetensors"]
+# imported once by the fork server, so a worker starts in milliseconds; only modules that start no
+# Python thread at import (openvino's starts a ThreadPoolExecutor, which may hold an import lock at
+# the moment of a fork: the worker then waits on it for ever) and none that do not need to be there
+PRELOAD = ["numpy", "torch", "cnnpipe.formats", "cnnpipe.verification.worker", "onnx", "safetensors"]
 SYSTEM_READ = ("/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
                "/etc/localtime", "/etc/passwd", "/proc", "/sys/devices/system/cpu", "/sys/fs/cgroup", "/dev")
 T = TypeVar("T")
