@@ -6,6 +6,8 @@ them apart without reading the wording; the CLI prints ``str(e)`` and exits ``e.
 
 from __future__ import annotations
 
+import threading
+
 EXIT_GATE = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
@@ -66,3 +68,13 @@ def first_line(e: BaseException) -> str:
 class RollbackWarning(UserWarning):
     """``latest`` names an older version than the newest complete one (moved back, or a writer stopped
     between its commit and the pointer): said on stderr; with ``--require-signature`` it fails."""
+
+
+INTERRUPTED = threading.Event()  # set once Ctrl-C was raised in this process (cli.interrupt)
+
+
+def interrupt_first(error: BaseException) -> None:
+    """Raise ``KeyboardInterrupt`` again when a native library turned a Ctrl-C raised inside it into
+    another error (torch: "could not determine the shape of object type ..."), so it ends with 130."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt from error

@@ -230,7 +230,7 @@ def test_a_graph_that_answers_right_on_every_test_image_but_differs_from_a_reexp
     assert "model.onnx: " in row["reasons"][-1]  # names the file
     # the untouched files are byte-identical to their re-export, a derived variant included
     assert {f: d for f, d in report["reexport"].items() if f != "onnx"} == {
-        f: [] for f in ("pt2", "safetensors")}
+        f: [] for f in ("pt2", "safetensors", "torchscript")}
 
 
 def test_exporting_twice_in_two_processes_gives_the_same_bytes(root_copy: Path):

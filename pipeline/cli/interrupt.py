@@ -14,6 +14,8 @@ import signal
 import threading
 from types import FrameType
 
+from ..errors import INTERRUPTED
+
 REDELIVER_AFTER = 0.05  # seconds; an import of PyTorch takes about 2 s
 
 
@@ -31,6 +33,7 @@ def _on_interrupt(signum: int, frame: FrameType | None) -> None:
         timer.daemon = True
         timer.start()
         return
+    INTERRUPTED.set()
     raise KeyboardInterrupt
 
 

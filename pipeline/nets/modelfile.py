@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..description import InputSpec, ModelDescription
-from ..errors import CnnpipeError, first_line
+from ..errors import CnnpipeError, first_line, interrupt_first
 from ..store.version import Version
 from .registry import build, param_count
 from .sources import ArchSource, rebuild
@@ -71,6 +71,7 @@ def read_safetensors(path: Any) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
+        interrupt_first(e)
         raise CnnpipeError(f"{path}: not a readable safetensors weights file ({e})") from None
 
 
