@@ -39,7 +39,11 @@ CHUNK = 256  # small activations: larger chunks let glibc's heap high-water cree
 # the moment of a fork: the worker then waits on it for ever) and none that do not need to be there
 PRELOAD = ["numpy", "torch", "cnnpipe.formats", "cnnpipe.verification.worker", "onnx", "safetensors"]
 SYSTEM_READ = ("/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
-               "/etc/localtime", "/etc/passwd", "/proc", "/sys/devices/system/cpu", "/sys/fs/cgroup", "/dev")
+               "/etc/localtime", "/etc/passwd", "/proc/self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat",
+               "/proc/sys/kernel", "/proc/sys/vm", "/sys/devices/system/cpu", "/sys/devices/system/node",
+               "/sys/fs/cgroup", "/dev")  # not /proc as a whole: other processes' environments
+KEPT_ENV = ("PATH", "LANG", "LC_", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "CUDA_", "NVIDIA_", "LD_LIBRARY_PATH",
+            "PYTHONHASHSEED", "TORCH_", "PYTORCH_")  # a worker sees no other variable (tokens, keys)
 T = TypeVar("T")
 LOG_TAIL = 400  # characters of a dead worker's output quoted in its reason
 # the fork server reaps its workers itself and warns about those a kill already reaped
@@ -122,7 +126,7 @@ def run_format(job: Job) -> Answers:
 def _readable(readable: tuple[Path, ...], scratch: Path) -> list[Path]:
     import cnnpipe
 
-    python = {sys.prefix, sys.base_prefix, sys.exec_prefix, *(p for p in sys.path if p)}
+    python = {sys.prefix, sys.base_prefix, sys.exec_prefix, *(p for p in sys.path if p and p != os.getcwd())}
     return [*map(Path, SYSTEM_READ), *map(Path, python), Path(cnnpipe.__file__).parent, *readable, scratch]
 
 
@@ -132,8 +136,10 @@ def _child(conn: Connection, work: Callable[..., Any], args: tuple[Any, ...], re
     from .sandbox import confine
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the worker
-    for name in ("TMPDIR", "TEMP", "TMP", "XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "HOME"):
-        os.environ[name] = str(scratch)
+    kept = {k: v for k, v in os.environ.items() if k.startswith(KEPT_ENV)}
+    os.environ.clear()
+    os.environ.update(kept | dict.fromkeys(("TMPDIR", "TEMP", "TMP", "XDG_CACHE_HOME", "TORCHINDUCTOR_CACHE_DIR", "HOME"),
+                                           str(scratch)))
     tempfile.tempdir = str(scratch)
     log = os.open(scratch / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(log, 1)
