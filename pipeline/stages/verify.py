@@ -7,9 +7,7 @@ number of images verified; only the logits (N × classes) are kept.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -26,12 +24,13 @@ from ..description import ModelDescription
 from ..errors import CnnpipeError, RollbackWarning, first_line
 from ..formats import FORMATS, REEXPORTED
 from ..formats.base import Format, LoadContext, Tolerance
-from ..fs import dumps, refuse_symlinks, writing
+from ..fs import dumps
 from ..nets.modelfile import MODEL_JSON, load_model
 from ..options.release import VerifyOptions
+from ..store.additions import add_report, report_path
 from ..store.provenance import environment
-from ..store.version import REPORTS, Version
-from ..store.workspace import Workspace, upload_addition
+from ..store.version import Version
+from ..store.workspace import Workspace
 from ..verification.consistency import check_bundle_records
 from ..verification.localize import compare_layers
 from ..verification.parity import FormatReport, check_format, per_class
@@ -299,18 +298,6 @@ def _judge_bundle(bundle: Version, bundle_json: dict[str, Any], desc: ModelDescr
 
 def _write_report(bundle: Version, result: VerifyResult) -> None:
     """Write the JSON report under ``verify/``, named by time, host and process (never overwritten)."""
-    folder = bundle.path / REPORTS
-    refuse_symlinks(folder)
-    folder.mkdir(exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:40]
-    path = folder / f"{stamp}-{host}-{os.getpid()}.json"
-    tmp = folder / f".{path.name}.tmp"
+    path = report_path(bundle, ".json")
     result.report_path = str(path)
-    try:
-        with writing(folder):
-            tmp.write_text(dumps(asdict(result), indent=2) + "\n")
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    upload_addition(path)
+    add_report(path, dumps(asdict(result), indent=2) + "\n")

@@ -63,13 +63,6 @@ def _write_pointer(name_dir: Path, data: bytes) -> None:
     os.replace(tmp, name_dir / LATEST)
 
 
-def upload_addition(path: Path) -> None:
-    """Upload a file just added to a committed version (a signature, a verify report) where its
-    store is remote; one already there is never replaced."""
-    if mirror := mirror_of(path):
-        mirror.upload_as(path, path)
-
-
 @dataclass
 class Draft:
     """A version being written: a hidden temporary folder that becomes ``v<N>`` on commit."""

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CnnpipeError, SignatureError, first_line
+from ..store.additions import upload_addition
 from ..store.version import ADDED_LATER, SIGNATURE, Version
-from ..store.workspace import upload_addition
 
 UNSIGNED = ADDED_LATER  # added after signing: the signature itself and verify's reports
 PRIVATE_KEY, PUBLIC_KEY = "cnnpipe-signing.key", "cnnpipe-signing.pub"

@@ -13,18 +13,15 @@ unsigned report.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import socket
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..errors import CnnpipeError, NotVerified, first_line
-from ..fs import dumps, read_small, refuse_symlinks, sha256_file, writing
+from ..fs import dumps, read_small, sha256_file
+from ..store.additions import add_report, report_path
 from ..store.remote import MAX_ADDITION
 from ..store.version import MANIFEST, REPORTS, Version
-from ..store.workspace import upload_addition
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 PREDICATE_TYPE = "urn:cnnpipe:verification:v1"
@@ -94,20 +91,8 @@ def write_statement(bundle: Version, predicate: dict[str, Any], private_key: Pat
 
     envelope = Envelope(_statement(bundle, predicate), PAYLOAD_TYPE, {})
     envelope.sign(_signer(private_key))
-    folder = bundle.path / REPORTS
-    refuse_symlinks(folder)
-    folder.mkdir(exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:40]
-    path = folder / f"{stamp}-{host}-{os.getpid()}{SUFFIX}"
-    tmp = folder / f".{path.name}.tmp"
-    try:
-        with writing(folder):
-            tmp.write_text(json.dumps(envelope.to_dict(), indent=2) + "\n")
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    upload_addition(path)
+    path = report_path(bundle, SUFFIX)
+    add_report(path, json.dumps(envelope.to_dict(), indent=2) + "\n")
     return path
 
 
