@@ -10,6 +10,7 @@ from ..data.catalog import CATALOG
 from ..data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE, check_size
 from ..errors import CnnpipeError
 from ..store.version import check_name
+from ..verification.signing import check_key
 from ..verification.timelimit import DEFAULT_TIMEOUT, TIMEOUT_HELP, check_timeout
 from .fields import DEVICES, DEVICES_HERE, SPLITS, check_choice, check_finite, check_seed, option, parse_batch_sizes
 from .release import ExportOptions, GateOptions, VerifyOptions
@@ -143,8 +144,8 @@ class PublishOptions:
         """Every usage error these options can hold, before any work."""
         if not self.mlflow.strip():
             raise CnnpipeError("--mlflow must name a tracking server, e.g. http://127.0.0.1:5000")
-        if self.public_key is not None and not Path(self.public_key).is_file():
-            raise CnnpipeError(f"--public-key {self.public_key}: no such key file (make a pair with cnnpipe keygen)")
+        if self.public_key is not None:
+            check_key(Path(self.public_key), "--public-key")
         for flag, value in (("--alias", self.alias), ("--registered-model", self.registered_model)):
             if value is not None:
                 check_name(value, flag)
