@@ -8,42 +8,36 @@ number of images verified; only the logits (N × classes) are kept.
 from __future__ import annotations
 
 import re
-import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..data.loading import load_dataset, split_files
 from ..description import ModelDescription
 from ..errors import CnnpipeError, RollbackWarning, first_line
-from ..formats import FORMATS, REEXPORTED
+from ..formats import FORMATS
 from ..formats.base import Format, LoadContext, Tolerance
 from ..fs import dumps
-from ..nets.modelfile import MODEL_JSON, load_model
+from ..nets.modelfile import MODEL_JSON, read_description
 from ..options.release import VerifyOptions
 from ..store.additions import add_report, report_path
 from ..store.provenance import environment
 from ..store.version import Version
 from ..store.workspace import Workspace
 from ..verification.consistency import check_bundle_records
-from ..verification.localize import compare_layers
 from ..verification.parity import FormatReport, check_format, per_class
-from ..verification.reexport import compare_files, compare_reexports
+from ..verification.reexport import unauthenticated
 from ..verification.signing import Trust
 from ..verification.statement import check_statements, cpu_flags, write_statement
-from ..verification.timelimit import DEFAULT_TIMEOUT
-from ..verification.worker import CHUNK, Images, Job, Workers, run_format
-from .export import export_context, write_fresh
+from ..verification.worker import Images, Job, Workers, run_format
+from .proof import rederive, reference_layers, source_model
 
 LOCALIZE_IMAGES = 16  # images a failed ONNX file is compared on, layer by layer
 LAYER_LIMIT = 0.1  # relative departure that marks a layer of a format with no logit bound (int8)
-Inference = Callable[[np.ndarray], np.ndarray]  # a batch of inputs to its logits
 
 
 @dataclass
@@ -66,17 +60,9 @@ class VerifyResult:
     statements: list[dict[str, Any]] = field(default_factory=list)  # with --public-key: each statement found, checked
 
 
-def _reference(model: torch.nn.Module) -> Inference:
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()
-
-    return run
-
-
 def _verify_format(
     spec: Format, bundle: Version, device: str, ctx: LoadContext, overrides: dict[str, float | None], judge: dict[str, Any],
-    model: torch.nn.Module, timeout: float, workers: Workers,
+    source: Version, timeout: float, workers: Workers,
 ) -> FormatReport:
     """Load and run one format on one device in a worker and judge its answers; a file that cannot be
     loaded or run, a worker that dies, or one that does not finish within ``timeout`` seconds fails with the reason."""
@@ -93,16 +79,15 @@ def _verify_format(
         return FormatReport(spec.name, runtime, False, [str(e)], asdict(tol))
     report.providers, report.sandbox = answers.providers, workers.confinement
     if not report.passed and spec.onnx_graph:
-        report.localization = _localize(replace(job, intermediates=_first(images)), model, tol, workers, timeout)
+        report.localization = _localize(replace(job, intermediates=_first(images)), source, tol, workers, timeout)
         _explain(report)
     return report
 
 
 def _unauthenticated(spec: Format, device: str, overrides: dict[str, float | None]) -> FormatReport:
     """The failed row of a format that can run code and was not proven: it is not loaded."""
-    reason = (f"unauthenticated: {spec.file} can run code when it is loaded, and it is neither covered by a signature "
-              "verified with --public-key nor byte-identical to cnnpipe's re-export of the weights; it was not loaded")
-    return FormatReport(spec.name, spec.runtime_on(device), False, [reason], asdict(spec.tolerance(device, **overrides)))
+    return FormatReport(spec.name, spec.runtime_on(device), False, [unauthenticated(spec)],
+                        asdict(spec.tolerance(device, **overrides)))
 
 
 def _first(images: Images) -> np.ndarray:
@@ -124,57 +109,16 @@ def _explain(report: FormatReport) -> None:
                               f"({worst['module']})")
 
 
-def _localize(job: Job, model: torch.nn.Module, tol: Tolerance, workers: Workers, timeout: float) -> dict[str, Any]:
+def _localize(job: Job, source: Version, tol: Tolerance, workers: Workers, timeout: float) -> dict[str, Any]:
     """Layer-by-layer comparison of a failed ONNX file on the first LOCALIZE_IMAGES images (its
-    intermediate tensors computed in a worker)."""
+    intermediate tensors computed in a confined worker, the reference's in a worker of its own)."""
     limit = LAYER_LIMIT if tol.atol is None else max(10 * tol.rtol, 1e-3)
     try:
         found = workers.run(run_format, (job,), timeout, f"{job.format}'s layers", (job.path.parent,)).intermediates
-        return compare_layers(found, model, job.intermediates, limit)
+        return workers.run(reference_layers, (source, found, job.intermediates, limit, job.ctx.trust_code), timeout,
+                           f"{source.ref}'s layers", None)
     except Exception as e:  # noqa: BLE001 - the verdict stands; only the diagnosis is missing
         return {"error": f"could not compare layers: {type(e).__name__}: {first_line(e)}"}
-
-
-def _reexport(
-    ws: Workspace, bundle: Version, source: Version, model: torch.nn.Module, desc: ModelDescription, formats: list[str],
-    trust_code: bool, workers: Workers,
-) -> dict[str, list[str]]:
-    """Export the bundle's formats again from the rebuilt weights (those the format table marks ``reexported``;
-    a ``fresh`` one in a fresh worker) and compare them with the shipped files; a re-export that fails
-    counts as a difference."""
-    opset = bundle.manifest.get("lineage", {}).get("config", {}).get("opset")
-    opset = opset if isinstance(opset, int) else None
-    ctx = export_context(ws, source, model, desc, opset, 1)
-    try:
-        found = compare_reexports(ctx, bundle.path, formats)
-        for fmt in (f for f in REEXPORTED if f in formats and FORMATS[f].fresh):
-            found[fmt] = workers.run(compare_fresh, (ws.root, source, dict(ctx.meta), fmt, bundle.path, trust_code),
-                                     DEFAULT_TIMEOUT, f"{fmt} re-export", (bundle.path, source.path))
-    except CnnpipeError as e:
-        return {f: [f"it could not be exported again here ({e})"] for f in REEXPORTED if f in formats}
-    exported_with = bundle.manifest.get("environment", {}).get("torch")
-    if any(found.values()) and exported_with != torch.__version__:
-        hint = (f"(the manifest says torch {exported_with}; this is torch {torch.__version__}: "
-                "verify where it was exported, or export it again)")
-        found = {f: problems + [hint] if problems else problems for f, problems in found.items()}
-    return found
-
-
-def compare_fresh(root: Path, source: Version, meta: dict[str, str], fmt: str, bundle: Path, trust_code: bool) -> list[str]:
-    """In a fresh, confined worker: write ``fmt`` again into the worker's scratch folder and compare."""
-    made = Path(tempfile.mkdtemp())
-    write_fresh(root, source, meta, fmt, made, trust_code)
-    return compare_files(fmt, bundle, made)
-
-
-def _source_model(ws: Workspace, bundle: Version) -> Version:
-    parents = bundle.manifest.get("lineage", {}).get("parents", [])
-    if not parents:
-        raise CnnpipeError(f"{bundle.ref}: the manifest names no source model")
-    source = ws.models.resolve(parents[0]["ref"])
-    if source.manifest_sha256 != parents[0]["manifest_sha256"]:
-        raise CnnpipeError(f"{source.ref}: its manifest changed since {bundle.ref} was exported from it")
-    return source
 
 
 def _check_triton(bundle: Version, files: list[str], desc: ModelDescription) -> list[str]:
@@ -217,27 +161,32 @@ def verify(
         integrity = "ok"
     except CnnpipeError as e:
         integrity = str(e)
-    source = _source_model(ws, bundle)
-    model, source_desc = load_model(source, trust_code=trust_code)
+    source = source_model(ws, bundle)
+    source.rehash()
+    source_desc = read_description(source)
     dataset = load_dataset(ws.data.resolve(source_desc.dataset_ref))
     labels = dataset.arrays("test", mmap=True)[1][:samples]
     bundle_json = bundle.read_json(MODEL_JSON) if integrity == "ok" else source_desc.to_json()
     desc = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}")
-    meta = bundle_json.get("metadata", {})
-    classes = list(source_desc.classes)
     images = Images(dataset.version.file(split_files("test")[0]), len(labels), tuple(source_desc.input.mean),
                     tuple(source_desc.input.std))
-    ref = images.logits(_reference(model), CHUNK)
-    result = VerifyResult(
-        bundle=bundle.ref, model=source.ref, passed=integrity == "ok", report_path="",
-        images=len(images), batch_sizes=list(batch_sizes),
-        reference_accuracy=float((ref.argmax(1) == labels).mean()),
-        reference_per_class_accuracy=per_class(ref.argmax(1), labels, classes), integrity=integrity,
-        dataset_hash=dataset.dataset_hash,
-    )
-    if integrity == "ok":
-        _judge_bundle(bundle, bundle_json, desc, source, source_desc, model, images, ref, labels, options, result,
-                      LoadContext(meta=meta, variant={}, desc=desc, trust_code=trust_code, trust_native=trust_native), ws)
+    with Workers() as workers:
+        formats, problems = _records(bundle, bundle_json, desc, source, source_desc) if integrity == "ok" else ([], [])
+        rebuilt = rederive(ws, bundle, source, formats, images, trust_code, workers)
+        assert rebuilt.logits is not None
+        ref, classes = rebuilt.logits, list(source_desc.classes)
+        result = VerifyResult(
+            bundle=bundle.ref, model=source.ref, passed=integrity == "ok" and not problems, report_path="",
+            images=len(images), batch_sizes=list(batch_sizes),
+            reference_accuracy=float((ref.argmax(1) == labels).mean()),
+            reference_per_class_accuracy=per_class(ref.argmax(1), labels, classes),
+            integrity="; ".join(problems) or integrity, reexport=rebuilt.reexport, dataset_hash=dataset.dataset_hash,
+        )
+        if integrity == "ok":
+            ctx = LoadContext(meta=bundle_json.get("metadata", {}), variant={}, desc=desc, trust_code=trust_code,
+                              trust_native=trust_native)
+            judge = dict(images=images, ref=ref, labels=labels, classes=classes, batch_sizes=result.batch_sizes)
+            _judge_formats(bundle, bundle_json, formats, source, judge, options, result, ctx, workers)
     _write_report(bundle, result)
     if sign_key is not None:
         result.statement = str(write_statement(bundle, _predicate(bundle, result), sign_key))
@@ -265,30 +214,29 @@ def _predicate(bundle: Version, result: VerifyResult) -> dict[str, Any]:
                       "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def _judge_bundle(bundle: Version, bundle_json: dict[str, Any], desc: ModelDescription, source: Version,
-                  source_desc: ModelDescription, model: torch.nn.Module, images: Images, ref: np.ndarray,
-                  labels: np.ndarray, options: VerifyOptions, result: VerifyResult, base: LoadContext,
-                  ws: Workspace) -> None:
-    """The records, the re-export comparison and every format's answers of an intact bundle, into ``result``."""
+def _records(bundle: Version, bundle_json: dict[str, Any], desc: ModelDescription, source: Version,
+             source_desc: ModelDescription) -> tuple[list[str], list[str]]:
+    """The formats an intact bundle's records list, and what is wrong with its records."""
     problems = _check_triton(bundle, bundle_json.get("triton", []), desc)
     if (desc.arch, desc.classes, desc.input) != (source_desc.arch, source_desc.classes, source_desc.input):
         problems.insert(0, "the bundle's model.json does not describe its source model")
     formats, disagreements = check_bundle_records(bundle, bundle_json)
-    if problems or disagreements:
-        result.passed = False
-        result.integrity = "; ".join([*problems, *disagreements])
-    judge = dict(images=images, ref=ref, labels=labels, classes=list(source_desc.classes), batch_sizes=result.batch_sizes)
-    providers = options.provider_list()
-    with Workers() as workers:
-        result.reexport = _reexport(ws, bundle, source, model, source_desc, formats, base.trust_code, workers)
-        for fmt in formats:
-            spec = FORMATS[fmt]
-            ctx = replace(base, variant=bundle_json.get("variants", {}).get(fmt, {}))
-            proven = result.reexport.get(fmt) == [] or base.trust_native
-            for device in [d for d in providers if d in spec.devices] or ["cpu"]:
-                result.formats.append(_unauthenticated(spec, device, options.overrides(fmt)) if spec.runs_code and not proven
-                                      else _verify_format(spec, bundle, device, ctx, options.overrides(fmt), judge, model,
-                                                          options.timeout, workers))
+    return formats, problems + disagreements
+
+
+def _judge_formats(bundle: Version, bundle_json: dict[str, Any], formats: list[str], source: Version,
+                   judge: dict[str, Any], options: VerifyOptions, result: VerifyResult, base: LoadContext,
+                   workers: Workers) -> None:
+    """Every format's answers on every device asked for, into ``result``: a format that can run code is
+    loaded only when it is byte-identical to a re-export or its bundle's signature was verified."""
+    for fmt in formats:
+        spec = FORMATS[fmt]
+        ctx = replace(base, variant=bundle_json.get("variants", {}).get(fmt, {}))
+        proven = result.reexport.get(fmt) == [] or base.trust_native
+        for device in [d for d in options.provider_list() if d in spec.devices] or ["cpu"]:
+            result.formats.append(_unauthenticated(spec, device, options.overrides(fmt)) if spec.runs_code and not proven
+                                  else _verify_format(spec, bundle, device, ctx, options.overrides(fmt), judge, source,
+                                                      options.timeout, workers))
     for report in result.formats:
         if result.reexport.get(report.format):
             report.passed = False

@@ -31,6 +31,12 @@ DEBUG_MEMBER = re.compile(r"[^/]+/(.*\.debug_pkl|\.data/serialization_id)")
 # in a fresh process), pt2-aoti (native code): answers on test images and a signature only.
 
 
+def unauthenticated(spec: Any) -> str:
+    """Why a format (``formats.base.Format``) that can run code when loaded was not loaded."""
+    return (f"unauthenticated: {spec.file} can run code when it is loaded, and it is neither covered by a signature "
+            "verified with --public-key nor byte-identical to cnnpipe's re-export of the weights; it was not loaded")
+
+
 def compare_reexports(ctx: ExportContext, bundle: Path, formats: list[str]) -> dict[str, list[str]]:
     """For each format of ``REEXPORTED`` among ``formats`` (but those re-exported in a fresh worker),
     how its files in ``bundle`` differ from an export from ``ctx`` (an empty list: every file byte-identical)."""

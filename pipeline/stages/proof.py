@@ -1,0 +1,109 @@
+"""What verify and bench make again from a bundle's source model, in workers: the reference logits,
+the re-exported files compared with the shipped ones, and the reference's layers.
+
+The source network is rebuilt (the registry's code, torchvision's or timm's, or the user's file or
+module, which ``--trust-code`` admitted) only in a worker, never in the stage's own process: a
+factory that calls ``sys.exit``, aborts or hangs is a failed verify with its reason. That worker
+is not confined (it runs code the user trusts, and torch's exporters write where they like); the
+shipped files are loaded only by the confined workers of ``verification.worker``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CnnpipeError
+from ..formats import FORMATS, REEXPORTED
+from ..nets.modelfile import load_model
+from ..store.version import Version
+from ..store.workspace import Workspace
+from ..verification.localize import compare_layers
+from ..verification.reexport import compare_files, compare_reexports
+from ..verification.timelimit import DEFAULT_TIMEOUT
+from ..verification.worker import CHUNK, Images, Workers
+from .export import export_context, write_fresh
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    """What the reference worker answers: the source network's logits on the test images (None when
+    none were asked for) and, by format, how the shipped files differ from a re-export ([]: identical)."""
+
+    logits: np.ndarray | None
+    reexport: dict[str, list[str]]
+
+
+def source_model(ws: Workspace, bundle: Version) -> Version:
+    """The model version a bundle was exported from, unchanged since (its manifest's sha256)."""
+    parents = bundle.manifest.get("lineage", {}).get("parents", [])
+    if not parents:
+        raise CnnpipeError(f"{bundle.ref}: the manifest names no source model")
+    source = ws.models.resolve(parents[0]["ref"])
+    if source.manifest_sha256 != parents[0]["manifest_sha256"]:
+        raise CnnpipeError(f"{source.ref}: its manifest changed since {bundle.ref} was exported from it")
+    return source
+
+
+def rederive(ws: Workspace, bundle: Version, source: Version, formats: list[str], images: Images | None,
+            trust_code: bool, workers: Workers, timeout: float = DEFAULT_TIMEOUT) -> Rebuilt:
+    """The reference logits on ``images`` and the re-export comparison of ``formats`` (those the format
+    table marks ``reexported``; a ``fresh`` one in a fresh worker of its own); a re-export that fails
+    counts as a difference, a network that cannot be rebuilt is a ``CnnpipeError``."""
+    opset = bundle.manifest.get("lineage", {}).get("config", {}).get("opset")
+    opset = opset if isinstance(opset, int) else None
+    logits, found, meta = workers.run(_reference, (ws.root, source, bundle.path, formats, images, opset, trust_code),
+                                timeout, f"{source.ref}'s reference network", None)
+    for fmt in (f for f in REEXPORTED if f in formats and FORMATS[f].fresh):
+        try:
+            found[fmt] = workers.run(compare_fresh, (ws.root, source, meta, fmt, bundle.path, trust_code),
+                                     timeout, f"{fmt} re-export", (bundle.path, source.path))
+        except CnnpipeError as e:
+            found[fmt] = [f"it could not be exported again here ({e})"]
+    exported_with = bundle.manifest.get("environment", {}).get("torch")
+    if any(found.values()) and exported_with != torch.__version__:
+        hint = (f"(the manifest says torch {exported_with}; this is torch {torch.__version__}: "
+                "verify where it was exported, or export it again)")
+        found = {f: problems + [hint] if problems else problems for f, problems in found.items()}
+    return Rebuilt(logits, found)
+
+
+def _reference(root: Path, source: Version, bundle: Path, formats: list[str], images: Images | None,
+               opset: int | None, trust_code: bool) -> tuple[np.ndarray | None, dict[str, list[str]], dict[str, str]]:
+    """In a worker: rebuild the source network, run it on the images, export the formats again and
+    compare; with the metadata the exports embedded (made from the source, not read from the bundle)."""
+    model, desc = load_model(source, trust_code=trust_code)
+    logits = None if images is None else images.logits(_forward(model), CHUNK)
+    ctx = export_context(Workspace(root), source, model, desc, opset, 1)
+    try:
+        found = compare_reexports(ctx, bundle, [f for f in formats if not FORMATS[f].fresh])
+    except CnnpipeError as e:
+        found = {f: [f"it could not be exported again here ({e})"] for f in REEXPORTED if f in formats and not FORMATS[f].fresh}
+    return logits, found, dict(ctx.meta)
+
+
+def _forward(model: torch.nn.Module) -> Any:
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def compare_fresh(root: Path, source: Version, meta: dict[str, str], fmt: str, bundle: Path, trust_code: bool) -> list[str]:
+    """In a fresh, confined worker: write ``fmt`` again into the worker's scratch folder and compare."""
+    made = Path(tempfile.mkdtemp())
+    write_fresh(root, source, meta, fmt, made, trust_code)
+    return compare_files(fmt, bundle, made)
+
+
+def reference_layers(source: Version, found: dict[str, Any], x: np.ndarray, limit: float, trust_code: bool) -> dict[str, Any]:
+    """In a worker: the rebuilt source network's layers compared with an ONNX file's intermediate tensors."""
+    model, _ = load_model(source, trust_code=trust_code)
+    return compare_layers(found, model, x, limit)
+
