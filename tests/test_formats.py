@@ -77,6 +77,8 @@ def test_garbage_hostile_or_foreign_files_fail_their_row_and_verify_goes_on(root
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "runtime(s) failed" in proc.stderr
     timed = json.loads(proc.stdout)
     assert "executorch (cpu)" in timed["failed"] and "onnxruntime .ort (cpu)" in timed["failed"]
+    for fmt in ("torchscript", "pt2"):  # bench loads no unproven file that can run code either
+        assert timed["failed"][f"{FORMATS[fmt].bench_label} (cpu)"].startswith("unauthenticated: model."), timed
     assert "onnxruntime (cpu)" in {row["runtime"] for row in timed["rows"]}
 
 

@@ -19,8 +19,11 @@ from ..formats.base import Format, LoadContext, Runner
 from ..nets.modelfile import MODEL_JSON
 from ..options.commands import BenchOptions
 from ..store.workspace import Workspace
+from ..verification.reexport import unauthenticated
 from ..verification.signing import Trust
-from ..verification.timelimit import Deadline, within
+from ..verification.timelimit import STOP_GRACE, Deadline, within
+from ..verification.worker import Workers
+from .proof import rederive, source_model
 
 Call = Callable[[], Any]
 
@@ -65,6 +68,31 @@ def time_calls(call: Call, seconds: float, warmup: int = 5, min_calls: int = 20)
     return np.asarray(times)
 
 
+@dataclass(frozen=True)
+class BenchJob:
+    """One format on one device, timed in a worker at each batch size on inputs of ``shape``."""
+
+    format: str
+    path: Path
+    device: str
+    ctx: LoadContext
+    shape: tuple[int, ...]
+    batch_sizes: tuple[int, ...]
+    seconds: float
+    timeout: float
+    threads: int
+
+
+@dataclass
+class Timed:
+    """What a bench worker answers: its rows, why it stopped (if it did), and whether the runtime fell
+    back to the CPU from the device asked for (then it is not timed)."""
+
+    rows: list[BenchRow] = field(default_factory=list)
+    failure: str | None = None
+    fell_back: bool = False
+
+
 def _load(spec: Format, path: Path, device: str, ctx: LoadContext, _: Deadline) -> Runner:
     return spec.open(path, device, ctx)
 
@@ -75,73 +103,88 @@ def _time(runner: Runner, x: np.ndarray, seconds: float, deadline: Deadline) -> 
     return time_calls(lambda: runner.call(prepared), seconds)
 
 
-def _runtimes(
-    bundle: Any, bundle_json: dict[str, Any], threads: int, trust_code: bool, trust_native: bool,
-    failed: dict[str, str], timeout: float,
-) -> dict[str, Runner]:
-    """Every format of the bundle on every device where it runs here, by bench label.
+def time_format(job: BenchJob, label: str) -> Timed:
+    """In a confined worker: load ``job``'s file within its time limit and time it at each batch size."""
+    torch.set_num_threads(job.threads)
+    spec = FORMATS[job.format]
+    runner = within(job.timeout, label, partial(_load, spec, job.path, job.device, job.ctx))
+    if runner.fallback is not None:
+        return Timed(fell_back=True)
+    timed, rng = Timed(), np.random.default_rng(0)
+    for batch in job.batch_sizes:
+        x = rng.standard_normal((batch, *job.shape), dtype=np.float32)
+        try:
+            times = within(job.timeout, f"{label} at batch {batch}", partial(_time, runner, x, job.seconds))
+        except FormatTimeout as e:
+            timed.failure = str(e)
+            break
+        except Exception as e:  # noqa: BLE001 - a file that loads but cannot run fails its row; the others are timed
+            timed.failure = f"failed while running at batch {batch}: {type(e).__name__}: {first_line(e)}"
+            break
+        timed.rows.append(BenchRow(
+            runtime=label, batch=batch, calls=len(times), p50_ms=float(np.percentile(times, 50) * 1e3),
+            p99_ms=float(np.percentile(times, 99) * 1e3), images_per_s=float(batch / times.mean()),
+        ))
+    return timed
 
-    A device other than the CPU that is absent, or where the runtime falls back to the CPU,
-    is left out; a file that cannot be loaded on the CPU (within ``timeout``) goes into
-    ``failed`` with the reason.
-    """
-    found: dict[str, Runner] = {}
-    for fmt in bundle.results.get("formats", []):
-        spec = FORMATS[fmt]
-        ctx = LoadContext(
-            meta=bundle_json.get("metadata", {}), variant=bundle_json.get("variants", {}).get(fmt, {}),
-            desc=ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}"), threads=threads,
-            trust_code=trust_code, trust_native=trust_native,
-        )
-        for device in spec.devices:
-            label = f"{spec.bench_label} ({device})"
-            try:
-                runner = within(timeout, label, partial(_load, spec, bundle.file(spec.file), device, ctx))
-            except CnnpipeError as e:
-                if device == "cpu":
-                    failed[label] = str(e)
-                continue
-            if runner.fallback is None:
-                found[label] = runner
-    return found
+
+def _unproven(ws: Workspace, bundle: Any, formats: list[str], trust_code: bool, workers: Workers) -> dict[str, str]:
+    """The formats among ``formats`` that can run code and are not byte-identical to a re-export of the
+    source model's weights, with the reason (bench has no signature to go by: see ``bench``)."""
+    runs_code = [f for f in formats if FORMATS[f].runs_code]
+    if not runs_code:
+        return {}
+    try:  # all of them: an earlier format's export adds to the metadata a later one embeds (the ONNX opset)
+        found = rederive(ws, bundle, source_model(ws, bundle), formats, None, trust_code, workers).reexport
+    except CnnpipeError as e:
+        return {f: f"{unauthenticated(FORMATS[f])} (it cannot be exported again here: {e})" for f in runs_code}
+    return {f: unauthenticated(FORMATS[f]) for f in runs_code if found.get(f) != []}
 
 
 def bench(
     bundle_ref: str, options: BenchOptions | None = None, root: Path = Path("."), *, trust_code: bool = False,
     trust: Trust | None = None,
 ) -> BenchResult:
-    """Time every runtime of a bundle at each batch size on random inputs of the model's shape;
-    a runtime that takes over ``options.timeout`` seconds to load, or for one batch size, fails its row."""
+    """Time every runtime of a bundle at each batch size on random inputs of the model's shape, each
+    format in a confined worker; a runtime that takes over ``options.timeout`` seconds to load, or for
+    one batch size, fails its row. A format that can run code is timed only when the bundle's
+    signature verified (``trust``) or the file is byte-identical to a re-export of the weights."""
     options = options or BenchOptions()
     options.validate()
-    batch_sizes, seconds, timeout = options.batch_size_list(), options.seconds, options.timeout
     threads = options.threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
-    bundle = Workspace(root).exports.resolve(bundle_ref)
+    ws = Workspace(root)
+    bundle = ws.exports.resolve(bundle_ref)
     trust_native = (trust or Trust()).admit(bundle)  # before anything of the bundle is read
     bundle.rehash()
     bundle_json = bundle.read_json(MODEL_JSON)
-    shape = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}").input.shape
-    result = BenchResult(bundle=bundle.ref, threads=threads, input_shape=shape)
-    runtimes = _runtimes(bundle, bundle_json, threads, trust_code, trust_native, result.failed, timeout)
-    if not runtimes and not result.failed:
+    desc = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}")
+    result = BenchResult(bundle=bundle.ref, threads=threads, input_shape=desc.input.shape)
+    formats = [f for f in bundle.results.get("formats", []) if f in FORMATS]
+    if not formats:
         raise CnnpipeError(f"{bundle.ref}: holds no format to time")
-    rng = np.random.default_rng(0)
-    for batch in batch_sizes:
-        x = rng.standard_normal((batch, *shape), dtype=np.float32)
-        for name, runner in runtimes.items():
-            if name in result.failed:
-                continue
-            try:
-                times = within(timeout, f"{name} at batch {batch}", partial(_time, runner, x, seconds))
-            except FormatTimeout as e:
-                result.failed[name] = str(e)
-                continue
-            except Exception as e:  # noqa: BLE001 - a file that loads but cannot run fails its row; the others are timed
-                result.failed[name] = f"failed while running at batch {batch}: {type(e).__name__}: {first_line(e)}"
-                continue
-            result.rows.append(BenchRow(
-                runtime=name, batch=batch, calls=len(times), p50_ms=float(np.percentile(times, 50) * 1e3),
-                p99_ms=float(np.percentile(times, 99) * 1e3), images_per_s=float(batch / times.mean()),
-            ))
+    batches = options.batch_size_list()
+    limit = options.timeout * (1 + len(batches)) + STOP_GRACE * 2  # the worker's own limits come first
+    with Workers() as workers:
+        refused = {} if trust_native else _unproven(ws, bundle, formats, trust_code, workers)
+        for fmt in formats:
+            spec = FORMATS[fmt]
+            ctx = LoadContext(meta=bundle_json.get("metadata", {}), variant=bundle_json.get("variants", {}).get(fmt, {}),
+                              desc=desc, threads=threads, trust_code=trust_code, trust_native=trust_native)
+            for device in spec.devices:
+                label = f"{spec.bench_label} ({device})"
+                if fmt in refused:
+                    result.failed[label] = refused[fmt]
+                    break
+                try:
+                    job = BenchJob(fmt, bundle.file(spec.file), device, ctx, tuple(desc.input.shape), tuple(batches),
+                                   options.seconds, options.timeout, threads)
+                    timed = workers.run(time_format, (job, label), limit, label, (bundle.path,))
+                except CnnpipeError as e:
+                    if device == "cpu":
+                        result.failed[label] = str(e)
+                    continue
+                result.rows += timed.rows
+                if timed.failure:
+                    result.failed[label] = timed.failure
+    result.rows.sort(key=lambda row: row.batch)
     return result

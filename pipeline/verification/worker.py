@@ -12,6 +12,7 @@ verify records a failed row with the reason and goes on.
 
 from __future__ import annotations
 
+import glob
 import importlib.machinery
 import multiprocessing
 import os
@@ -42,9 +43,11 @@ SYSTEM_READ = ("/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/ld.so
                "/etc/localtime", "/etc/passwd", "/proc/self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat",
                "/proc/sys/kernel", "/proc/sys/vm", "/sys/devices/system/cpu", "/sys/devices/system/node",
                "/sys/fs/cgroup", "/dev")  # not /proc as a whole: other processes' environments
+GPU_DEVICES = ("/dev/nvidia*", "/dev/dri")  # a CUDA runtime opens these for writing and ioctl; written only if present
 KEPT_ENV = ("PATH", "LANG", "LC_", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "CUDA_", "NVIDIA_", "LD_LIBRARY_PATH",
             "PYTHONHASHSEED", "TORCH_", "PYTORCH_")  # a worker sees no other variable (tokens, keys)
 T = TypeVar("T")
+EXIT_GRACE = 5.0  # seconds an answered worker has to exit before it is killed (a runtime left running)
 LOG_TAIL = 400  # characters of a dead worker's output quoted in its reason
 # the fork server reaps its workers itself and warns about those a kill already reaped
 warnings.filterwarnings("ignore", message="forkserver: waitpid returned unexpected pid")
@@ -145,7 +148,8 @@ def _child(conn: Connection, work: Callable[..., Any], args: tuple[Any, ...], re
     os.dup2(log, 1)
     os.dup2(log, 2)
     try:
-        confinement = None if readable is None else confine(_readable(readable, scratch), [scratch, Path(os.devnull)])
+        writable = [scratch, Path(os.devnull), *(Path(p) for pattern in GPU_DEVICES for p in glob.glob(pattern))]
+        confinement = None if readable is None else confine(_readable(readable, scratch), writable)
         conn.send(("ok", work(*args), confinement and confinement.describe()))
     except (CnnpipeError, OSError) as e:  # an OSError: a full disk where an export writes
         conn.send(("error", e, None))
@@ -191,6 +195,7 @@ class Workers:
             theirs.close()
             try:
                 status, value, confinement = self._wait(process, ours, timeout, label, scratch)
+                process.join(EXIT_GRACE)  # an answered worker ends by itself, releasing what it registered
             finally:
                 if process.is_alive():
                     process.kill()
