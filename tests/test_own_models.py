@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -114,11 +115,60 @@ def test_bad_user_models_are_one_line_and_write_nothing(own_root: Path, model: s
     assert after == before
 
 
-def test_a_module_factory_is_recorded_with_its_file_hash(own_root: Path):
+def test_a_module_factory_is_recorded_with_its_file_hash_and_runs_again_only_trusted_and_unchanged(own_root: Path):
     proc = cnnpipe(own_root, "train", "--model", "mynet:build_net", "--epochs", "1", "--name", "frommodule", "--json")
     assert proc.returncode == 0, proc.stderr
     source = json.loads((own_root / "models/frommodule/v1/model.json").read_text())["source"]
     assert source["kind"] == "module" and source["name"] == "mynet" and len(source["sha256"]) == 64
+    assert_clean_error(cnnpipe(own_root, "export", "frommodule", "--format", "onnx"), 2,
+                       "the module 'mynet'", "pass --trust-code")
+    assert cnnpipe(own_root, "export", "frommodule", "--format", "onnx", "--trust-code").returncode == 0
+
+    # an attacker's mynet.py in the working directory: refused by its sha256 before it is imported
+    marker, original = own_root / "module-code-ran", (own_root / "mynet.py").read_text()
+    (own_root / "mynet.py").write_text(f"open({str(marker)!r}, 'w').close()\n" + original)
+    try:
+        assert_clean_error(cnnpipe(own_root, "verify", "frommodule", "--samples", "8", "--trust-code"), 2,
+                           "mynet.py: the model's code changed since it was recorded")
+    finally:
+        (own_root / "mynet.py").write_text(original)
+    assert not marker.exists()
+
+
+def test_a_code_file_named_outside_the_versions_code_folder_is_refused_unrun(own_root: Path):
+    assert cnnpipe(own_root, "train", "--model", "mynet.py:build_net", "--epochs", "1", "--name", "escape").returncode == 0
+    version, marker = own_root / "models/escape/v1", own_root / "escaped-code-ran"
+    evil = f"open({str(marker)!r}, 'w').close()\n" + MYNET
+    (version.parent / "evil.py").write_text(evil)
+    desc = json.loads((version / "model.json").read_text())
+    desc["source"] |= {"file": "../evil.py", "sha256": hashlib.sha256(evil.encode()).hexdigest()}
+    (version / "model.json").write_text(json.dumps(desc))
+    resign(version, "model.json")
+    assert_clean_error(cnnpipe(own_root, "evaluate", "escape", "--trust-code"), 2,
+                       "names the code '../evil.py', not a file of its code/ folder")
+    assert not marker.exists()
+
+
+BOMB = """
+import os
+from torch import nn
+
+
+def build(num_classes, in_channels, image_size):
+    if os.path.exists(%r):
+        os.abort()
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size * image_size, num_classes))
+"""
+
+
+def test_a_factory_that_aborts_during_verify_ends_only_its_worker(own_root: Path, tmp_path: Path):
+    trigger = tmp_path / "abort-now"
+    (own_root / "bomb.py").write_text(BOMB % str(trigger))
+    assert cnnpipe(own_root, "train", "--model", "bomb.py:build", "--epochs", "1").returncode == 0
+    assert cnnpipe(own_root, "export", "bomb", "--format", "onnx", "--trust-code").returncode == 0
+    trigger.touch()
+    proc = cnnpipe(own_root, "verify", "bomb", "--samples", "8", "--trust-code")
+    assert_clean_error(proc, 2, "reference network: its worker ended without an answer (killed by SIGABRT)")
 
 
 PLAIN_TRAINING = """

@@ -53,9 +53,10 @@ class ArchSource:
         return cls(**{k: data.get(k) for k in ("kind", "name", "factory", "sha256", "file", "distribution")})
 
     @property
-    def runs_stored_code(self) -> bool:
-        """Whether rebuilding runs a file kept inside the version (needs ``trust_code``)."""
-        return self.kind == "file"
+    def runs_user_code(self) -> bool:
+        """Whether rebuilding runs the user's code: a file kept inside the version, or a module
+        (both need ``trust_code`` and their recorded sha256)."""
+        return self.kind in ("file", "module")
 
 
 def _sha256(path: Path) -> str:
@@ -251,9 +252,11 @@ def _build(source: ArchSource, file: Path, channels: int, size: int, classes: in
         model = _call_factory(fn, f"{file}:{source.factory}", channels, size, classes)
         return model, ArchSource("file", source.name, source.factory, _sha256(file), f"{CODE_DIR}/{source.name}")
     fn, path, dist = _load_module(source.name, source.factory)
+    if not path.is_file():
+        raise CnnpipeError(f"module {source.name!r} has no source file: cnnpipe records the sha256 of a module's "
+                           "file to rebuild the network from it later; use FILE.py:FACTORY")
     model = _call_factory(fn, f"{source.name}:{source.factory}", channels, size, classes)
-    return model, ArchSource("module", source.name, source.factory, _sha256(path) if path.is_file() else None,
-                             distribution=dist)
+    return model, ArchSource("module", source.name, source.factory, _sha256(path), distribution=dist)
 
 
 def store_code(arch: str, source: ArchSource, folder: Path) -> dict[str, str]:
@@ -272,23 +275,53 @@ def store_code(arch: str, source: ArchSource, folder: Path) -> dict[str, str]:
 
 def rebuild(source: ArchSource, arch: str, version_dir: Path, channels: int, size: int, classes: int,
             trust_code: bool = False) -> nn.Module:
-    """The network a version's ``source`` record describes, refusing code that is missing, changed or untrusted."""
+    """The network a version's ``source`` record describes, refusing code that is missing, changed or
+    untrusted: a file must lie in the version's ``code/`` folder, and a file or module must have the
+    sha256 recorded when it built the network, checked before it is imported."""
     if source.kind == "registry":
         return build(arch, channels, size, classes)
     file = Path(".")
-    if source.kind == "file":
-        file = version_dir / (source.file or "")
-        if not file.is_file():
-            raise CnnpipeError(f"{version_dir}: the model's code {source.file} is missing")
+    if source.runs_user_code:
+        where = f"{version_dir.parent.name}@{version_dir.name}"
+        if not source.sha256:
+            raise CnnpipeError(f"{where}: model.json records no sha256 for the network's code {source.name!r}; "
+                               "it is not rebuilt from unrecorded code (train or import it again)")
+        file = _stored_file(source, version_dir) if source.kind == "file" else _module_file(source.name)
         if _sha256(file) != source.sha256:
             raise CnnpipeError(f"{file}: the model's code changed since it was recorded (sha256 differs)")
         if not trust_code:
-            raise CnnpipeError(
-                f"{version_dir.parent.name}@{version_dir.name}: its network is defined by code stored in it "
-                f"({source.file}); rebuilding it runs "
-                "that file: pass --trust-code if you trust it"
-            )
+            what = f"code stored in it ({source.file})" if source.kind == "file" else f"the module {source.name!r} ({file})"
+            raise CnnpipeError(f"{where}: its network is defined by {what}; rebuilding it runs that code: "
+                               "pass --trust-code if you trust it")
     model, found = _build(source, file, channels, size, classes)
-    if source.kind == "module" and source.sha256 and found.sha256 != source.sha256:
+    if source.kind == "module" and found.sha256 != source.sha256:
         raise CnnpipeError(f"module {source.name!r} changed since the model was trained (its file's sha256 differs)")
     return model
+
+
+def _stored_file(source: ArchSource, version_dir: Path) -> Path:
+    """The version's copy of the user's file: ``code/NAME`` exactly, a regular file inside the version."""
+    expected = f"{CODE_DIR}/{Path(source.name).name}"
+    if source.file != expected or source.name != Path(source.name).name:
+        raise CnnpipeError(f"{version_dir}: model.json names the code {source.file!r}, not a file of its {CODE_DIR}/ "
+                           "folder; refusing to run it")
+    file = version_dir / expected
+    if file.is_symlink() or not file.is_file():
+        raise CnnpipeError(f"{version_dir}: the model's code {source.file} is missing")
+    return file
+
+
+def _module_file(name: str) -> Path:
+    """Where ``import name`` would find the module's source, found without importing anything."""
+    from importlib.machinery import PathFinder
+
+    search: list[str] | None = None
+    spec = None
+    for depth in range(1, len(name.split(".")) + 1):
+        spec = PathFinder.find_spec(".".join(name.split(".")[:depth]), search)
+        if spec is None:
+            raise CnnpipeError(f"cannot find module {name!r} on the Python path")
+        search = list(spec.submodule_search_locations or [])
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        raise CnnpipeError(f"module {name!r} has no source file whose sha256 could be checked")
+    return Path(spec.origin)
