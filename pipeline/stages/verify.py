@@ -22,7 +22,7 @@ from ..errors import CnnpipeError, RollbackWarning, first_line
 from ..formats import FORMATS
 from ..formats.base import Format, LoadContext, Tolerance
 from ..fs import dumps
-from ..nets.modelfile import MODEL_JSON, read_description
+from ..nets.modelfile import MODEL_JSON, WEIGHTS, read_description
 from ..options.release import VerifyOptions
 from ..store.additions import add_report, report_path
 from ..store.provenance import environment
@@ -34,8 +34,11 @@ from ..verification.reexport import unauthenticated
 from ..verification.signing import Trust
 from ..verification.statement import check_statements, cpu_flags, write_statement
 from ..verification.worker import Images, Job, Workers, run_format
+from .bundle_card import check_card
+from .export import metadata
 from .proof import rederive, reference_layers, source_model
 
+ENVIRONMENT_KEYS = ("cnnpipe_version", "torch_version")  # metadata naming the exporting tools, not the model
 LOCALIZE_IMAGES = 16  # images a failed ONNX file is compared on, layer by layer
 LAYER_LIMIT = 0.1  # relative departure that marks a layer of a format with no logit bound (int8)
 
@@ -221,7 +224,22 @@ def _records(bundle: Version, bundle_json: dict[str, Any], desc: ModelDescriptio
     if (desc.arch, desc.classes, desc.input) != (source_desc.arch, source_desc.classes, source_desc.input):
         problems.insert(0, "the bundle's model.json does not describe its source model")
     formats, disagreements = check_bundle_records(bundle, bundle_json)
-    return formats, problems + disagreements
+    return formats, problems + disagreements + _check_metadata(bundle_json, source, source_desc) \
+        + check_card(bundle, source, source_desc, bundle_json)
+
+
+def _check_metadata(bundle_json: dict[str, Any], source: Version, source_desc: ModelDescription) -> list[str]:
+    """How ``model.json``'s metadata differs from what export makes from the source model (classes and
+    their order, mean, std, input shape, weights): the versions of the exporting tools may differ."""
+    weights = next((f["sha256"] for f in source.manifest["files"] if f["path"] == WEIGHTS), "")
+    expected, shipped = metadata(source_desc, source.ref, weights), bundle_json.get("metadata")
+    if not isinstance(shipped, dict):
+        return [f"{MODEL_JSON}: metadata is missing"]
+    opset = bundle_json.get("onnx_opset")
+    expected |= {"onnx_opset": str(opset)} if "onnx_opset" in shipped else {}
+    changed = sorted(k for k in expected.keys() | shipped.keys()
+                     if k not in ENVIRONMENT_KEYS and shipped.get(k) != expected.get(k))
+    return [f"{MODEL_JSON}: metadata {', '.join(changed)} differ from what export makes from {source.ref}"] if changed else []
 
 
 def _judge_formats(bundle: Version, bundle_json: dict[str, Any], formats: list[str], source: Version,
