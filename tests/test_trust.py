@@ -15,6 +15,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from cnnpipe.formats.base import META_KEY
 from cnnpipe.verification.sandbox import landlock_abi
 
 from conftest import assert_clean_error, cnnpipe, cnnpipe_json, resign
@@ -230,7 +231,34 @@ def test_a_graph_that_answers_right_on_every_test_image_but_differs_from_a_reexp
     assert "model.onnx: " in row["reasons"][-1]  # names the file
     # the untouched files are byte-identical to their re-export, a derived variant included
     assert {f: d for f, d in report["reexport"].items() if f != "onnx"} == {
-        f: [] for f in ("pt2", "safetensors", "torchscript")}
+        f: [] for f in ("pt2", "safetensors", "openvino", "executorch", "ort", "torchscript")}
+
+
+def test_an_ort_file_and_an_openvino_ir_with_a_trigger_fail_as_differing_from_a_reexport(root_copy: Path, tmp_path: Path):
+    import openvino as ov
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    bundle = root_copy / BUNDLE
+    triggered = tmp_path / "model.onnx"
+    shutil.copyfile(bundle / "model.onnx", tmp_path / "original.onnx")
+    _add_trigger(bundle)  # converted from a triggered ONNX file, which itself is put back
+    shutil.move(bundle / "model.onnx", triggered)
+    shutil.move(tmp_path / "original.onnx", bundle / "model.onnx")
+    convert_onnx_models_to_ort(triggered, tmp_path / "ort", [OptimizationStyle.Fixed])
+    shutil.copyfile(tmp_path / "ort/model.ort", bundle / "model.ort")
+    meta = json.loads((bundle / "model.json").read_text())["metadata"]
+    ir = ov.convert_model(str(triggered))
+    ir.set_rt_info(json.dumps(meta), [META_KEY])
+    ov.save_model(ir, str(bundle / "model.openvino.xml"), compress_to_fp16=False)
+    for rel in ("model.ort", "model.openvino.xml", "model.openvino.bin"):
+        resign(bundle, rel)
+    code, report = _verify(root_copy)
+    rows = {r["format"]: r for r in report["formats"]}
+    assert code == 1 and rows["onnx"]["passed"]
+    for fmt in ("ort", "openvino"):
+        assert rows[fmt]["top1_agreement"] == 1.0, rows[fmt]  # it answers right on every test image...
+        assert not rows[fmt]["passed"] and "differs from a re-export of the weights" in rows[fmt]["reasons"][-1]
+    assert "model.ort: the bytes differ" in rows["ort"]["reasons"][-1]
 
 
 def test_exporting_twice_in_two_processes_gives_the_same_bytes(root_copy: Path):

@@ -147,6 +147,7 @@ class Format:
     legacy: bool = False
     reexported: bool = False  # verify exports it again from the weights and compares the bytes (see verification.reexport)
     fresh: bool = False  # its bytes depend on what the process traced before: written and re-exported in a fresh worker
+    same: Callable[[Path, Path], bool] | None = None  # a writer whose bytes vary: whether two files hold the same content
     runs_code: bool = False  # loading it can run code from the file: loaded only when signed or identical to a re-export
     packages: tuple[str, ...] = ()  # distributions whose versions an export bundle records (provenance)
     flag_help: str = ""  # a variant: what its flag adds, in the export command's help

@@ -96,6 +96,7 @@ register(
     Format(
         "executorch", "model.pte", "executorch (xnnpack)", "executorch", write_executorch, load_executorch,
         {"cpu": Tolerance(1e-4, 1e-4, 1.0, None)}, extra=("executorch", "executorch"), packages=("executorch",),
+        reexported=True, fresh=True,
         snippet=f"""ExecuTorch (`model.pte`, XNNPACK delegate; batches of 1 to {PTE_MAX_BATCH}):
 
 ```python

@@ -275,6 +275,7 @@ runs float32 convolutions in TF32, which verify does not cover.""",
     Format(
         "onnx-int8", "model.int8.onnx", "onnxruntime", "onnxruntime int8", write_onnx_int8, load_onnx,
         {"cpu": Tolerance(None, 0.0, 0.95, 2.0)}, devices=("cpu", "cuda"), parent="onnx", flag="int8", onnx_graph=True,
+        reexported=True,
         packages=ONNX_PACKAGES, flag_help="model.int8.onnx (static quantization calibrated on training images)",
     ),
 )

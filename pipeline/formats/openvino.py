@@ -52,7 +52,7 @@ def load_openvino(path: Path, device: str, ctx: LoadContext) -> Runner:
 register(
     Format(
         "openvino", "model.openvino.xml", "openvino", "openvino", write_openvino, load_openvino, {"cpu": FP32},
-        companions=("model.openvino.bin",), extra=("openvino", "openvino"), packages=("openvino",),
+        companions=("model.openvino.bin",), extra=("openvino", "openvino"), packages=("openvino",), reexported=True,
         snippet="""OpenVINO IR (`model.openvino.xml` with its weights `model.openvino.bin`):
 
 ```python
@@ -65,7 +65,7 @@ The f32 hint keeps the CPU plugin in float32; on CPUs with bf16 it would otherwi
     ),
     Format(
         "openvino-fp16", "model.openvino.fp16.xml", "openvino", "openvino fp16", write_openvino_fp16, load_openvino,
-        {"cpu": FP16}, parent="openvino", flag="fp16", companions=("model.openvino.fp16.bin",),
+        {"cpu": FP16}, parent="openvino", flag="fp16", companions=("model.openvino.fp16.bin",), reexported=True,
         extra=("openvino", "openvino"), packages=("openvino",),
         flag_help="model.openvino.fp16.xml (OpenVINO IR with fp16 weights)",
     ),

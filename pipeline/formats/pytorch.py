@@ -4,6 +4,8 @@ weights loaded into a freshly built network. torch is imported by each function,
 from __future__ import annotations
 
 import json
+import re
+import zipfile
 from pathlib import Path
 
 from ..fs import write_through_memory
@@ -85,6 +87,19 @@ def load_torchscript(path: Path, device: str, ctx: LoadContext) -> Runner:
     return torch_runner(module, device, same_meta(extra[META_FILE], ctx, "TorchScript extra file"))
 
 
+DEBUG_MEMBER = re.compile(r"[^/]+/(.*\.debug_pkl|\.data/serialization_id)")
+
+
+def same_torchscript(shipped: Path, fresh: Path) -> bool:
+    """Whether two TorchScript archives hold the same members with the same bytes, but for their debug
+    members: the source ranges and Python call stack of the tracing (with the install's paths), and the
+    random serialization id. The code, constants and tensors must be byte-identical. Nothing is loaded."""
+    with zipfile.ZipFile(shipped) as a, zipfile.ZipFile(fresh) as b:
+        kept = [{i.filename: (i.file_size, i.CRC) for i in z.infolist() if not DEBUG_MEMBER.fullmatch(i.filename)}
+                for z in (a, b)]
+        return kept[0] == kept[1] and all(a.read(n) == b.read(n) for n in kept[1])
+
+
 register(
     Format(
         "pt2", "model.pt2", "torch.export", "pt2", write_pt2, load_pt2, {"cpu": FP32}, reexported=True, runs_code=True,
@@ -113,7 +128,7 @@ model.load_state_dict(load_file("model.safetensors"))
     ),
     Format(
         "torchscript", "model.torchscript.pt", "torch.jit", "torchscript", write_torchscript, load_torchscript,
-        {"cpu": FP32}, legacy=True, packages=("torch",), reexported=True, fresh=True, runs_code=True,
+        {"cpu": FP32}, legacy=True, packages=("torch",), reexported=True, fresh=True, same=same_torchscript, runs_code=True,
         snippet="""TorchScript (legacy: deprecated upstream; prefer pt2):
 
 ```python

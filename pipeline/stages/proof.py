@@ -10,6 +10,7 @@ shipped files are loaded only by the confined workers of ``verification.worker``
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from ..errors import CnnpipeError
 from ..formats import FORMATS, REEXPORTED
-from ..nets.modelfile import load_model
+from ..nets.modelfile import MODEL_JSON, load_model
 from ..store.version import Version
 from ..store.workspace import Workspace
 from ..verification.localize import compare_layers
@@ -33,10 +34,12 @@ from .export import export_context, write_fresh
 @dataclass(frozen=True)
 class Rebuilt:
     """What the reference worker answers: the source network's logits on the test images (None when
-    none were asked for) and, by format, how the shipped files differ from a re-export ([]: identical)."""
+    none were asked for), by format how the shipped files differ from a re-export ([]: identical),
+    and the metadata an export embeds."""
 
     logits: np.ndarray | None
     reexport: dict[str, list[str]]
+    metadata: dict[str, str]  # what the re-exports embedded: made from the source, not read from the bundle
 
 
 def source_model(ws: Workspace, bundle: Version) -> Version:
@@ -55,14 +58,17 @@ def rederive(ws: Workspace, bundle: Version, source: Version, formats: list[str]
     """The reference logits on ``images`` and the re-export comparison of ``formats`` (those the format
     table marks ``reexported``; a ``fresh`` one in a fresh worker of its own); a re-export that fails
     counts as a difference, a network that cannot be rebuilt is a ``CnnpipeError``."""
-    opset = bundle.manifest.get("lineage", {}).get("config", {}).get("opset")
-    opset = opset if isinstance(opset, int) else None
-    logits, found, meta = workers.run(_reference, (ws.root, source, bundle.path, formats, images, opset, trust_code),
+    config = bundle.manifest.get("lineage", {}).get("config", {})
+    settings = tuple(value if isinstance(value, int) else default
+                     for value, default in ((config.get("opset"), None), (config.get("calibration"), 1)))
+    fresh = [f for f in REEXPORTED if f in formats and FORMATS[f].fresh]
+    started = {fmt: workers.start(compare_fresh, (ws.root, source, fmt, bundle.path, trust_code), timeout,
+                                  f"{fmt} re-export", (bundle.path, source.path)) for fmt in fresh}  # alongside
+    logits, found, meta = workers.run(_reference, (ws.root, source, bundle.path, formats, images, settings, trust_code),
                                 timeout, f"{source.ref}'s reference network", None)
-    for fmt in (f for f in REEXPORTED if f in formats and FORMATS[f].fresh):
+    for fmt, pending in started.items():
         try:
-            found[fmt] = workers.run(compare_fresh, (ws.root, source, meta, fmt, bundle.path, trust_code),
-                                     timeout, f"{fmt} re-export", (bundle.path, source.path))
+            found[fmt] = pending.result()
         except CnnpipeError as e:
             found[fmt] = [f"it could not be exported again here ({e})"]
     exported_with = bundle.manifest.get("environment", {}).get("torch")
@@ -70,16 +76,17 @@ def rederive(ws: Workspace, bundle: Version, source: Version, formats: list[str]
         hint = (f"(the manifest says torch {exported_with}; this is torch {torch.__version__}: "
                 "verify where it was exported, or export it again)")
         found = {f: problems + [hint] if problems else problems for f, problems in found.items()}
-    return Rebuilt(logits, found)
+    return Rebuilt(logits, found, meta)
 
 
 def _reference(root: Path, source: Version, bundle: Path, formats: list[str], images: Images | None,
-               opset: int | None, trust_code: bool) -> tuple[np.ndarray | None, dict[str, list[str]], dict[str, str]]:
-    """In a worker: rebuild the source network, run it on the images, export the formats again and
-    compare; with the metadata the exports embedded (made from the source, not read from the bundle)."""
+               settings: tuple[int | None, int], trust_code: bool,
+               ) -> tuple[np.ndarray | None, dict[str, list[str]], dict[str, str]]:
+    """In a worker: rebuild the source network, run it on the images, export the formats again (with the
+    bundle's opset and number of calibration images) and compare; with the metadata the exports embedded."""
     model, desc = load_model(source, trust_code=trust_code)
     logits = None if images is None else images.logits(_forward(model), CHUNK)
-    ctx = export_context(Workspace(root), source, model, desc, opset, 1)
+    ctx = export_context(Workspace(root), source, model, desc, *settings)
     try:
         found = compare_reexports(ctx, bundle, [f for f in formats if not FORMATS[f].fresh])
     except CnnpipeError as e:
@@ -95,11 +102,20 @@ def _forward(model: torch.nn.Module) -> Any:
     return run
 
 
-def compare_fresh(root: Path, source: Version, meta: dict[str, str], fmt: str, bundle: Path, trust_code: bool) -> list[str]:
+def compare_fresh(root: Path, source: Version, fmt: str, bundle: Path, trust_code: bool) -> list[str]:
     """In a fresh, confined worker: write ``fmt`` again into the worker's scratch folder and compare."""
     made = Path(tempfile.mkdtemp())
-    write_fresh(root, source, meta, fmt, made, trust_code)
+    write_fresh(root, source, _bundle_metadata(bundle, fmt), fmt, made, trust_code)
     return compare_files(fmt, bundle, made)
+
+
+def _bundle_metadata(bundle: Path, fmt: str) -> dict[str, str]:
+    """The metadata ``model.json`` says the bundle's formats embed: a fresh re-export embeds it too
+    (verify compares it with what the reference worker's exports embedded)."""
+    meta = json.loads((bundle / MODEL_JSON).read_text()).get("metadata")
+    if not isinstance(meta, dict):
+        raise CnnpipeError(f"{MODEL_JSON}: metadata is missing, so {fmt} cannot be exported again")
+    return {str(k): str(v) for k, v in meta.items()}
 
 
 def reference_layers(source: Version, found: dict[str, Any], x: np.ndarray, limit: float, trust_code: bool) -> dict[str, Any]:

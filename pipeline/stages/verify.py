@@ -22,7 +22,7 @@ from ..errors import CnnpipeError, RollbackWarning, first_line
 from ..formats import FORMATS
 from ..formats.base import Format, LoadContext, Tolerance
 from ..fs import dumps
-from ..nets.modelfile import MODEL_JSON, WEIGHTS, read_description
+from ..nets.modelfile import MODEL_JSON, read_description
 from ..options.release import VerifyOptions
 from ..store.additions import add_report, report_path
 from ..store.provenance import environment
@@ -35,7 +35,6 @@ from ..verification.signing import Trust
 from ..verification.statement import check_statements, cpu_flags, write_statement
 from ..verification.worker import Images, Job, Workers, run_format
 from .bundle_card import check_card
-from .export import metadata
 from .proof import rederive, reference_layers, source_model
 
 ENVIRONMENT_KEYS = ("cnnpipe_version", "torch_version")  # metadata naming the exporting tools, not the model
@@ -177,6 +176,7 @@ def verify(
         formats, problems = _records(bundle, bundle_json, desc, source, source_desc) if integrity == "ok" else ([], [])
         rebuilt = rederive(ws, bundle, source, formats, images, trust_code, workers)
         assert rebuilt.logits is not None
+        problems += _check_metadata(bundle_json, rebuilt.metadata, source) if integrity == "ok" else []
         ref, classes = rebuilt.logits, list(source_desc.classes)
         result = VerifyResult(
             bundle=bundle.ref, model=source.ref, passed=integrity == "ok" and not problems, report_path="",
@@ -224,19 +224,15 @@ def _records(bundle: Version, bundle_json: dict[str, Any], desc: ModelDescriptio
     if (desc.arch, desc.classes, desc.input) != (source_desc.arch, source_desc.classes, source_desc.input):
         problems.insert(0, "the bundle's model.json does not describe its source model")
     formats, disagreements = check_bundle_records(bundle, bundle_json)
-    return formats, problems + disagreements + _check_metadata(bundle_json, source, source_desc) \
-        + check_card(bundle, source, source_desc, bundle_json)
+    return formats, problems + disagreements + check_card(bundle, source, source_desc, bundle_json)
 
 
-def _check_metadata(bundle_json: dict[str, Any], source: Version, source_desc: ModelDescription) -> list[str]:
-    """How ``model.json``'s metadata differs from what export makes from the source model (classes and
-    their order, mean, std, input shape, weights): the versions of the exporting tools may differ."""
-    weights = next((f["sha256"] for f in source.manifest["files"] if f["path"] == WEIGHTS), "")
-    expected, shipped = metadata(source_desc, source.ref, weights), bundle_json.get("metadata")
+def _check_metadata(bundle_json: dict[str, Any], expected: dict[str, str], source: Version) -> list[str]:
+    """How ``model.json``'s metadata differs from what the re-exports from the source model embedded
+    (classes and their order, mean, std, input shape, weights, opset); the exporting tools' versions may differ."""
+    shipped = bundle_json.get("metadata")
     if not isinstance(shipped, dict):
         return [f"{MODEL_JSON}: metadata is missing"]
-    opset = bundle_json.get("onnx_opset")
-    expected |= {"onnx_opset": str(opset)} if "onnx_opset" in shipped else {}
     changed = sorted(k for k in expected.keys() | shipped.keys()
                      if k not in ENVIRONMENT_KEYS and shipped.get(k) != expected.get(k))
     return [f"{MODEL_JSON}: metadata {', '.join(changed)} differ from what export makes from {source.ref}"] if changed else []

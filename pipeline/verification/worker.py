@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -175,9 +175,14 @@ class Workers:
         self.context.set_forkserver_preload(PRELOAD)
         self.scratch = Path(tempfile.mkdtemp(prefix="cnnpipe-workers-"))
         self.confinement: str | None = None  # as the last confined worker described it
+        self.started: list[Any] = []
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for process in self.started:  # one whose answer was never asked for (the stage failed first)
+            if process.is_alive():
+                process.kill()
+                process.join()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     def run(self, work: Callable[..., T], args: tuple[Any, ...], timeout: float, label: str,
@@ -185,6 +190,11 @@ class Workers:
         """``work(*args)`` in a fresh worker, confined to reading ``readable`` (None: not confined);
         ``CnnpipeError`` with the reason when it fails, dies or does not answer within ``timeout``
         seconds (it is then killed)."""
+        return self.start(work, args, timeout, label, readable).result()
+
+    def start(self, work: Callable[..., T], args: tuple[Any, ...], timeout: float, label: str,
+              readable: tuple[Path, ...] | None) -> Pending[T]:
+        """``run``, started: the worker works while the caller goes on; ``result()`` waits for it."""
         scratch = Path(tempfile.mkdtemp(prefix="job-", dir=self.scratch))
         ours, theirs = self.context.Pipe(duplex=False)
         process = self.context.Process(target=_child, args=(theirs, work, args, readable, scratch),
@@ -192,38 +202,61 @@ class Workers:
         try:
             with _no_main():
                 process.start()
-            theirs.close()
-            try:
-                status, value, confinement = self._wait(process, ours, timeout, label, scratch)
-                process.join(EXIT_GRACE)  # an answered worker ends by itself, releasing what it registered
-            finally:
-                if process.is_alive():
-                    process.kill()
-                process.join()
-        finally:
-            theirs.close()
+        except BaseException:
             ours.close()
             shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        finally:
+            theirs.close()
+        self.started.append(process)
+        return Pending(self, process, ours, scratch, label, timeout, time.monotonic() + timeout)
+
+
+@dataclass
+class Pending(Generic[T]):
+    """A started worker (``Workers.start``)."""
+
+    workers: Workers
+    process: Any
+    conn: Connection
+    scratch: Path
+    label: str
+    timeout: float
+    end: float
+
+    def result(self) -> T:
+        """Its answer, once it comes; ``CnnpipeError`` with the reason when it fails, dies or does not
+        answer in time (it is then killed)."""
+        try:
+            try:
+                status, value, confinement = self._wait()
+                self.process.join(EXIT_GRACE)  # an answered worker ends by itself, releasing what it registered
+            finally:
+                if self.process.is_alive():
+                    self.process.kill()
+                self.process.join()
+        finally:
+            self.conn.close()
+            shutil.rmtree(self.scratch, ignore_errors=True)
         if status == "error":
             raise value
-        self.confinement = confinement or self.confinement
+        self.workers.confinement = confinement or self.workers.confinement
         return value
 
-    @staticmethod
-    def _wait(process: Any, conn: Connection, timeout: float, label: str, scratch: Path) -> tuple[str, Any, str | None]:
-        end = time.monotonic() + timeout
+    def _wait(self) -> tuple[str, Any, str | None]:
         while True:
-            left = end - time.monotonic()
+            left = self.end - time.monotonic()
             try:
-                if conn.poll(min(1.0, max(0.0, left))):
-                    return conn.recv()
+                if self.conn.poll(min(1.0, max(0.0, left))):
+                    return self.conn.recv()
             except (EOFError, OSError):  # it died before it answered
-                process.join(5)
-                raise CnnpipeError(f"{label}: its worker ended without an answer ({_how(process.exitcode)})"
-                                   + _tail(scratch / "worker.log")) from None
+                self.process.join(5)
+                raise CnnpipeError(f"{self.label}: its worker ended without an answer ({_how(self.process.exitcode)})"
+                                   + _tail(self.scratch / "worker.log")) from None
             if left <= 0:
-                process.kill()
-                raise FormatTimeout(f"{label} did not finish within {timeout:g} s (--timeout); its worker was stopped")
+                self.process.kill()
+                raise FormatTimeout(f"{self.label} did not finish within {self.timeout:g} s (--timeout); "
+                                    "its worker was stopped")
 
 
 @contextmanager
