@@ -14,7 +14,7 @@ from cnnpipe.cli import interrupt
 interrupt.install()
 try:
     import slow_module  # signals itself, then works on for 0.3 s
-    sys.stdout.write("import finished\n")  # one write: the held Ctrl-C lands right after the import, maybe mid-print
+    sys.stdout.write("import finished\\n")  # one write: the held Ctrl-C lands right after the import, maybe mid-print
     time.sleep(5)
     print("never interrupted", flush=True)
 except KeyboardInterrupt:
