@@ -76,9 +76,24 @@ def tree_state(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="session")
-def pipeline_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A root that holds mnist-sample@v1, lenet5@v1 (2 epochs) and its export bundle lenet5@v1."""
-    root = tmp_path_factory.mktemp("pipeline")
+def pipeline_root(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A root that holds mnist-sample@v1, lenet5@v1 (2 epochs) and its export bundle lenet5@v1: built
+    once per test session, by the first xdist worker that needs it (the others wait and share it)."""
+    from filelock import FileLock
+
+    if worker_id == "master":  # not under xdist
+        return _build_pipeline(tmp_path_factory.mktemp("pipeline"))
+    shared = tmp_path_factory.getbasetemp().parent / "pipeline"
+    with FileLock(f"{shared}.lock"):
+        if not Path(f"{shared}.built").is_file():
+            shutil.rmtree(shared, ignore_errors=True)
+            shared.mkdir()
+            _build_pipeline(shared)
+            Path(f"{shared}.built").touch()
+    return shared
+
+
+def _build_pipeline(root: Path) -> Path:
     proc = cnnpipe(root, "run", "--epochs", "2")
     assert proc.returncode == 0, proc.stderr
     return root
@@ -88,5 +103,6 @@ def pipeline_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def root_copy(pipeline_root: Path, tmp_path: Path) -> Path:
     """A private copy of ``pipeline_root`` that a test may damage."""
     copy = tmp_path / "root"
-    shutil.copytree(pipeline_root, copy, symlinks=True)
+    shutil.copytree(pipeline_root, copy, symlinks=True,  # not a report another worker is writing right now
+                    ignore=shutil.ignore_patterns(".*.tmp"))
     return copy

@@ -148,20 +148,20 @@ def test_a_signed_bundle_fails_closed_on_any_change(root_copy: Path, tmp_path: P
     assert {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file() and p.name != "bundle.sig"} == before
     assert_clean_error(cnnpipe(root_copy, "sign", "lenet5", "--key", str(other / "cnnpipe-signing.key")), 2,
                        "already signed")
-    assert _verify(root_copy, "--public-key", pub)[0] == 0
-    assert _verify(root_copy, "--public-key", pub, "--require-signature")[0] == 0  # reports added since: unsigned
+    assert _verify(root_copy, "--public-key", pub, "--require-signature")[0] == 0
 
     image = root_copy / "digit.png"
     shutil.copyfile(bundle / "confusion.png", image)
     pristine = tmp_path / "pristine"
     shutil.copytree(bundle, pristine)
 
-    def attack(change, needle: str, key: str = pub) -> None:
+    def attack(change, needle: str, key: str = pub, every_command: bool = False) -> None:
         shutil.rmtree(bundle)
         shutil.copytree(pristine, bundle)
         change()
-        for command in (["verify", "lenet5", "--samples", "32"], ["predict", str(image), "--bundle", "lenet5"],
-                        ["bench", "lenet5", "--seconds", "0.05", "--batch-sizes", "1"]):
+        commands = (["verify", "lenet5", "--samples", "32"], ["predict", str(image), "--bundle", "lenet5"],
+                    ["bench", "lenet5", "--seconds", "0.05", "--batch-sizes", "1"])  # one check (Trust.admit) for all
+        for command in commands if every_command else commands[:1]:
             assert_clean_error(cnnpipe(root_copy, *command, "--public-key", key), 1, "signature does not verify", needle)
 
     def one_byte() -> None:
@@ -170,7 +170,7 @@ def test_a_signed_bundle_fails_closed_on_any_change(root_copy: Path, tmp_path: P
         (bundle / "model.onnx").write_bytes(bytes(data))
         resign(bundle, "model.onnx")
 
-    attack(one_byte, "changed since signing: manifest.json, model.onnx")
+    attack(one_byte, "changed since signing: manifest.json, model.onnx", every_command=True)
     attack(lambda: (bundle / "per_class.png").unlink(), "missing files: per_class.png")
     attack(lambda: (bundle / "extra.txt").write_text("x"), "extra files found: extra.txt")
     attack(lambda: None, "Key mismatch", key=str(other / "cnnpipe-signing.pub"))

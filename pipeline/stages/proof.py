@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +27,41 @@ from ..store.workspace import Workspace
 from ..verification.localize import compare_layers
 from ..verification.reexport import compare_files, compare_reexports
 from ..verification.timelimit import DEFAULT_TIMEOUT
-from ..verification.worker import CHUNK, Images, Workers
+from ..verification.worker import CHUNK, Images, Pending, Workers
 from .export import export_context, write_fresh
 
 
-@dataclass(frozen=True)
+@dataclass
 class Rebuilt:
     """What the reference worker answers: the source network's logits on the test images (None when
     none were asked for), by format how the shipped files differ from a re-export ([]: identical),
-    and the metadata an export embeds."""
+    and the metadata an export embeds. The re-exports of formats that run no code may still be
+    under way in their workers (``pending``): ``settle`` waits for them."""
 
     logits: np.ndarray | None
     reexport: dict[str, list[str]]
     metadata: dict[str, str]  # what the re-exports embedded: made from the source, not read from the bundle
+    pending: dict[str, Pending[list[str]]] = field(default_factory=dict)
+    exported_with: str | None = None  # the torch version the bundle's manifest records
+
+    def settle(self) -> dict[str, list[str]]:
+        """Every format's differences, once the re-exports still under way have answered."""
+        for fmt, pending in self.pending.items():
+            self.reexport[fmt] = _answer(pending)
+        self.pending = {}
+        if any(self.reexport.values()) and self.exported_with != torch.__version__:
+            hint = (f"(the manifest says torch {self.exported_with}; this is torch {torch.__version__}: "
+                    "verify where it was exported, or export it again)")
+            self.reexport = {f: found + [hint] if found and hint not in found else found
+                             for f, found in self.reexport.items()}
+        return self.reexport
+
+
+def _answer(pending: Pending[list[str]]) -> list[str]:
+    try:
+        return pending.result()
+    except CnnpipeError as e:
+        return [f"it could not be exported again here ({e})"]
 
 
 def source_model(ws: Workspace, bundle: Version) -> Version:
@@ -54,10 +76,11 @@ def source_model(ws: Workspace, bundle: Version) -> Version:
 
 
 def rederive(ws: Workspace, bundle: Version, source: Version, formats: list[str], images: Images | None,
-            trust_code: bool, workers: Workers, timeout: float = DEFAULT_TIMEOUT) -> Rebuilt:
+             trust_code: bool, workers: Workers, timeout: float = DEFAULT_TIMEOUT, settle: bool = True) -> Rebuilt:
     """The reference logits on ``images`` and the re-export comparison of ``formats`` (those the format
-    table marks ``reexported``; a ``fresh`` one in a fresh worker of its own); a re-export that fails
-    counts as a difference, a network that cannot be rebuilt is a ``CnnpipeError``."""
+    table marks ``reexported``; a ``fresh`` one in a fresh worker of its own, started first); a re-export
+    that fails counts as a difference, a network that cannot be rebuilt is a ``CnnpipeError``. With
+    ``settle`` False, the fresh re-exports of formats that run no code may still be ``pending``."""
     config = bundle.manifest.get("lineage", {}).get("config", {})
     settings = tuple(value if isinstance(value, int) else default
                      for value, default in ((config.get("opset"), None), (config.get("calibration"), 1)))
@@ -65,18 +88,11 @@ def rederive(ws: Workspace, bundle: Version, source: Version, formats: list[str]
     started = {fmt: workers.start(compare_fresh, (ws.root, source, fmt, bundle.path, trust_code), timeout,
                                   f"{fmt} re-export", (bundle.path, source.path)) for fmt in fresh}  # alongside
     logits, found, meta = workers.run(_reference, (ws.root, source, bundle.path, formats, images, settings, trust_code),
-                                timeout, f"{source.ref}'s reference network", None)
-    for fmt, pending in started.items():
-        try:
-            found[fmt] = pending.result()
-        except CnnpipeError as e:
-            found[fmt] = [f"it could not be exported again here ({e})"]
-    exported_with = bundle.manifest.get("environment", {}).get("torch")
-    if any(found.values()) and exported_with != torch.__version__:
-        hint = (f"(the manifest says torch {exported_with}; this is torch {torch.__version__}: "
-                "verify where it was exported, or export it again)")
-        found = {f: problems + [hint] if problems else problems for f, problems in found.items()}
-    return Rebuilt(logits, found, meta)
+                                      timeout, f"{source.ref}'s reference network", None)
+    found |= {fmt: _answer(pending) for fmt, pending in started.items() if FORMATS[fmt].runs_code}  # needed first
+    rebuilt = Rebuilt(logits, found, meta, {f: p for f, p in started.items() if not FORMATS[f].runs_code},
+                      bundle.manifest.get("environment", {}).get("torch"))
+    return rebuilt if settle is False else replace(rebuilt, reexport=rebuilt.settle())
 
 
 def _reference(root: Path, source: Version, bundle: Path, formats: list[str], images: Images | None,

@@ -157,24 +157,24 @@ def verify(
     samples = None if options.full else options.samples
     ws = Workspace(root)
     bundle = _resolve(ws, bundle_ref, trust or Trust())
-    trust_native = (trust or Trust()).admit(bundle)  # before anything of the bundle is read
-    try:
-        bundle.rehash()
-        integrity = "ok"
-    except CnnpipeError as e:
-        integrity = str(e)
-    source = source_model(ws, bundle)
-    source.rehash()
-    source_desc = read_description(source)
-    dataset = load_dataset(ws.data.resolve(source_desc.dataset_ref))
-    labels = dataset.arrays("test", mmap=True)[1][:samples]
-    bundle_json = bundle.read_json(MODEL_JSON) if integrity == "ok" else source_desc.to_json()
-    desc = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}")
-    images = Images(dataset.version.file(split_files("test")[0]), len(labels), tuple(source_desc.input.mean),
-                    tuple(source_desc.input.std))
-    with Workers() as workers:
+    with Workers() as workers:  # its fork server starts now, alongside the checks below
+        trust_native = (trust or Trust()).admit(bundle)  # before anything of the bundle is read
+        try:
+            bundle.rehash()
+            integrity = "ok"
+        except CnnpipeError as e:
+            integrity = str(e)
+        source = source_model(ws, bundle)
+        source.rehash()
+        source_desc = read_description(source)
+        dataset = load_dataset(ws.data.resolve(source_desc.dataset_ref))
+        labels = dataset.arrays("test", mmap=True)[1][:samples]
+        bundle_json = bundle.read_json(MODEL_JSON) if integrity == "ok" else source_desc.to_json()
+        desc = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}")
+        images = Images(dataset.version.file(split_files("test")[0]), len(labels), tuple(source_desc.input.mean),
+                        tuple(source_desc.input.std))
         formats, problems = _records(bundle, bundle_json, desc, source, source_desc) if integrity == "ok" else ([], [])
-        rebuilt = rederive(ws, bundle, source, formats, images, trust_code, workers)
+        rebuilt = rederive(ws, bundle, source, formats, images, trust_code, workers, settle=False)
         assert rebuilt.logits is not None
         problems += _check_metadata(bundle_json, rebuilt.metadata, source) if integrity == "ok" else []
         ref, classes = rebuilt.logits, list(source_desc.classes)
@@ -190,6 +190,8 @@ def verify(
                               trust_native=trust_native)
             judge = dict(images=images, ref=ref, labels=labels, classes=classes, batch_sizes=result.batch_sizes)
             _judge_formats(bundle, bundle_json, formats, source, judge, options, result, ctx, workers)
+        result.reexport = rebuilt.settle()  # the slow re-exports ran alongside the formats' workers
+        _mark_differences(result)
     _write_report(bundle, result)
     if sign_key is not None:
         result.statement = str(write_statement(bundle, _predicate(bundle, result), sign_key))
@@ -251,6 +253,10 @@ def _judge_formats(bundle: Version, bundle_json: dict[str, Any], formats: list[s
             result.formats.append(_unauthenticated(spec, device, options.overrides(fmt)) if spec.runs_code and not proven
                                   else _verify_format(spec, bundle, device, ctx, options.overrides(fmt), judge, source,
                                                       options.timeout, workers))
+
+
+def _mark_differences(result: VerifyResult) -> None:
+    """Fail each format that differs from its re-export, and the verdict with it."""
     for report in result.formats:
         if result.reexport.get(report.format):
             report.passed = False

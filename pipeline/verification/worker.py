@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import importlib.machinery
 import multiprocessing
+import multiprocessing.forkserver as forkserver
 import os
 import shutil
 import signal
@@ -38,7 +39,8 @@ CHUNK = 256  # small activations: larger chunks let glibc's heap high-water cree
 # imported once by the fork server, so a worker starts in milliseconds; only modules that start no
 # Python thread at import (openvino's starts a ThreadPoolExecutor, which may hold an import lock at
 # the moment of a fork: the worker then waits on it for ever) and none that do not need to be there
-PRELOAD = ["numpy", "torch", "cnnpipe.formats", "cnnpipe.verification.worker", "onnx", "safetensors"]
+PRELOAD = ["numpy", "torch", "torch._dynamo", "torch.export._trace", "torch._export.serde.serialize",
+           "cnnpipe.formats", "cnnpipe.verification.worker", "onnx", "safetensors"]  # torch.export: 3 s a worker
 SYSTEM_READ = ("/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
                "/etc/localtime", "/etc/passwd", "/proc/self", "/proc/cpuinfo", "/proc/meminfo", "/proc/stat",
                "/proc/sys/kernel", "/proc/sys/vm", "/sys/devices/system/cpu", "/sys/devices/system/node",
@@ -173,6 +175,8 @@ class Workers:
     def __enter__(self) -> Workers:
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(PRELOAD)
+        with _no_main():
+            forkserver.ensure_running()  # it imports PRELOAD while the stage goes on with its own work
         self.scratch = Path(tempfile.mkdtemp(prefix="cnnpipe-workers-"))
         self.confinement: str | None = None  # as the last confined worker described it
         self.started: list[Any] = []
