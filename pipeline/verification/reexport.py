@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from ..errors import CnnpipeError
 from ..formats import FORMATS, REEXPORTED
 from ..formats.base import ExportContext
 
@@ -40,7 +41,11 @@ def compare_reexports(ctx: ExportContext, bundle: Path, formats: list[str]) -> d
     found: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory(prefix="cnnpipe-reexport-") as tmp:
         for fmt in (f for f in REEXPORTED if f in formats and not FORMATS[f].fresh):
-            FORMATS[fmt].save(ctx, Path(tmp) / FORMATS[fmt].file)
+            try:
+                FORMATS[fmt].save(ctx, Path(tmp) / FORMATS[fmt].file)
+            except (CnnpipeError, OSError) as e:  # its exporter is missing here, or refuses: this format only
+                found[fmt] = [f"it could not be exported again here ({e})"]
+                continue
             found[fmt] = compare_files(fmt, bundle, Path(tmp))
     return found
 
