@@ -85,12 +85,11 @@ class BenchJob:
 
 @dataclass
 class Timed:
-    """What a bench worker answers: its rows, why it stopped (if it did), and whether the runtime fell
-    back to the CPU from the device asked for (then it is not timed)."""
+    """What a bench worker answers: its rows and why it stopped, if it did (no row and no failure: the
+    runtime fell back to the CPU from the device asked for, so it is not timed there)."""
 
     rows: list[BenchRow] = field(default_factory=list)
     failure: str | None = None
-    fell_back: bool = False
 
 
 def _load(spec: Format, path: Path, device: str, ctx: LoadContext, _: Deadline) -> Runner:
@@ -109,7 +108,7 @@ def time_format(job: BenchJob, label: str) -> Timed:
     spec = FORMATS[job.format]
     runner = within(job.timeout, label, partial(_load, spec, job.path, job.device, job.ctx))
     if runner.fallback is not None:
-        return Timed(fell_back=True)
+        return Timed()
     timed, rng = Timed(), np.random.default_rng(0)
     for batch in job.batch_sizes:
         x = rng.standard_normal((batch, *job.shape), dtype=np.float32)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,9 @@ def rederive(ws: Workspace, bundle: Version, source: Version, formats: list[str]
     found |= {fmt: _answer(pending) for fmt, pending in started.items() if FORMATS[fmt].runs_code}  # needed first
     rebuilt = Rebuilt(logits, found, meta, {f: p for f, p in started.items() if not FORMATS[f].runs_code},
                       bundle.manifest.get("environment", {}).get("torch"))
-    return rebuilt if settle is False else replace(rebuilt, reexport=rebuilt.settle())
+    if settle:
+        rebuilt.settle()
+    return rebuilt
 
 
 def _reference(root: Path, source: Version, bundle: Path, formats: list[str], images: Images | None,
