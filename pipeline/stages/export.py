@@ -17,7 +17,7 @@ from ..data.loading import load_dataset, normalize
 from ..description import ModelDescription
 from ..errors import CnnpipeError
 from ..formats import FORMATS
-from ..formats.base import INPUT_NAME, OUTPUT_NAME, ExportContext
+from ..formats.base import INPUT_NAME, OUTPUT_NAME, ExportContext, Format
 from ..formats.triton import triton_config, triton_repository
 from ..fs import write_json
 from ..nets.modelfile import MODEL_JSON, WEIGHTS, load_model
@@ -108,6 +108,23 @@ def write_fresh(root: Path, version: Version, meta: dict[str, str], name: str, f
     return FORMATS[name].save(ctx, folder / FORMATS[name].file)
 
 
+def _write_formats(chosen: list[Format], ctx: ExportContext, root: Path, version: Version, folder: Path,
+                   trust_code: bool) -> dict[str, Any]:
+    """Write each chosen format into ``folder`` in order (a ``fresh`` one in a fresh worker); the
+    variants' records for ``model.json``."""
+    variants = {}
+    with Workers() as workers:
+        for spec in chosen:
+            if spec.fresh:
+                record = workers.run(write_fresh, (root, version, dict(ctx.meta), spec.name, folder, trust_code),
+                                     DEFAULT_TIMEOUT, f"{spec.name} export", None)
+            else:
+                record = spec.save(ctx, folder / spec.file)
+            if record is not None:
+                variants[spec.name] = record
+    return variants
+
+
 def export(
     model_ref: str, options: ExportOptions | None = None, root: Path = Path("."), *, trust_code: bool = False
 ) -> ExportResult:
@@ -129,17 +146,10 @@ def export(
     ctx = export_context(ws, version, model, desc, opset, calibration)
     evaluation = pin(version)  # the card shows this evaluation; verify makes the card again from it
     weights_sha256 = ctx.meta["weights_sha256"]
-    written, variants, triton = [], {}, []
-    with ws.exports.draft(version.name) as draft, Workers() as workers:
-        for spec in chosen:
-            if spec.fresh:
-                record = workers.run(write_fresh, (root, version, dict(ctx.meta), spec.name, draft.path, trust_code),
-                                     DEFAULT_TIMEOUT, f"{spec.name} export", None)
-            else:
-                record = spec.save(ctx, draft.path / spec.file)
-            if record is not None:
-                variants[spec.name] = record
-            written.append(spec.name)
+    triton: list[str] = []
+    with ws.exports.draft(version.name) as draft:
+        variants = _write_formats(chosen, ctx, root, version, draft.path, trust_code)
+        written = [spec.name for spec in chosen]
         if options.layout == "triton":
             config = triton_config(desc.name, INPUT_NAME, OUTPUT_NAME, desc.input.shape, len(desc.classes), max_batch=256)
             triton = triton_repository(draft.path, desc.name, version.number, draft.path / FORMATS["onnx"].file, config)
