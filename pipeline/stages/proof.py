@@ -25,7 +25,7 @@ from ..nets.modelfile import MODEL_JSON, load_model
 from ..store.version import Version
 from ..store.workspace import Workspace
 from ..verification.localize import compare_layers
-from ..verification.reexport import compare_files, compare_reexports
+from ..verification.reexport import compare_files, compare_reexports, not_exported
 from ..verification.timelimit import DEFAULT_TIMEOUT
 from ..verification.worker import CHUNK, Images, Pending, Workers
 from .export import export_context, write_fresh
@@ -61,7 +61,7 @@ def _answer(pending: Pending[list[str]]) -> list[str]:
     try:
         return pending.result()
     except CnnpipeError as e:
-        return [f"it could not be exported again here ({e})"]
+        return not_exported(e)
 
 
 def source_model(ws: Workspace, bundle: Version) -> Version:

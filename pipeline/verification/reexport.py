@@ -35,6 +35,11 @@ def unauthenticated(spec: Any) -> str:
             "verified with --public-key nor byte-identical to cnnpipe's re-export of the weights; it was not loaded")
 
 
+def not_exported(e: Exception) -> list[str]:
+    """The differences of a format whose re-export failed: that failure."""
+    return [f"it could not be exported again here ({e})"]
+
+
 def compare_reexports(ctx: ExportContext, bundle: Path, formats: list[str]) -> dict[str, list[str]]:
     """For each format of ``REEXPORTED`` among ``formats`` (but those re-exported in a fresh worker),
     how its files in ``bundle`` differ from an export from ``ctx`` (an empty list: every file byte-identical)."""
@@ -44,7 +49,7 @@ def compare_reexports(ctx: ExportContext, bundle: Path, formats: list[str]) -> d
             try:
                 FORMATS[fmt].save(ctx, Path(tmp) / FORMATS[fmt].file)
             except (CnnpipeError, OSError) as e:  # its exporter is missing here, or refuses: this format only
-                found[fmt] = [f"it could not be exported again here ({e})"]
+                found[fmt] = not_exported(e)
                 continue
             found[fmt] = compare_files(fmt, bundle, Path(tmp))
     return found
