@@ -18,7 +18,7 @@ from cnnpipe.errors import CnnpipeError
 from cnnpipe.verification.sandbox import landlock_abi
 from cnnpipe.verification.worker import Workers
 
-from conftest import cnnpipe, resign
+from conftest import cli_env, cnnpipe, resign
 
 needs_landlock = pytest.mark.skipif(not landlock_abi(), reason="this kernel has no Landlock")
 
@@ -74,6 +74,17 @@ def test_a_worker_that_aborts_exits_or_hangs_is_a_reason_and_the_parent_goes_on(
         if landlock_abi():  # another process's environment (a CI token) is out of a confined worker's reach
             with pytest.raises(PermissionError):
                 workers.run(Path.read_bytes, (Path(f"/proc/{os.getpid()}/environ"),), 60, "environ", ())
+
+
+def test_a_stage_that_ends_before_its_fork_server_is_ready_does_not_wait_for_it(tmp_path: Path):
+    """The fork server holds the stage's stdout: a verify refused at once must not end only when the
+    server has imported the runtimes (here: never)."""
+    (tmp_path / "endless_import.py").write_text("import time\ntime.sleep(3600)\n")
+    script = ("from cnnpipe.verification import worker\nworker.PRELOAD.append('endless_import')\n"
+              "with worker.Workers():\n    pass\nprint('done')")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=cli_env() | {"PYTHONPATH": str(tmp_path)},
+                          capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "done"), proc.stderr
 
 
 def _wrapped_torchscript(bundle: Path) -> None:

@@ -12,6 +12,7 @@ verify records a failed row with the reason and goes on.
 
 from __future__ import annotations
 
+import atexit
 import glob
 import importlib.machinery
 import multiprocessing
@@ -177,6 +178,8 @@ class Workers:
         self.context.set_forkserver_preload(PRELOAD)
         with _no_main():
             forkserver.ensure_running()  # it imports PRELOAD while the stage goes on with its own work
+        atexit.unregister(_stop_fork_server)
+        atexit.register(_stop_fork_server)
         self.scratch = Path(tempfile.mkdtemp(prefix="cnnpipe-workers-"))
         self.confinement: str | None = None  # as the last confined worker described it
         self.started: list[Any] = []
@@ -261,6 +264,15 @@ class Pending(Generic[T]):
                 self.process.kill()
                 raise FormatTimeout(f"{self.label} did not finish within {self.timeout:g} s (--timeout); "
                                     "its worker was stopped")
+
+
+def _stop_fork_server() -> None:
+    """At exit: end the fork server now, not once it has finished importing PRELOAD (it holds this
+    process's stdout and stderr open, so whoever reads them would wait for it)."""
+    server = forkserver._forkserver
+    if server._forkserver_pid is not None:
+        os.kill(server._forkserver_pid, signal.SIGKILL)
+        server._stop()
 
 
 @contextmanager
