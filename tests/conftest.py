@@ -77,8 +77,9 @@ def tree_state(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="session")
 def pipeline_root(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
-    """A root that holds mnist-sample@v1, lenet5@v1 (2 epochs) and its export bundle lenet5@v1: built
-    once per test session, by the first xdist worker that needs it (the others wait and share it)."""
+    """A root that holds mnist-sample@v1, lenet5@v1 and its export bundle lenet5@v1, made by a plain
+    ``cnnpipe run`` (its ``--json`` answer is ``pipeline_run``): built once per test session, by the
+    first xdist worker that needs it (the others wait and share it)."""
     from filelock import FileLock
 
     if worker_id == "master":  # not under xdist
@@ -94,9 +95,16 @@ def pipeline_root(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> P
 
 
 def _build_pipeline(root: Path) -> Path:
-    proc = cnnpipe(root, "run", "--epochs", "2")
+    proc = cnnpipe(root, "run", "--json")
     assert proc.returncode == 0, proc.stderr
+    Path(f"{root}.run.json").write_text(proc.stdout)  # beside the root: not in a test's copy of it
     return root
+
+
+@pytest.fixture
+def pipeline_run(pipeline_root: Path) -> dict:
+    """What the ``cnnpipe run --json`` that built ``pipeline_root`` answered."""
+    return json.loads(Path(f"{pipeline_root}.run.json").read_text())
 
 
 @pytest.fixture

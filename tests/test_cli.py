@@ -13,8 +13,8 @@ from PIL import Image
 from conftest import assert_clean_error, cnnpipe, cnnpipe_json, resign, tree_state
 
 
-def test_run_twice_gives_v1_then_v2_and_leaves_v1_untouched(tmp_path: Path):
-    first = cnnpipe_json(tmp_path, "run")
+def test_run_twice_gives_v1_then_v2_and_leaves_v1_untouched(root_copy: Path, pipeline_run: dict):
+    root, first = root_copy, pipeline_run  # the first run is the one that built the shared root
     assert first["train"]["ref"] == "lenet5@v1"
     assert first["evaluate"]["accuracy"] >= 0.95
     verdict = first["verify"]
@@ -24,21 +24,21 @@ def test_run_twice_gives_v1_then_v2_and_leaves_v1_untouched(tmp_path: Path):
     assert by_format["onnx"]["max_abs_diff"] <= 1e-4
     assert all(f["top1_agreement"] == 1.0 for f in verdict["formats"])
     assert set(by_format["onnx"]["by_batch_size"]) == {"1", "2", "7", "64"}
-    v1 = {p: tree_state(tmp_path / p / "lenet5" / "v1") for p in ("models", "exports")}
+    v1 = {p: tree_state(root / p / "lenet5" / "v1") for p in ("models", "exports")}
 
-    second = cnnpipe_json(tmp_path, "run", "--format", "onnx")
+    second = cnnpipe_json(root, "run", "--format", "onnx")
     assert second["download"]["reused"] is True
     assert second["train"]["ref"] == "lenet5@v2" and second["export"]["ref"] == "lenet5@v2"
-    assert {p: tree_state(tmp_path / p / "lenet5" / "v1") for p in ("models", "exports")} == v1
+    assert {p: tree_state(root / p / "lenet5" / "v1") for p in ("models", "exports")} == v1
     for store in ("models", "exports"):
-        assert (tmp_path / store / "lenet5" / "latest").read_text().strip() == "v2"
+        assert (root / store / "lenet5" / "latest").read_text().strip() == "v2"
     # Same seed on the CPU: the same weights, bit for bit.
     shas = [
-        {f["path"]: f["sha256"] for f in json.loads((tmp_path / f"models/lenet5/{v}/manifest.json").read_text())["files"]}
+        {f["path"]: f["sha256"] for f in json.loads((root / f"models/lenet5/{v}/manifest.json").read_text())["files"]}
         for v in ("v1", "v2")
     ]
     assert shas[0]["weights.safetensors"] == shas[1]["weights.safetensors"]
-    assert not list(tmp_path.rglob(".tmp-*"))
+    assert not list(root.rglob(".tmp-*"))
 
 
 def test_each_stage_through_the_cli(tmp_path: Path):

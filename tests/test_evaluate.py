@@ -30,7 +30,7 @@ def front_matter(card: str) -> dict:
     return yaml.safe_load(card.split("---\n")[1])
 
 
-def test_run_writes_metrics_plots_and_a_model_card_into_model_and_bundle(root_copy: Path):
+def test_run_writes_metrics_plots_and_a_model_card_into_model_and_bundle(root_copy: Path, pipeline_run: dict):
     evaluation = root_copy / "models/lenet5/v1/eval/test/v1"
     metrics = json.loads((evaluation / "metrics.json").read_text())
     assert set(metrics) == METRICS_KEYS and metrics["schema"] == "cnnpipe.metrics/1"
@@ -58,7 +58,9 @@ def test_run_writes_metrics_plots_and_a_model_card_into_model_and_bundle(root_co
     for plot in (*PLOTS, "curves.png"):
         assert f"]({plot})" in card and (bundle / plot).is_file()
     assert json.loads((bundle / "metrics.json").read_text()) == metrics
-    assert cnnpipe_json(root_copy, "verify", "lenet5")["passed"]  # the manifest covers the card and plots
+    assert pipeline_run["verify"]["passed"]  # the verify that run ended with covered the card and plots
+    hashed = {f["path"] for f in json.loads((bundle / "manifest.json").read_text())["files"]}
+    assert {"README.md", "metrics.json", *PLOTS} <= hashed
 
 
 def test_the_per_class_table_is_on_screen_worst_first(root_copy: Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ def _write_formats(chosen: list[Format], ctx: ExportContext, root: Path, version
     """Write each chosen format into ``folder`` in order (a ``fresh`` one in a fresh worker); the
     variants' records for ``model.json``."""
     variants = {}
-    with Workers() as workers:
+    with Workers() if any(spec.fresh for spec in chosen) else nullcontext() as workers:  # a fork server costs seconds
         for spec in chosen:
             if spec.fresh:
                 record = workers.run(write_fresh, (root, version, dict(ctx.meta), spec.name, folder, trust_code),
