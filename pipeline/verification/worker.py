@@ -26,7 +26,7 @@ import time
 import types
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -271,8 +271,9 @@ def _stop_fork_server() -> None:
     process's stdout and stderr open, so whoever reads them would wait for it)."""
     server = forkserver._forkserver
     if server._forkserver_pid is not None:
-        os.kill(server._forkserver_pid, signal.SIGKILL)
-        server._stop()
+        with suppress(OSError):  # it ended already: nothing to stop
+            os.kill(server._forkserver_pid, signal.SIGKILL)
+            server._stop()
 
 
 @contextmanager
