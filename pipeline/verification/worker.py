@@ -178,8 +178,6 @@ class Workers:
         self.context.set_forkserver_preload(PRELOAD)
         with _no_main():
             forkserver.ensure_running()  # it imports PRELOAD while the stage goes on with its own work
-        atexit.unregister(_stop_fork_server)
-        atexit.register(_stop_fork_server)
         self.scratch = Path(tempfile.mkdtemp(prefix="cnnpipe-workers-"))
         self.confinement: str | None = None  # as the last confined worker described it
         self.started: list[Any] = []
@@ -274,6 +272,9 @@ def _stop_fork_server() -> None:
         with suppress(OSError):  # it ended already: nothing to stop
             os.kill(server._forkserver_pid, signal.SIGKILL)
             server._stop()
+
+
+atexit.register(_stop_fork_server)
 
 
 @contextmanager
