@@ -7,9 +7,14 @@ malformed or hostile ``model.json`` is one clear error instead of a ``KeyError``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import CnnpipeError
+
+if TYPE_CHECKING:
+    from .store.version import Version
+
+MODEL_JSON = "model.json"
 
 NORMALIZE = "x = (pixel / 255 - mean) / std, per channel"
 
@@ -84,3 +89,8 @@ class ModelDescription:
         if min(spec.channels, spec.height, spec.width) < 1 or not len(spec.mean) == len(spec.std) == spec.channels:
             raise CnnpipeError(f"{where}: its input shape and normalization do not agree")
         return desc
+
+
+def read_description(version: Version) -> ModelDescription:
+    """A version's ``model.json`` as a checked record."""
+    return ModelDescription.from_json(version.read_json(MODEL_JSON), f"{version.ref}: {MODEL_JSON}")

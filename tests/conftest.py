@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -24,11 +29,59 @@ def cli_env() -> dict[str, str]:
 
 
 def cnnpipe(root: Path, *args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m cnnpipe --root ROOT ARGS...`` (``env`` added to the environment) and return the finished process."""
-    return subprocess.run(
+    """Run ``python -m cnnpipe --root ROOT ARGS...`` (``env`` added to the environment) and return the finished process.
+
+    With ``SUITE_TIMES=FILE`` set, each call appends a JSON line (test, command, seconds, exit code)
+    to FILE: where the suite's time goes (``benchmarks/suite_times.py`` sums it)."""
+    start = time.monotonic()
+    proc = subprocess.run(
         [sys.executable, "-m", "cnnpipe", "--root", str(root), *args],
         cwd=root, env=cli_env() | (env or {}), capture_output=True, text=True, timeout=timeout,
     )
+    _record(args, start, proc.returncode)
+    return proc
+
+
+def _record(args: tuple[str, ...], start: float, code: int, here: bool = False) -> None:
+    """With ``SUITE_TIMES=FILE``: one JSON line for a finished cnnpipe call (``here``: run in this process)."""
+    if times := os.environ.get("SUITE_TIMES"):
+        record = {"test": os.environ.get("PYTEST_CURRENT_TEST", ""), "args": list(args), "here": here,
+                  "seconds": round(time.monotonic() - start, 2), "rc": code}
+        with open(times, "a") as out:
+            out.write(json.dumps(record) + "\n")
+
+
+def cnnpipe_here(root: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``cnnpipe`` as ``cnnpipe()`` runs it (same arguments, working folder and environment), but in this
+    process, through the console entry point (``cnnpipe.cli.main``): for a command the test expects to be
+    refused, it gives the same exit code and output without a new interpreter's seconds of importing
+    torch. The process's argv, folder, environment, SIGINT handler and warning hook are restored after."""
+    from cnnpipe.cli import main
+
+    argv = ["cnnpipe", "--root", str(root), *args]
+    saved = sys.argv, os.getcwd(), dict(os.environ), signal.getsignal(signal.SIGINT), warnings.showwarning
+    environ = cli_env() | (env or {})
+    out, err = io.StringIO(), io.StringIO()
+    code: object = 0
+    start = time.monotonic()
+    try:
+        os.environ.clear()
+        os.environ.update(environ)
+        os.chdir(root)
+        sys.argv = argv
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as e:
+        code = e.code
+    finally:
+        sys.argv, cwd, environ, handler, warnings.showwarning = saved
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environ)
+        signal.signal(signal.SIGINT, handler)
+    code = code if isinstance(code, int) else 1
+    _record(args, start, code, here=True)
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def cnnpipe_json(root: Path, *args: str, env: dict[str, str] | None = None) -> dict:

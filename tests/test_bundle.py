@@ -22,7 +22,7 @@ from cnnpipe.store.workspace import Workspace
 from cnnpipe.training.engine import batched_logits
 from test_imagefolder import _make_folder
 
-from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_json, resign
+from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_here, cnnpipe_json, resign
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "onnx_predict.py"
 
@@ -105,10 +105,12 @@ def test_an_onnx_only_environment_gives_the_same_answers(pipeline_root: Path, im
 def test_predict_refuses_bad_images_in_one_line(pipeline_root: Path, tmp_path: Path):
     fake = tmp_path / "notes.png"
     fake.write_text("not an image")
-    assert_clean_error(cnnpipe(pipeline_root, "predict", str(fake), "--bundle", "lenet5"), 2, "not a readable image", "notes.png")
+    assert_clean_error(cnnpipe_here(pipeline_root, "predict", str(fake), "--bundle", "lenet5"), 2,
+                       "not a readable image", "notes.png")
     gone = str(tmp_path / "gone.png")
-    assert_clean_error(cnnpipe(pipeline_root, "predict", gone, "--bundle", "lenet5"), 2, "no such image file")
-    assert_clean_error(cnnpipe(pipeline_root, "predict", str(fake), "--bundle", "ghost"), 2, "no export bundle named 'ghost'")
+    assert_clean_error(cnnpipe_here(pipeline_root, "predict", gone, "--bundle", "lenet5"), 2, "no such image file")
+    assert_clean_error(cnnpipe_here(pipeline_root, "predict", str(fake), "--bundle", "ghost"), 2,
+                       "no export bundle named 'ghost'")
 
 
 def test_variants_and_triton_layout_are_exported_and_verified(root_copy: Path):
@@ -211,7 +213,7 @@ needs_cxx = pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is Non
 
 @needs_cxx
 def test_an_aoti_package_is_compiled_verified_timed_and_refused_on_a_cpu_without_its_instructions(root_copy: Path):
-    assert_clean_error(cnnpipe(root_copy, "export", "lenet5", "--format", "onnx", "--aoti"), 2, "add --format pt2")
+    assert_clean_error(cnnpipe_here(root_copy, "export", "lenet5", "--format", "onnx", "--aoti"), 2, "add --format pt2")
     exported = cnnpipe_json(root_copy, "export", "lenet5", "--format", "pt2", "--aoti")
     assert exported["formats"] == ["pt2", "pt2-aoti"]
     bundle = Path(exported["path"])

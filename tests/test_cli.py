@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_clean_error, cnnpipe, cnnpipe_json, resign, tree_state
+from conftest import assert_clean_error, cnnpipe, cnnpipe_here, cnnpipe_json, resign, tree_state
 
 
 def test_run_twice_gives_v1_then_v2_and_leaves_v1_untouched(root_copy: Path, pipeline_run: dict):
@@ -139,7 +139,7 @@ def test_verify_fails_closed_on_a_breach_and_on_a_changed_file(root_copy: Path):
 )
 def test_bad_input_is_one_clear_line_exit_2_and_changes_nothing(root_copy: Path, args: list[str], needle: str):
     before = tree_state(root_copy)
-    assert_clean_error(cnnpipe(root_copy, *args), 2, needle)
+    assert_clean_error(cnnpipe_here(root_copy, *args), 2, needle)
     assert tree_state(root_copy) == before
 
 
@@ -150,14 +150,14 @@ def test_corrupt_weights_are_refused_by_name(root_copy: Path, damage: str):
     weights.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "garbage": b"\x00" * len(data)}[damage])
     before = tree_state(root_copy)
     for command in (["evaluate", "lenet5"], ["export", "lenet5"]):
-        assert_clean_error(cnnpipe(root_copy, *command), 2, "weights.safetensors", "sha256")
+        assert_clean_error(cnnpipe_here(root_copy, *command), 2, "weights.safetensors", "sha256")
     assert tree_state(root_copy) == before
 
 
 def test_a_failed_stage_leaves_no_version_behind(root_copy: Path):
     before = tree_state(root_copy)
-    assert_clean_error(cnnpipe(root_copy, "export", "lenet5", "--opset", "1"), 2, "ONNX export failed")
-    assert_clean_error(cnnpipe(root_copy, "train", "--epochs", "1", "--lr", "1e30", "--name", "diverge"), 2, "loss became")
+    assert_clean_error(cnnpipe_here(root_copy, "export", "lenet5", "--opset", "1"), 2, "ONNX export failed")
+    assert_clean_error(cnnpipe_here(root_copy, "train", "--epochs", "1", "--lr", "1e30", "--name", "diverge"), 2, "loss became")
     assert tree_state(root_copy) == before
     assert not (root_copy / "exports/lenet5/v2").exists()
     assert not list((root_copy / "models/diverge").glob("v*"))
@@ -181,4 +181,4 @@ def test_debug_prints_the_runtimes_own_exception_behind_the_one_line(root_copy: 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_asking_for_absent_cuda_is_a_usage_error(root_copy: Path):
-    assert_clean_error(cnnpipe(root_copy, "train", "--device", "cuda"), 2, "no CUDA device is available")
+    assert_clean_error(cnnpipe_here(root_copy, "train", "--device", "cuda"), 2, "no CUDA device is available")

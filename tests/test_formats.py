@@ -17,7 +17,7 @@ from cnnpipe.description import InputSpec, ModelDescription
 from cnnpipe.formats import BASE_FORMATS, FORMATS, VARIANT_FLAGS, load_snippets
 from cnnpipe.nets.registry import build
 
-from conftest import assert_clean_error, choices_of, cnnpipe, cnnpipe_json, resign, tree_state
+from conftest import assert_clean_error, choices_of, cnnpipe, cnnpipe_here, cnnpipe_json, resign, tree_state
 
 
 def test_the_table_is_consistent_and_the_cli_offers_its_formats():
@@ -97,7 +97,7 @@ def test_a_malformed_model_description_is_one_line(root_copy: Path):
         version = root_copy / rel
         (version / "model.json").write_text(json.dumps({"arch": "lenet5", "input": {"channels": "many"}}))
         resign(version, "model.json")
-        assert_clean_error(cnnpipe(root_copy, command, "lenet5"), 2, "not a cnnpipe model description")
+        assert_clean_error(cnnpipe_here(root_copy, command, "lenet5"), 2, "not a cnnpipe model description")
 
 
 def test_a_format_whose_package_is_missing_names_its_extra(root_copy: Path, tmp_path: Path):
@@ -189,3 +189,37 @@ def test_loading_the_executorch_runtime_leaves_its_export_toolchain_unimported()
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_xnnpack_patterns_that_cannot_match_are_skipped_and_the_program_is_the_same():
+    """The operators ``xnnpack_patterns.ANCHORS`` names are in every real pattern of its pass (so a
+    graph without them matches none), and lowering with the skip writes the same bytes as without."""
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib, importlib, json, torch\n"
+        "from contextlib import nullcontext\n"
+        "from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner\n"
+        "from executorch.exir import to_edge_transform_and_lower\n"
+        "from cnnpipe.formats.xnnpack_patterns import ANCHORS, PATTERNS, operators, unmatchable_patterns_skipped\n"
+        "from cnnpipe.nets.registry import build\n"
+        "missing = {}\n"
+        "for name, (module, function, anchors) in ANCHORS.items():\n"
+        "    for pattern in getattr(importlib.import_module(f'{PATTERNS}.{module}'), function)():\n"
+        "        missing.setdefault(name, []).append(sorted(anchors - operators(pattern)))\n"
+        "torch.manual_seed(0)\n"
+        "program = torch.export.export(build('lenet5', 1, 28, 10).eval(), (torch.randn(2, 1, 28, 28),))\n"
+        "digests = []\n"
+        "for context in (nullcontext, unmatchable_patterns_skipped):\n"
+        "    with context():\n"
+        "        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])\n"
+        "    digests.append(hashlib.sha256(lowered.to_executorch().buffer).hexdigest())\n"
+        "print(json.dumps({'missing': missing, 'digests': digests}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = json.loads(proc.stdout.splitlines()[-1])
+    assert set(found["missing"]) == {"ConvertToUpsampleBilinear2d", "ConvertToSDPAPass"}
+    assert all(not anchors for patterns in found["missing"].values() for anchors in patterns), found["missing"]
+    assert found["digests"][0] == found["digests"][1]

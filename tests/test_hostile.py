@@ -19,7 +19,7 @@ import onnx
 import pytest
 from onnx.external_data_helper import set_external_data
 
-from conftest import assert_clean_error, cli_env, cnnpipe, resign, tree_state
+from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_here, resign, tree_state
 
 
 class RunsCode:
@@ -39,7 +39,7 @@ def test_a_pickle_that_runs_code_offered_as_weights_is_refused(root_copy: Path, 
     (version / "weights.safetensors").write_bytes(pickle.dumps(RunsCode(marker)))
     resign(version, "weights.safetensors")
     before = tree_state(root_copy)
-    assert_clean_error(cnnpipe(root_copy, "evaluate", "lenet5"), 2, "not a readable safetensors weights file")
+    assert_clean_error(cnnpipe_here(root_copy, "evaluate", "lenet5"), 2, "not a readable safetensors weights file")
     assert not marker.exists() and tree_state(root_copy) == before
 
 
@@ -52,7 +52,7 @@ def test_a_safetensors_file_with_a_bad_header_is_refused(root_copy: Path, header
     resign(version, "weights.safetensors")
     before = tree_state(root_copy)
     for command in (["evaluate", "lenet5"], ["export", "lenet5"]):
-        assert_clean_error(cnnpipe(root_copy, *command), 2, "not a readable safetensors weights file")
+        assert_clean_error(cnnpipe_here(root_copy, *command), 2, "not a readable safetensors weights file")
     assert tree_state(root_copy) == before
 
 
@@ -69,14 +69,14 @@ def test_an_onnx_file_with_external_data_outside_its_folder_is_refused(root_copy
     assert "points to external data" in onnx_report["reasons"][0]
     digit = root_copy / "digit.png"
     digit.write_bytes((bundle / "confusion.png").read_bytes())
-    assert_clean_error(cnnpipe(root_copy, "predict", str(digit), "--bundle", "lenet5"), 2, "cannot load it")
+    assert_clean_error(cnnpipe_here(root_copy, "predict", str(digit), "--bundle", "lenet5"), 2, "cannot load it")
 
 
 @pytest.mark.parametrize("name", ["../up", "a/b", "tab\there", "bell\x07", "nul\x01", "trailing\n"])
 def test_names_with_dots_slashes_or_control_characters_are_refused(root_copy: Path, name: str):
     before = tree_state(root_copy)
-    assert_clean_error(cnnpipe(root_copy, "train", "--name", name, "--epochs", "1"), 2, "invalid model name")
-    assert_clean_error(cnnpipe(root_copy, "evaluate", f"{name}@v1"), 2)
+    assert_clean_error(cnnpipe_here(root_copy, "train", "--name", name, "--epochs", "1"), 2, "invalid model name")
+    assert_clean_error(cnnpipe_here(root_copy, "evaluate", f"{name}@v1"), 2)
     assert tree_state(root_copy) == before
 
 
@@ -86,11 +86,11 @@ def test_a_symlink_in_a_store_pointing_outside_is_refused(root_copy: Path, tmp_p
     outside.write_bytes(weights.read_bytes())
     weights.unlink()
     weights.symlink_to(outside)  # same bytes, same hash: only the link is wrong
-    assert_clean_error(cnnpipe(root_copy, "evaluate", "lenet5"), 2, "is a symbolic link")
+    assert_clean_error(cnnpipe_here(root_copy, "evaluate", "lenet5"), 2, "is a symbolic link")
     (root_copy / "models/evil").mkdir()
     (root_copy / "models/evil/v1").symlink_to(root_copy / "models/lenet5/v1")
     (root_copy / "models/evil/latest").write_text("v1\n")
-    assert_clean_error(cnnpipe(root_copy, "evaluate", "evil"), 2, "evil@v1 does not exist")
+    assert_clean_error(cnnpipe_here(root_copy, "evaluate", "evil"), 2, "evil@v1 does not exist")
 
 
 def test_predict_refuses_a_bundle_whose_graph_and_metadata_disagree_on_the_input(root_copy: Path):
@@ -144,7 +144,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_behind(root_copy: Path, tmp_
 ])
 def test_nan_or_infinity_in_a_numeric_option_is_refused(pipeline_root: Path, args: tuple[str, ...], flag: str):
     before = {store: tree_state(pipeline_root / store) for store in ("models", "exports")}
-    assert_clean_error(cnnpipe(pipeline_root, *args), 2, f"{flag} must be a finite number")
+    assert_clean_error(cnnpipe_here(pipeline_root, *args), 2, f"{flag} must be a finite number")
     assert {store: tree_state(pipeline_root / store) for store in ("models", "exports")} == before
 
 
@@ -169,7 +169,7 @@ def test_every_json_file_cnnpipe_writes_is_strict_json(pipeline_root: Path):
     (("--fp16", "--format", "pt2"), "--fp16 derives from the onnx or openvino file"),
 ])
 def test_run_checks_every_stage_before_its_first_stage_writes(tmp_path: Path, args: tuple[str, ...], message: str):
-    assert_clean_error(cnnpipe(tmp_path, "run", *args), 2, message)
+    assert_clean_error(cnnpipe_here(tmp_path, "run", *args), 2, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no dataset, model or bundle was written
 
 
@@ -199,14 +199,14 @@ def test_class_names_with_separators_markup_or_newlines_are_shown_as_they_are(tm
 ])
 def test_numbers_out_of_range_are_one_line(pipeline_root: Path, args: tuple[str, ...], message: str):
     before = {store: tree_state(pipeline_root / store) for store in ("models", "exports")}
-    assert_clean_error(cnnpipe(pipeline_root, *args), 2, message)
+    assert_clean_error(cnnpipe_here(pipeline_root, *args), 2, message)
     assert {store: tree_state(pipeline_root / store) for store in ("models", "exports")} == before
 
 
 def test_a_root_that_is_a_file_is_one_line(tmp_path: Path):
     (tmp_path / "file").write_text("not a folder")
     for command in (("ls",), ("train",), ("verify", "lenet5")):
-        assert_clean_error(cnnpipe(tmp_path, "--root", str(tmp_path / "file"), *command), 2, "is a file, not a folder")
+        assert_clean_error(cnnpipe_here(tmp_path, "--root", str(tmp_path / "file"), *command), 2, "is a file, not a folder")
 
 
 def test_a_resume_checkpoint_with_missing_or_mistyped_fields_is_refused(root_copy: Path):
@@ -255,7 +255,7 @@ def test_a_manifest_of_the_wrong_shape_is_one_line_and_ls_lists_it_as_damaged(ro
     if isinstance(manifest, dict) and "files" in manifest:
         manifest = good | manifest
     path.write_text(json.dumps(manifest))
-    assert_clean_error(cnnpipe(root_copy, "evaluate", "lenet5@v1"), 2, "corrupt manifest")
+    assert_clean_error(cnnpipe_here(root_copy, "evaluate", "lenet5@v1"), 2, "corrupt manifest")
     listed = cnnpipe(root_copy, "ls", "--json")
     assert listed.returncode == 0, listed.stderr
     stores = json.loads(listed.stdout)
@@ -273,5 +273,5 @@ def test_a_symlinked_folder_inside_a_version_is_never_written_through(root_copy:
     target.mkdir()
     inside.symlink_to(target)
     args = ("--samples", "8") if command == "verify" else ()
-    assert_clean_error(cnnpipe(root_copy, command, "lenet5", *args), 2, "is a symbolic link")
+    assert_clean_error(cnnpipe_here(root_copy, command, "lenet5", *args), 2, "is a symbolic link")
     assert list(target.iterdir()) == []

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED, assert_clean_error, cnnpipe, cnnpipe_json
+from conftest import SHARED, assert_clean_error, cnnpipe, cnnpipe_here, cnnpipe_json
 
 MODES = ["L", "RGB", "RGBA", "P"]
 
@@ -170,7 +170,7 @@ def test_partial_layouts_empty_classes_and_symlinks_out_are_refused(tmp_path: Pa
     (single / "b" / "stray.png").symlink_to(outside / "b" / "0.png")
     cases.append((single, "a symbolic link to a file outside"))
     for path, message in cases:
-        assert_clean_error(cnnpipe(tmp_path, "download", "imagefolder", str(path), "--name", path.name), 2, message)
+        assert_clean_error(cnnpipe_here(tmp_path, "download", "imagefolder", str(path), "--name", path.name), 2, message)
     assert not (tmp_path / "data").exists()  # nothing was imported
     followed = cnnpipe_json(tmp_path, "download", "imagefolder", str(link), "--name", "linked", "--follow-symlinks",
                             "--no-plots")

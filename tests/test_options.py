@@ -24,7 +24,7 @@ from cnnpipe.options import (
 )
 from cnnpipe.options.commands import RunOptions
 
-from conftest import assert_clean_error, choices_of, cli_env, cnnpipe, cnnpipe_json
+from conftest import assert_clean_error, choices_of, cli_env, cnnpipe, cnnpipe_here, cnnpipe_json
 
 COMMANDS = typer.main.get_command(app).commands
 GROUPS = {"train": [TrainConfig], "export": [ExportOptions], "verify": [VerifyOptions], "evaluate": [EvaluateOptions],
@@ -86,7 +86,7 @@ def test_root_after_the_command_and_config_files_for_train_export_and_verify(tmp
     assert not list(elsewhere.iterdir())  # everything went under --root, nothing into the working folder
 
     (tmp_path / "typo.toml").write_text("epochz = 1\n")
-    assert_clean_error(cnnpipe(root, "export", "fromfile", "--config", str(tmp_path / "typo.toml")), 2,
+    assert_clean_error(cnnpipe_here(root, "export", "fromfile", "--config", str(tmp_path / "typo.toml")), 2,
                        "unknown option 'epochz'")
 
 

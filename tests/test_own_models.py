@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_clean_error, cnnpipe, cnnpipe_json, resign, tree_state
+from conftest import assert_clean_error, cnnpipe, cnnpipe_here, cnnpipe_json, resign, tree_state
 
 MYNET = """
 from torch import nn
@@ -63,8 +63,8 @@ def test_a_users_file_trains_exports_verifies_and_predicts(own_root: Path):
     assert (own_root / "exports/mynet/v1/code/mynet.py").read_text() == MYNET  # the bundle carries its code
 
     # stored code runs again only when the user says so
-    assert_clean_error(cnnpipe(own_root, "verify", "mynet", "--samples", "8"), 2, "pass --trust-code")
-    assert_clean_error(cnnpipe(own_root, "evaluate", "mynet"), 2, "pass --trust-code")
+    assert_clean_error(cnnpipe_here(own_root, "verify", "mynet", "--samples", "8"), 2, "pass --trust-code")
+    assert_clean_error(cnnpipe_here(own_root, "evaluate", "mynet"), 2, "pass --trust-code")
     assert cnnpipe_json(own_root, "verify", "mynet", "--samples", "8", "--trust-code")["passed"]
     png = own_root / "digit.png"
     import numpy as np
@@ -110,7 +110,7 @@ def test_a_torchvision_architecture_on_one_channel_input(own_root: Path):
 ])
 def test_bad_user_models_are_one_line_and_write_nothing(own_root: Path, model: str, message: str):
     before = tree_state(own_root / "models") if (own_root / "models").exists() else {}
-    assert_clean_error(cnnpipe(own_root, "train", "--model", model, "--epochs", "1"), 2, message)
+    assert_clean_error(cnnpipe_here(own_root, "train", "--model", model, "--epochs", "1"), 2, message)
     after = tree_state(own_root / "models") if (own_root / "models").exists() else {}
     assert after == before
 
@@ -120,7 +120,7 @@ def test_a_module_factory_is_recorded_with_its_file_hash_and_runs_again_only_tru
     assert proc.returncode == 0, proc.stderr
     source = json.loads((own_root / "models/frommodule/v1/model.json").read_text())["source"]
     assert source["kind"] == "module" and source["name"] == "mynet" and len(source["sha256"]) == 64
-    assert_clean_error(cnnpipe(own_root, "export", "frommodule", "--format", "onnx"), 2,
+    assert_clean_error(cnnpipe_here(own_root, "export", "frommodule", "--format", "onnx"), 2,
                        "the module 'mynet'", "pass --trust-code")
     assert cnnpipe(own_root, "export", "frommodule", "--format", "onnx", "--trust-code").returncode == 0
 
@@ -128,7 +128,7 @@ def test_a_module_factory_is_recorded_with_its_file_hash_and_runs_again_only_tru
     marker, original = own_root / "module-code-ran", (own_root / "mynet.py").read_text()
     (own_root / "mynet.py").write_text(f"open({str(marker)!r}, 'w').close()\n" + original)
     try:
-        assert_clean_error(cnnpipe(own_root, "verify", "frommodule", "--samples", "8", "--trust-code"), 2,
+        assert_clean_error(cnnpipe_here(own_root, "verify", "frommodule", "--samples", "8", "--trust-code"), 2,
                            "mynet.py: the model's code changed since it was recorded")
     finally:
         (own_root / "mynet.py").write_text(original)
@@ -144,7 +144,7 @@ def test_a_code_file_named_outside_the_versions_code_folder_is_refused_unrun(own
     desc["source"] |= {"file": "../evil.py", "sha256": hashlib.sha256(evil.encode()).hexdigest()}
     (version / "model.json").write_text(json.dumps(desc))
     resign(version, "model.json")
-    assert_clean_error(cnnpipe(own_root, "evaluate", "escape", "--trust-code"), 2,
+    assert_clean_error(cnnpipe_here(own_root, "evaluate", "escape", "--trust-code"), 2,
                        "names the code '../evil.py', not a file of its code/ folder")
     assert not marker.exists()
 
@@ -220,21 +220,21 @@ def test_weights_trained_by_plain_pytorch_import_and_evaluate_to_the_image(own_r
     assert evaluated["confusion"] == confusion  # the same prediction for every image
 
     # the release job on imported weights: no training, the same accuracy, exports that verify
-    assert_clean_error(cnnpipe(own_root, "run", "--skip-train", "--name", "plain"), 2, "pass --trust-code")
+    assert_clean_error(cnnpipe_here(own_root, "run", "--skip-train", "--name", "plain"), 2, "pass --trust-code")
     released = cnnpipe_json(own_root, "run", "--skip-train", "--name", "plain", "--trust-code", "--format", "onnx",
                             "--format", "safetensors", "--samples", "16", "--batch-sizes", "1,3")
     assert "train" not in released and released["evaluate"]["model"] == "plain@v1"
     assert released["evaluate"]["accuracy"] == evaluated["accuracy"] and released["verify"]["passed"]
     assert sorted(p.name for p in (own_root / "models/plain").iterdir() if p.name.startswith("v")) == ["v1"]
-    assert_clean_error(cnnpipe(own_root, "run", "--skip-train", "--name", "nobody"), 2, "no model 'nobody'")
+    assert_clean_error(cnnpipe_here(own_root, "run", "--skip-train", "--name", "nobody"), 2, "no model 'nobody'")
 
     before = tree_state(own_root / "models")
-    assert_clean_error(cnnpipe(own_root, "import", "plain.pt", "--model", "lenet5", "--dataset", "mnist-sample"), 2,
+    assert_clean_error(cnnpipe_here(own_root, "import", "plain.pt", "--model", "lenet5", "--dataset", "mnist-sample"), 2,
                        "weights do not fit the architecture", "missing ['")
     (own_root / "code.pt").write_bytes(__import__("pickle").dumps(RunsCode()))
-    assert_clean_error(cnnpipe(own_root, "import", "code.pt", "--model", "mynet.py:build_net", "--dataset", "mnist-sample"),
+    assert_clean_error(cnnpipe_here(own_root, "import", "code.pt", "--model", "mynet.py:build_net", "--dataset", "mnist-sample"),
                        2, "not a weights-only PyTorch checkpoint")
-    assert_clean_error(cnnpipe(own_root, "import", "gone.pt", "--model", "lenet5", "--dataset", "mnist-sample"), 2,
+    assert_clean_error(cnnpipe_here(own_root, "import", "gone.pt", "--model", "lenet5", "--dataset", "mnist-sample"), 2,
                        "no such weights file")
     assert tree_state(own_root / "models") == before
 
@@ -256,14 +256,14 @@ def test_fine_tuning_starts_from_a_version_and_trains_only_the_head(own_root: Pa
     for key, value in base.items():
         same = bool((after[key] == value).all())
         assert same != key.startswith("classifier.4."), key  # the backbone is untouched, the head is not
-    assert_clean_error(cnnpipe(own_root, "train", "--reset-head"), 2, "add --init-from")
+    assert_clean_error(cnnpipe_here(own_root, "train", "--reset-head"), 2, "add --init-from")
 
 
 def test_download_size_lets_a_network_made_for_larger_inputs_train(tmp_path: Path):
-    assert_clean_error(cnnpipe(tmp_path, "models", "--model", "torchvision:alexnet", "-d", "mnist-sample"), 2,
+    assert_clean_error(cnnpipe_here(tmp_path, "models", "--model", "torchvision:alexnet", "-d", "mnist-sample"), 2,
                        "cannot take the dataset's 1x28x28 input", "torchvision lists 63x63", "--size")
-    assert_clean_error(cnnpipe(tmp_path, "download", "--size", "4"), 2, "--size must be between 8 and 512")
-    assert_clean_error(cnnpipe(tmp_path, "download", "--size", "513"), 2, "--size must be between 8 and 512")
+    assert_clean_error(cnnpipe_here(tmp_path, "download", "--size", "4"), 2, "--size must be between 8 and 512")
+    assert_clean_error(cnnpipe_here(tmp_path, "download", "--size", "513"), 2, "--size must be between 8 and 512")
     assert not (tmp_path / "data").exists()
 
     import numpy as np
@@ -282,7 +282,7 @@ def test_download_size_lets_a_network_made_for_larger_inputs_train(tmp_path: Pat
 
     row = cnnpipe_json(tmp_path, "models", "--model", "torchvision:alexnet", "-d", "mnist-sample")[0]
     assert row["input"] == "1x64x64, 10 classes" and row["params"] > 50_000_000 and row["source"].startswith("torchvision ")
-    assert_clean_error(cnnpipe(tmp_path, "run", "--dataset", "mnist-sample@v1", "--size", "64"), 2,
+    assert_clean_error(cnnpipe_here(tmp_path, "run", "--dataset", "mnist-sample@v1", "--size", "64"), 2,
                        "--size resizes a standard dataset on download")
     assert cnnpipe_json(tmp_path, "train", "--epochs", "1")["ref"] == "lenet5@v1"  # trains on the newest, 64 px
     model = json.loads((tmp_path / "models/lenet5/v1/model.json").read_text())

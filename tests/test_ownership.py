@@ -13,7 +13,7 @@ import pytest
 
 from cnnpipe.store.workspace import Store
 
-from conftest import assert_clean_error, cli_env, cnnpipe
+from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_here
 
 WRITER = """
 import sys
@@ -113,8 +113,8 @@ def test_a_run_a_live_process_owns_is_not_resumed(sample_root_cli: Path):
     try:
         _wait_for(lambda: list((root / "models/busy/.runs").glob("*/checkpoint.pt")), live, "a checkpoint")
         run = next((root / "models/busy/.runs").glob("*"))
-        assert_clean_error(cnnpipe(root, "train", "--resume", "busy"), 2, "still training in a live process")
-        assert_clean_error(cnnpipe(root, "train", "--resume", str(run)), 2, "in use by another live process")
+        assert_clean_error(cnnpipe_here(root, "train", "--resume", "busy"), 2, "still training in a live process")
+        assert_clean_error(cnnpipe_here(root, "train", "--resume", str(run)), 2, "in use by another live process")
         assert live.poll() is None  # the refused resume touched nothing of the live run
     finally:
         live.kill()

@@ -13,7 +13,7 @@ from cnnpipe.stages.predict import preprocess
 from mlflowserver import mlflow_server
 from test_bundle import write_pngs
 
-from conftest import assert_clean_error, cnnpipe, cnnpipe_json, resign
+from conftest import assert_clean_error, cnnpipe, cnnpipe_here, cnnpipe_json, resign
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +84,14 @@ def test_publish_needs_a_statement_that_verifies_or_runs_verify_itself(root_copy
     publish = ["publish", "lenet5", "--mlflow", tracking, "--registered-model", "refused", "--public-key", keys["pub"]]
     reports = [json.loads(p.read_text()) for p in (bundle / "verify").glob("*.json")]
     assert any(r["passed"] for r in reports)  # `run` left a passed, unsigned report (other tests may add theirs)
-    assert_clean_error(cnnpipe(root_copy, *publish), 1, "no passed verification statement verifies")
+    assert_clean_error(cnnpipe_here(root_copy, *publish), 1, "no passed verification statement verifies")
     cnnpipe_json(root_copy, "verify", "lenet5", "--samples", "32", "--sign-key", other["key"])
-    assert_clean_error(cnnpipe(root_copy, *publish), 1, "does not verify with")
+    assert_clean_error(cnnpipe_here(root_copy, *publish), 1, "does not verify with")
     cnnpipe_json(root_copy, "verify", "lenet5", "--samples", "32", "--sign-key", keys["key"])
     card = bundle / "README.md"
     card.write_text(card.read_text() + "\npip install a-helpful-package\n")
     resign(bundle, "README.md")
-    assert_clean_error(cnnpipe(root_copy, *publish), 1, "signed for other files (README.md, manifest.json)")
+    assert_clean_error(cnnpipe_here(root_copy, *publish), 1, "signed for other files (README.md, manifest.json)")
     # Without a key, publish verifies the bundle itself: a tampered ONNX weight fails it.
     import onnx
     from onnx import numpy_helper
@@ -101,9 +101,9 @@ def test_publish_needs_a_statement_that_verifies_or_runs_verify_itself(root_copy
     weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.5, weight.name))
     onnx.save(graph, str(bundle / "model.onnx"))
     resign(bundle, "model.onnx")
-    assert_clean_error(cnnpipe(root_copy, *publish[:-2]), 1, "verify failed")
+    assert_clean_error(cnnpipe_here(root_copy, *publish[:-2]), 1, "verify failed")
     assert not MlflowClient(tracking_uri=tracking).search_registered_models("name = 'refused'")  # nothing was sent
-    assert_clean_error(cnnpipe(root_copy, "publish", "lenet5", "--mlflow", "http://127.0.0.1:9"), 2,
+    assert_clean_error(cnnpipe_here(root_copy, "publish", "lenet5", "--mlflow", "http://127.0.0.1:9"), 2,
                        "cannot reach the tracking server")
 
 

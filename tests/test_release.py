@@ -15,7 +15,7 @@ import yaml
 from cnnpipe.cli.app import app
 from cnnpipe.cli.plumbing import config_defaults
 
-from conftest import assert_clean_error, cnnpipe, cnnpipe_json, tree_state
+from conftest import assert_clean_error, cnnpipe, cnnpipe_here, cnnpipe_json, tree_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,9 +39,9 @@ def test_a_bad_config_file_is_a_usage_error_and_writes_nothing(tmp_path: Path):
     (tmp_path / "typo.toml").write_text("epochz = 3\n")
     (tmp_path / "broken.toml").write_text('epochs = "3\n')
     before = tree_state(tmp_path)
-    assert_clean_error(cnnpipe(tmp_path, "run", "--config", "typo.toml"), 2, "unknown option 'epochz'")
-    assert_clean_error(cnnpipe(tmp_path, "run", "--config", "broken.toml"), 2, "not a readable TOML file")
-    assert_clean_error(cnnpipe(tmp_path, "run", "--config", "missing.toml"), 2, "not a readable TOML file")
+    assert_clean_error(cnnpipe_here(tmp_path, "run", "--config", "typo.toml"), 2, "unknown option 'epochz'")
+    assert_clean_error(cnnpipe_here(tmp_path, "run", "--config", "broken.toml"), 2, "not a readable TOML file")
+    assert_clean_error(cnnpipe_here(tmp_path, "run", "--config", "missing.toml"), 2, "not a readable TOML file")
     assert tree_state(tmp_path) == before
 
 
@@ -57,8 +57,8 @@ def test_the_shipped_release_config_passes_end_to_end(tmp_path: Path):
 
 
 def test_min_agreement_by_format_is_checked_before_any_work(tmp_path: Path):
-    assert_clean_error(cnnpipe(tmp_path, "run", "--min-agreement", "onnx-int9=0.9"), 2, "unknown format 'onnx-int9'")
-    assert_clean_error(cnnpipe(tmp_path, "run", "--min-agreement", "onnx=1.5"), 2, "from 0 to 1")
+    assert_clean_error(cnnpipe_here(tmp_path, "run", "--min-agreement", "onnx-int9=0.9"), 2, "unknown format 'onnx-int9'")
+    assert_clean_error(cnnpipe_here(tmp_path, "run", "--min-agreement", "onnx=1.5"), 2, "from 0 to 1")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import assert_clean_error, cnnpipe, resign
+from conftest import assert_clean_error, cnnpipe, cnnpipe_here, resign
 
 LIMIT = "15"  # seconds: the other formats must finish well within it on a loaded 2-core machine
 
@@ -112,4 +112,4 @@ def test_a_runtime_that_cannot_be_stopped_fails_its_format_and_the_process_still
 
 def test_a_timeout_that_is_not_a_positive_number_is_refused(root_copy: Path):
     for value in ("0", "-1", "nan", "inf"):
-        assert_clean_error(cnnpipe(root_copy, "verify", "lenet5", "--timeout", value), 2, "--timeout must be a")
+        assert_clean_error(cnnpipe_here(root_copy, "verify", "lenet5", "--timeout", value), 2, "--timeout must be a")

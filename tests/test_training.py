@@ -19,7 +19,7 @@ from cnnpipe.stages.download import download
 from cnnpipe.stages.train import train
 from cnnpipe.training.optim import make_schedule
 
-from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_json
+from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_here, cnnpipe_json
 
 
 def _lrs(schedule: str, **kw) -> list[float]:
@@ -96,7 +96,7 @@ def test_a_killed_run_resumes_to_the_same_weights(sample_root: Path, tmp_path: P
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     assert _weights(sample_root, "cut") == _weights(sample_root, "whole")
     assert not list(runs.glob("*"))  # the finished run's folder is gone
-    assert_clean_error(cnnpipe(sample_root, "train", "--resume", "cut"), 2, "no interrupted training run")
+    assert_clean_error(cnnpipe_here(sample_root, "train", "--resume", "cut"), 2, "no interrupted training run")
 
 
 def test_a_hostile_checkpoint_is_refused(sample_root: Path, tmp_path: Path):
@@ -109,7 +109,7 @@ def test_a_hostile_checkpoint_is_refused(sample_root: Path, tmp_path: Path):
             return (os.system, ("touch " + str(tmp_path / "pwned"),))
 
     torch.save({"model": Exploit()}, run / "checkpoint.pt")
-    assert_clean_error(cnnpipe(sample_root, "train", "--resume", str(run)), 2, "cannot resume from it")
+    assert_clean_error(cnnpipe_here(sample_root, "train", "--resume", str(run)), 2, "cannot resume from it")
     assert not (tmp_path / "pwned").exists()
 
 

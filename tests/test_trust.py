@@ -18,7 +18,7 @@ from onnx import numpy_helper
 from cnnpipe.formats.base import META_KEY
 from cnnpipe.verification.sandbox import landlock_abi
 
-from conftest import assert_clean_error, cnnpipe, cnnpipe_json, resign
+from conftest import assert_clean_error, cnnpipe, cnnpipe_here, cnnpipe_json, resign
 
 BUNDLE = "exports/lenet5/v1"
 
@@ -129,7 +129,7 @@ def test_native_code_is_loaded_only_from_a_trusted_bundle(root_copy: Path, tmp_p
     bench = cnnpipe(root_copy, "bench", ref, "--seconds", "0.05", "--batch-sizes", "1", "--json")
     assert bench.returncode == 1 and "holds native code" in json.loads(bench.stdout)["failed"]["aoti (cpu)"]
     for command in (["verify", ref, "--samples", "32"], ["bench", ref, "--seconds", "0.05", "--batch-sizes", "1"]):
-        assert_clean_error(cnnpipe(root_copy, *command, "--public-key", str(keys / "cnnpipe-signing.pub")), 1,
+        assert_clean_error(cnnpipe_here(root_copy, *command, "--public-key", str(keys / "cnnpipe-signing.pub")), 1,
                            "the signature does not verify", "changed since signing: manifest.json, model.aoti.pt2")
     assert not marker.exists()  # no code from the bundle ran
     cnnpipe(root_copy, "verify", ref, "--samples", "32", "--trust-native")  # the user's explicit choice runs it...
@@ -140,13 +140,13 @@ def test_a_signed_bundle_fails_closed_on_any_change(root_copy: Path, tmp_path: P
     keys, other = tmp_path / "keys", tmp_path / "other"
     cnnpipe_json(root_copy, "keygen", "--out", str(keys))
     cnnpipe_json(root_copy, "keygen", "--out", str(other))
-    assert_clean_error(cnnpipe(root_copy, "keygen", "--out", str(keys)), 2, "already exists")
+    assert_clean_error(cnnpipe_here(root_copy, "keygen", "--out", str(keys)), 2, "already exists")
     assert (keys / "cnnpipe-signing.key").stat().st_mode & 0o077 == 0  # private to its owner
     bundle, pub = root_copy / BUNDLE, str(keys / "cnnpipe-signing.pub")
     before = {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file()}
     cnnpipe_json(root_copy, "sign", "lenet5", "--key", str(keys / "cnnpipe-signing.key"))
     assert {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file() and p.name != "bundle.sig"} == before
-    assert_clean_error(cnnpipe(root_copy, "sign", "lenet5", "--key", str(other / "cnnpipe-signing.key")), 2,
+    assert_clean_error(cnnpipe_here(root_copy, "sign", "lenet5", "--key", str(other / "cnnpipe-signing.key")), 2,
                        "already signed")
     assert _verify(root_copy, "--public-key", pub, "--require-signature")[0] == 0
 
@@ -162,7 +162,7 @@ def test_a_signed_bundle_fails_closed_on_any_change(root_copy: Path, tmp_path: P
         commands = (["verify", "lenet5", "--samples", "32"], ["predict", str(image), "--bundle", "lenet5"],
                     ["bench", "lenet5", "--seconds", "0.05", "--batch-sizes", "1"])  # one check (Trust.admit) for all
         for command in commands if every_command else commands[:1]:
-            assert_clean_error(cnnpipe(root_copy, *command, "--public-key", key), 1, "signature does not verify", needle)
+            assert_clean_error(cnnpipe_here(root_copy, *command, "--public-key", key), 1, "signature does not verify", needle)
 
     def one_byte() -> None:
         data = bytearray((bundle / "model.onnx").read_bytes())
@@ -177,8 +177,8 @@ def test_a_signed_bundle_fails_closed_on_any_change(root_copy: Path, tmp_path: P
     shutil.rmtree(bundle)
     shutil.copytree(pristine, bundle)
     (bundle / "bundle.sig").unlink()
-    assert_clean_error(cnnpipe(root_copy, "verify", "lenet5", "--public-key", pub), 1, "is not signed")
-    assert_clean_error(cnnpipe(root_copy, "verify", "lenet5", "--require-signature"), 2, "needs --public-key")
+    assert_clean_error(cnnpipe_here(root_copy, "verify", "lenet5", "--public-key", pub), 1, "is not signed")
+    assert_clean_error(cnnpipe_here(root_copy, "verify", "lenet5", "--require-signature"), 2, "needs --public-key")
 
 
 def _add_trigger(bundle: Path) -> None:
@@ -286,7 +286,7 @@ def test_the_model_card_metadata_reads_as_intended_in_huggingface_hub(root_copy:
     metrics = json.loads((Path(exported["path"]) / "metrics.json").read_text())
     assert results["accuracy"].metric_value == round(metrics["accuracy"], 6) and results["accuracy"].dataset_split == "test"
     assert "| `model.fp16.onnx` | onnx-fp16 |" in card.text and "`triton/lenet5/config.pbtxt`" in card.text
-    assert_clean_error(cnnpipe(root_copy, "export", "lenet5", "--license", "MIT; rm -rf"), 2, "SPDX license id")
+    assert_clean_error(cnnpipe_here(root_copy, "export", "lenet5", "--license", "MIT; rm -rf"), 2, "SPDX license id")
 
     trained = cnnpipe_json(root_copy, "train", "--epochs", "1", "--name", "unevaluated")
     unevaluated = cnnpipe_json(root_copy, "export", trained["ref"], "--format", "onnx")

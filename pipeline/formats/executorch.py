@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import META_KEY, ExportContext, Format, LoadContext, Runner, Tolerance, native_quiet, quiet, register
+from .xnnpack_patterns import unmatchable_patterns_skipped
 
 PTE_MAX_BATCH = 64  # an ExecuTorch program's memory is planned for batches up to this; larger ones run in parts
 
@@ -30,8 +31,9 @@ def write_executorch(ctx: ExportContext, path: Path) -> dict[str, Any]:
     with quiet():
         program = torch.export.export(ctx.model, (example,),
                                       dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=PTE_MAX_BATCH)},))
-        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
-                                              constant_methods={META_KEY: json.dumps(ctx.meta)})
+        with unmatchable_patterns_skipped():
+            lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+                                                  constant_methods={META_KEY: json.dumps(ctx.meta)})
         path.write_bytes(lowered.to_executorch(
             ExecutorchBackendConfig(sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass())).buffer)
     return {"delegate": "XNNPACK", "max_batch": PTE_MAX_BATCH}

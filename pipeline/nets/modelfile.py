@@ -12,13 +12,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..description import InputSpec, ModelDescription
+from ..description import InputSpec, ModelDescription, read_description
 from ..errors import CnnpipeError, first_line, interrupt_first
 from ..store.version import Version
 from .registry import build, param_count
 from .sources import ArchSource, rebuild
 
-MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
 PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
 
@@ -46,11 +45,6 @@ def describe(arch: str, name: str, model: nn.Module, dataset: Any, source: ArchS
         dataset_ref=dataset.version.ref, dataset_hash=dataset.dataset_hash,
         source=None if source.kind == "registry" else source.to_json(),
     )
-
-
-def read_description(version: Version) -> ModelDescription:
-    """A version's ``model.json`` as a checked record."""
-    return ModelDescription.from_json(version.read_json(MODEL_JSON), f"{version.ref}: {MODEL_JSON}")
 
 
 def build_from(desc: ModelDescription, version_dir: Path | None = None, trust_code: bool = False) -> nn.Module:

@@ -12,11 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..description import ModelDescription
+from ..description import MODEL_JSON, ModelDescription
 from ..errors import CnnpipeError, FormatTimeout, first_line
 from ..formats import FORMATS
 from ..formats.base import Format, LoadContext, Runner
-from ..nets.modelfile import MODEL_JSON
 from ..options.commands import BenchOptions
 from ..store.workspace import Workspace
 from ..verification.reexport import unauthenticated

@@ -15,13 +15,13 @@ import torch
 
 from .. import __version__
 from ..data.loading import load_dataset, normalize
-from ..description import ModelDescription
+from ..description import MODEL_JSON, ModelDescription
 from ..errors import CnnpipeError
 from ..formats import FORMATS
 from ..formats.base import INPUT_NAME, OUTPUT_NAME, ExportContext, Format
 from ..formats.triton import triton_config, triton_repository
 from ..fs import write_json
-from ..nets.modelfile import MODEL_JSON, WEIGHTS, load_model
+from ..nets.modelfile import WEIGHTS, load_model
 from ..options.release import ExportOptions
 from ..store.provenance import lineage
 from ..store.version import Version

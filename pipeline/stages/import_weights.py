@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.loading import load_dataset
+from ..description import MODEL_JSON
 from ..fs import write_json
-from ..nets.modelfile import MODEL_JSON, WEIGHTS, describe, load_state, read_state, save_weights
+from ..nets.modelfile import WEIGHTS, describe, load_state, read_state, save_weights
 from ..nets.sources import build_arch, default_name, store_code
 from ..store.provenance import environment, lineage
 from ..store.version import check_name

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..description import MODEL_JSON
 from ..errors import CnnpipeError
 from ..formats import FORMATS, REEXPORTED
-from ..nets.modelfile import MODEL_JSON, load_model
+from ..nets.modelfile import load_model
 from ..store.version import Version
 from ..store.workspace import Workspace
 from ..verification.localize import compare_layers

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..description import MODEL_JSON
 from ..errors import CnnpipeError, NotVerified, first_line
 from ..formats import FORMATS
-from ..nets.modelfile import MODEL_JSON
 from ..options.commands import PublishOptions
 from ..store.version import MANIFEST, Version
 from ..store.workspace import Workspace

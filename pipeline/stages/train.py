@@ -23,10 +23,11 @@ import torch.nn.functional as F
 
 from ..data.batches import DeviceBatches, StreamBatches, batch_order
 from ..data.loading import Dataset, load_dataset
+from ..description import MODEL_JSON
 from ..errors import CnnpipeError, first_line
 from ..evaluation.plots import plot_curves
 from ..fs import dumps, write_json
-from ..nets.modelfile import MODEL_JSON, WEIGHTS, describe, resolve_device, save_weights
+from ..nets.modelfile import WEIGHTS, describe, resolve_device, save_weights
 from ..nets.registry import param_count
 from ..nets.sources import ArchSource, build_arch, store_code
 from ..options.training import TrainConfig

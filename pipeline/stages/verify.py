@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 
 from ..data.loading import load_dataset, split_files
-from ..description import ModelDescription
+from ..description import MODEL_JSON, ModelDescription, read_description
 from ..errors import CnnpipeError, RollbackWarning, first_line
 from ..formats import FORMATS
 from ..formats.base import Format, LoadContext, Tolerance
 from ..fs import dumps
-from ..nets.modelfile import MODEL_JSON, read_description
 from ..options.release import VerifyOptions
 from ..store.additions import add_report, report_path
 from ..store.provenance import environment

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..description import MODEL_JSON
 from ..evaluation.card import CARD_FILES
 from ..formats import FORMATS
-from ..nets.modelfile import MODEL_JSON
 from ..store.version import MANIFEST, REPORTS, SIGNATURE, Version
 
 _REPORT = re.compile(rf"^{REPORTS}/[0-9TZ]+-[A-Za-z0-9_-]*-[0-9]+(\.intoto)?\.json$")  # reports and signed statements
