@@ -75,3 +75,19 @@ def test_modules_and_functions_are_small():
                 if (length := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES:
                     big.append(f"{path.relative_to(PKG)}:{node.lineno} {node.name}(): {length} lines")
     assert not big, big
+
+
+TORCH_FREE = ("verify", "predict", "sign", "publish")  # stages whose own process imports no torch
+
+
+def test_the_stages_that_judge_or_serve_a_bundle_import_no_torch():
+    """verify judges what workers answer and predict runs onnxruntime: importing them (and the CLI)
+    imports no torch; ``test_sandbox.py`` watches a whole verify's process as well."""
+    import subprocess
+    import sys
+
+    modules = ", ".join(["cnnpipe.cli.app", *(f"cnnpipe.stages.{name}" for name in TORCH_FREE)])
+    script = f"import sys\nimport {modules}\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]", proc.stdout[:2000]

@@ -120,7 +120,8 @@ def test_a_module_factory_is_recorded_with_its_file_hash_and_runs_again_only_tru
     assert proc.returncode == 0, proc.stderr
     source = json.loads((own_root / "models/frommodule/v1/model.json").read_text())["source"]
     assert source["kind"] == "module" and source["name"] == "mynet" and len(source["sha256"]) == 64
-    assert_clean_error(cnnpipe_here(own_root, "export", "frommodule", "--format", "onnx"), 2,
+    # a subprocess, as the user runs it: its working folder is on the module path (``python -m``)
+    assert_clean_error(cnnpipe(own_root, "export", "frommodule", "--format", "onnx"), 2,
                        "the module 'mynet'", "pass --trust-code")
     assert cnnpipe(own_root, "export", "frommodule", "--format", "onnx", "--trust-code").returncode == 0
 
@@ -128,7 +129,7 @@ def test_a_module_factory_is_recorded_with_its_file_hash_and_runs_again_only_tru
     marker, original = own_root / "module-code-ran", (own_root / "mynet.py").read_text()
     (own_root / "mynet.py").write_text(f"open({str(marker)!r}, 'w').close()\n" + original)
     try:
-        assert_clean_error(cnnpipe_here(own_root, "verify", "frommodule", "--samples", "8", "--trust-code"), 2,
+        assert_clean_error(cnnpipe(own_root, "verify", "frommodule", "--samples", "8", "--trust-code"), 2,
                            "mynet.py: the model's code changed since it was recorded")
     finally:
         (own_root / "mynet.py").write_text(original)

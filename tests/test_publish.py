@@ -120,6 +120,9 @@ def test_a_signed_statement_round_trips_and_refuses_another_bundle(root_copy: Pa
 
     payload = json.loads(base64.b64decode(envelope["payload"]))
     assert payload["predicate"]["version"] == 2 and payload["predicate"]["bundle"] == "lenet5@v2"
+    import torch  # the reference worker's torch, named by a verify whose own process imports none
+
+    assert payload["predicate"]["environment"]["torch"] == torch.__version__
     assert {s["name"] for s in payload["subject"]} >= {"model.onnx", "manifest.json", "model.json"}
     # the same statement copied beside another bundle names other files
     copy = root_copy / "exports/lenet5/v1/verify" / statement.name

@@ -106,11 +106,29 @@ def _wrapped_torchscript(bundle: Path) -> None:
     resign(bundle, "model.torchscript.pt")
 
 
-def test_a_torchscript_program_that_is_not_cnnpipes_is_not_loaded(root_copy: Path):
+WATCH = """
+import importlib.abc, sys, traceback
+class Watch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and sys.argv[0].endswith("__main__.py"):  # the CLI's process, not its workers
+            with open({marker!r}, "a") as out:
+                out.write("".join(traceback.format_stack()))
+        return None
+sys.meta_path.insert(0, Watch())
+"""
+
+
+def test_a_torchscript_program_that_is_not_cnnpipes_is_not_loaded(root_copy: Path, tmp_path: Path):
+    """...and verify's own process never imports torch (so no torch.load or torch.jit can run there)."""
     bundle = root_copy / "exports/lenet5/v1"
     _wrapped_torchscript(bundle)
-    proc = cnnpipe(root_copy, "verify", "lenet5", "--samples", "16", "--json")
+    marker, hook = tmp_path / "torch-imported", tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(WATCH.format(marker=str(marker)))
+    path = os.pathsep.join(p for p in (str(hook), os.environ.get("PYTHONPATH")) if p)
+    proc = cnnpipe(root_copy, "verify", "lenet5", "--samples", "16", "--json", env={"PYTHONPATH": path})
     assert proc.returncode == 1, proc.stderr
+    assert not marker.exists(), marker.read_text()[-3000:]
     row = {r["format"]: r for r in json.loads(proc.stdout)["formats"]}["torchscript"]
     assert row["reasons"][0].startswith("unauthenticated: model.torchscript.pt can run code"), row
     assert row["accuracy"] is None  # judged without being loaded

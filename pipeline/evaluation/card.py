@@ -13,7 +13,6 @@ from typing import Any
 from .. import __version__
 from ..description import ModelDescription
 from ..formats import load_snippets
-from ..nets.registry import get_net
 
 PLOTS = {
     "curves.png": "Training curves",
@@ -132,6 +131,8 @@ def md_text(text: str) -> str:
 
 
 def _model_and_training(ref: str, desc: ModelDescription, train: dict[str, Any]) -> list[str]:
+    from ..nets.registry import get_net  # imports torch: a card is written by export and made again by verify's reference worker
+
     origin = get_net(desc.arch).source if desc.source is None else _origin(desc.source)
     inp = desc.input
     classes = desc.classes

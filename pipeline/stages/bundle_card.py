@@ -15,8 +15,8 @@ from typing import Any
 from ..description import ModelDescription
 from ..errors import CnnpipeError
 from ..evaluation.card import PLOT_FILES, model_card
+from ..store.evaluations import eval_store, latest_evaluation
 from ..store.version import Version
-from .evaluate import eval_store, latest_evaluation
 
 SPLIT = "test"  # the split whose evaluation a bundle's card shows
 
@@ -58,16 +58,24 @@ def write_card(folder: Path, files: dict[str, bytes]) -> dict[str, str]:
     return {rel: "model card" if rel == "README.md" else "metrics" if rel.endswith(".json") else "plot" for rel in files}
 
 
-def check_card(bundle: Version, source: Version, desc: ModelDescription, bundle_json: dict[str, Any]) -> list[str]:
-    """How the bundle's card and the files it shows differ from what export makes from ``source`` and
-    the evaluation the bundle's lineage pins (an empty list: every one byte-identical)."""
-    config = bundle.manifest.get("lineage", {}).get("config", {})
+def made_card(source: Version, desc: ModelDescription, bundle_json: dict[str, Any],
+              config: dict[str, Any]) -> dict[str, bytes] | list[str]:
+    """What export makes for the card from ``source`` and the evaluation the bundle's lineage ``config``
+    pins (in verify's reference worker: the card names a registered network's origin, and the registry
+    imports torch), or why it cannot be made."""
     if "evaluation" not in config:
         return ["the manifest pins no evaluation for the model card (exported by an older cnnpipe: export it again)"]
     try:
-        expected = card_files(source, desc, bundle_json, config.get("license"), config["evaluation"])
+        return card_files(source, desc, bundle_json, config.get("license"), config["evaluation"])
     except (CnnpipeError, KeyError, TypeError) as e:
         return [f"the model card cannot be made again from {source.ref}'s pinned evaluation ({e})"]
+
+
+def check_card(bundle: Version, source: Version, expected: dict[str, bytes] | list[str]) -> list[str]:
+    """How the bundle's card and the files it shows differ from ``made_card``'s (an empty list: every
+    one byte-identical), or why those could not be made."""
+    if isinstance(expected, list):
+        return expected
     shipped = {f["path"] for f in bundle.manifest.get("files", []) if f.get("role") in ("model card", "metrics", "plot")}
     found = [f"{rel}: missing" for rel in sorted(expected) if rel not in shipped]
     found += [f"{rel}: not made by export from the pinned evaluation" for rel in sorted(shipped - expected.keys())]

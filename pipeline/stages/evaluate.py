@@ -23,9 +23,10 @@ from ..evaluation.plots import plot_confusion, plot_misclassified, plot_per_clas
 from ..fs import write_json
 from ..nets.modelfile import load_model, resolve_device
 from ..options.commands import EvaluateOptions
+from ..store.evaluations import eval_store
 from ..store.provenance import lineage
 from ..store.version import Version
-from ..store.workspace import Store, Workspace
+from ..store.workspace import Workspace
 from ..training.engine import batched_logits
 
 METRICS_SCHEMA = "cnnpipe.metrics/1"
@@ -52,11 +53,6 @@ class EvalResult:
     comparison: dict[str, Any] | None = None
     gates: list[Gate] = field(default_factory=list)
     passed: bool = True
-
-
-def eval_store(version: Version) -> Store:
-    """The store of a model version's evaluations, one name per split."""
-    return Store(version.path / "eval", "evaluate", "evaluation", "run `cnnpipe evaluate`")
 
 
 @dataclass(frozen=True)
@@ -175,12 +171,3 @@ def _write_evaluation(version: Version, desc: ModelDescription, dataset: Version
                      "passed": all(g.passed for g in checks)},
         )
 
-
-def latest_evaluation(version: Version, split: str = "test") -> Version | None:
-    """The newest evaluation of a model version on ``split``, re-checked; None if it has none."""
-    store = eval_store(version)
-    if not store.has(split):
-        return None
-    evaluation = store.latest(split)
-    evaluation.rehash()
-    return evaluation

@@ -34,7 +34,7 @@ from ..verification.signing import Trust
 from ..verification.statement import check_statements, cpu_flags, write_statement
 from ..verification.worker import Images, Job, Workers, run_format
 from .bundle_card import check_card
-from .proof import rederive, reference_layers, source_model
+from .proof import Rebuilt, rederive, reference_layers, source_model
 
 ENVIRONMENT_KEYS = ("cnnpipe_version", "torch_version")  # metadata naming the exporting tools, not the model
 LOCALIZE_IMAGES = 16  # images a failed ONNX file is compared on, layer by layer
@@ -152,7 +152,6 @@ def verify(
     """
     options = options or VerifyOptions()
     options.validate()
-    batch_sizes = options.batch_size_list()
     samples = None if options.full else options.samples
     ws = Workspace(root)
     bundle = _resolve(ws, bundle_ref, trust or Trust())
@@ -173,13 +172,14 @@ def verify(
         images = Images(dataset.version.file(split_files("test")[0]), len(labels), tuple(source_desc.input.mean),
                         tuple(source_desc.input.std))
         formats, problems = _records(bundle, bundle_json, desc, source, source_desc) if integrity == "ok" else ([], [])
-        rebuilt = rederive(ws, bundle, source, formats, images, trust_code, workers, settle=False)
+        rebuilt = rederive(ws, bundle, source, formats, images, trust_code, workers, settle=False,
+                           card=(source_desc, bundle_json) if integrity == "ok" else None)
         assert rebuilt.logits is not None
-        problems += _check_metadata(bundle_json, rebuilt.metadata, source) if integrity == "ok" else []
+        problems += _made_again(bundle, bundle_json, source, rebuilt) if integrity == "ok" else []
         ref, classes = rebuilt.logits, list(source_desc.classes)
         result = VerifyResult(
             bundle=bundle.ref, model=source.ref, passed=integrity == "ok" and not problems, report_path="",
-            images=len(images), batch_sizes=list(batch_sizes),
+            images=len(images), batch_sizes=list(options.batch_size_list()),
             reference_accuracy=float((ref.argmax(1) == labels).mean()),
             reference_per_class_accuracy=per_class(ref.argmax(1), labels, classes),
             integrity="; ".join(problems) or integrity, reexport=rebuilt.reexport, dataset_hash=dataset.dataset_hash,
@@ -193,7 +193,7 @@ def verify(
         _mark_differences(result)
     _write_report(bundle, result)
     if sign_key is not None:
-        result.statement = str(write_statement(bundle, _predicate(bundle, result), sign_key))
+        result.statement = str(write_statement(bundle, _predicate(bundle, result, rebuilt.runtime), sign_key))
     if trust is not None and trust.public_key is not None:
         result.statements = check_statements(bundle, trust.public_key)
     return result
@@ -210,11 +210,12 @@ def _resolve(ws: Workspace, ref: str, trust: Trust) -> Version:
             raise CnnpipeError(f"{w} (--require-signature refuses a latest that was moved back)") from None
 
 
-def _predicate(bundle: Version, result: VerifyResult) -> dict[str, Any]:
-    """What a signed statement says about the bundle: the verdict and how it was reached."""
+def _predicate(bundle: Version, result: VerifyResult, runtime: dict[str, str | None]) -> dict[str, Any]:
+    """What a signed statement says about the bundle: the verdict and how it was reached (``runtime``: the
+    torch, CUDA and device of the worker that ran the reference network; verify's own process imports no torch)."""
     verdict = {k: v for k, v in asdict(result).items() if k not in ("report_path", "statement", "statements")}
     packages = tuple(dict.fromkeys(p for f in result.formats for p in FORMATS[f.format].packages))
-    return verdict | {"version": bundle.number, "environment": environment(packages), "cpu_flags": cpu_flags(),
+    return verdict | {"version": bundle.number, "environment": environment(packages) | runtime, "cpu_flags": cpu_flags(),
                       "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -225,7 +226,12 @@ def _records(bundle: Version, bundle_json: dict[str, Any], desc: ModelDescriptio
     if (desc.arch, desc.classes, desc.input) != (source_desc.arch, source_desc.classes, source_desc.input):
         problems.insert(0, "the bundle's model.json does not describe its source model")
     formats, disagreements = check_bundle_records(bundle, bundle_json)
-    return formats, problems + disagreements + check_card(bundle, source, source_desc, bundle_json)
+    return formats, problems + disagreements
+
+
+def _made_again(bundle: Version, bundle_json: dict[str, Any], source: Version, rebuilt: Rebuilt) -> list[str]:
+    """How the card and ``model.json``'s metadata differ from what the reference worker made again."""
+    return check_card(bundle, source, rebuilt.card) + _check_metadata(bundle_json, rebuilt.metadata, source)
 
 
 def _check_metadata(bundle_json: dict[str, Any], expected: dict[str, str], source: Version) -> list[str]:
