@@ -87,7 +87,8 @@ def rederive(ws: Workspace, bundle: Version, source: Version, formats: list[str]
     table marks ``reexported``; a ``fresh`` one in a fresh worker of its own, started first); a re-export
     that fails counts as a difference, a network that cannot be rebuilt is a ``CnnpipeError``. With
     ``settle`` False, the fresh re-exports of formats that run no code may still be ``pending``. With
-    ``card`` (the bundle's description and ``model.json``), the card files export makes are made too."""
+    ``card`` (the source model's description and the bundle's ``model.json``), the card files export makes
+    are made too."""
     config = bundle.manifest.get("lineage", {}).get("config", {})
     settings = tuple(value if isinstance(value, int) else default
                      for value, default in ((config.get("opset"), None), (config.get("calibration"), 1)))
