@@ -9,6 +9,7 @@ differs from what verify makes again, and fails naming the file.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,14 @@ def write_card(folder: Path, files: dict[str, bytes]) -> dict[str, str]:
     for rel, data in files.items():
         (folder / rel).write_bytes(data)
     return {rel: "model card" if rel == "README.md" else "metrics" if rel.endswith(".json") else "plot" for rel in files}
+
+
+def fetch_pinned(bundle: Version, source: Version) -> None:
+    """Bring the evaluation the bundle's lineage pins into this process's view of the store (from object
+    storage: into its cache), where verify's reference worker, which has no object-storage mirror, reads
+    it; an evaluation that cannot be had is ``made_card``'s to report."""
+    with contextlib.suppress(CnnpipeError, KeyError, TypeError):
+        _pinned(source, bundle.manifest.get("lineage", {}).get("config", {}).get("evaluation"))
 
 
 def made_card(source: Version, desc: ModelDescription, bundle_json: dict[str, Any],

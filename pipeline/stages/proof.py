@@ -29,7 +29,7 @@ from ..verification.localize import compare_layers
 from ..verification.reexport import compare_files, compare_reexports, not_exported
 from ..verification.timelimit import DEFAULT_TIMEOUT
 from ..verification.worker import CHUNK, Images, Pending, Workers
-from .bundle_card import made_card
+from .bundle_card import fetch_pinned, made_card
 
 
 @dataclass
@@ -95,6 +95,8 @@ def rederive(ws: Workspace, bundle: Version, source: Version, formats: list[str]
     fresh = [f for f in REEXPORTED if f in formats and FORMATS[f].fresh]
     started = {fmt: workers.start(compare_fresh, (ws.root, source, fmt, bundle.path, trust_code), timeout,
                                   f"{fmt} re-export", (bundle.path, source.path)) for fmt in fresh}  # alongside
+    if card is not None:
+        fetch_pinned(bundle, source)  # the worker reads the evaluation from this process's cache of the store
     card_config = None if card is None else (*card, config)
     rebuilt = workers.run(_reference, (ws.root, source, bundle.path, formats, images, settings, trust_code, card_config),
                           timeout, f"{source.ref}'s reference network", None)
