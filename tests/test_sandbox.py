@@ -60,6 +60,19 @@ def test_a_confined_process_writes_only_its_scratch_reads_only_what_it_was_given
     assert not (given / "out").exists() and not (tmp_path / "out").exists()
 
 
+def test_a_worker_may_write_its_own_proc_entry_only_where_gpu_device_nodes_are(tmp_path: Path, monkeypatch):
+    """The CUDA driver's init fails (error 304) in a confined worker that cannot write /proc/self (seen on an
+    H200: tests/test_gpu.py); a machine without GPU device nodes keeps /proc/self read-only."""
+    from cnnpipe.verification import worker
+
+    node = tmp_path / "nvidia0"
+    node.touch()
+    monkeypatch.setattr(worker, "GPU_DEVICES", (str(tmp_path / "nvidia*"),))
+    assert worker._gpu_writable() == [node, Path("/proc/self")]
+    monkeypatch.setattr(worker, "GPU_DEVICES", (str(tmp_path / "none*"),))
+    assert worker._gpu_writable() == []
+
+
 def test_a_worker_that_aborts_exits_or_hangs_is_a_reason_and_the_parent_goes_on():
     with Workers() as workers:
         with pytest.raises(CnnpipeError, match="killed by SIGABRT"):

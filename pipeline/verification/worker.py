@@ -47,6 +47,9 @@ SYSTEM_READ = ("/usr", "/lib", "/lib64", "/bin", "/etc/ld.so.cache", "/etc/ld.so
                "/proc/sys/kernel", "/proc/sys/vm", "/sys/devices/system/cpu", "/sys/devices/system/node",
                "/sys/fs/cgroup", "/dev")  # not /proc as a whole: other processes' environments
 GPU_DEVICES = ("/dev/nvidia*", "/dev/dri")  # a CUDA runtime opens these for writing and ioctl; written only if present
+# where GPU device nodes are, the CUDA driver's init also writes into the process's own /proc entry (cuInit fails
+# with error 304 without it; measured on an H200: reads of /proc or /sys were not the cause)
+GPU_PROC = "/proc/self"
 KEPT_ENV = ("PATH", "LANG", "LC_", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "CUDA_", "NVIDIA_", "LD_LIBRARY_PATH",
             "PYTHONHASHSEED", "TORCH_", "PYTORCH_")  # a worker sees no other variable (tokens, keys)
 T = TypeVar("T")
@@ -136,6 +139,12 @@ def _readable(readable: tuple[Path, ...], scratch: Path) -> list[Path]:
     return [*map(Path, SYSTEM_READ), *map(Path, python), Path(cnnpipe.__file__).parent, *readable, scratch]
 
 
+def _gpu_writable() -> list[Path]:
+    """The GPU device nodes of this machine and, where there are any, the process's own /proc entry."""
+    nodes = [Path(p) for pattern in GPU_DEVICES for p in glob.glob(pattern)]
+    return [*nodes, Path(GPU_PROC)] if nodes else []
+
+
 def _child(conn: Connection, work: Callable[..., Any], args: tuple[Any, ...], readable: tuple[Path, ...] | None,
            scratch: Path) -> None:
     """The worker's body: confine (unless ``readable`` is None), ``work(*args)``, answer; every failure is an answer too."""
@@ -151,7 +160,7 @@ def _child(conn: Connection, work: Callable[..., Any], args: tuple[Any, ...], re
     os.dup2(log, 1)
     os.dup2(log, 2)
     try:
-        writable = [scratch, Path(os.devnull), *(Path(p) for pattern in GPU_DEVICES for p in glob.glob(pattern))]
+        writable = [scratch, Path(os.devnull), *_gpu_writable()]
         confinement = None if readable is None else confine(_readable(readable, scratch), writable)
         conn.send(("ok", work(*args), confinement and confinement.describe()))
     except (CnnpipeError, OSError) as e:  # an OSError: a full disk where an export writes
