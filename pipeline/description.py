@@ -58,13 +58,14 @@ class ModelDescription:
     dataset_ref: str
     dataset_hash: str
     source: dict[str, Any] | None = None  # where the code of a network outside the registry comes from
+    weights: dict[str, Any] | None = None  # the published weights training started from (--pretrained)
 
     def to_json(self) -> dict[str, Any]:
         """The ``model.json`` layout."""
         return {
             "arch": self.arch, "name": self.name, "params": self.params, "classes": list(self.classes),
             "input": self.input.to_json(), "dataset": {"ref": self.dataset_ref, "hash": self.dataset_hash},
-        } | ({"source": self.source} if self.source else {})
+        } | ({"source": self.source} if self.source else {}) | ({"weights": self.weights} if self.weights else {})
 
     @classmethod
     def from_json(cls, data: Any, where: str = "model.json") -> ModelDescription:
@@ -83,6 +84,7 @@ class ModelDescription:
                 classes=tuple(str(c) for c in data["classes"]), input=spec,
                 dataset_ref=str(data["dataset"]["ref"]), dataset_hash=str(data["dataset"]["hash"]),
                 source=dict(data["source"]) if data.get("source") else None,
+                weights=dict(data["weights"]) if data.get("weights") else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise CnnpipeError(f"{where}: not a cnnpipe model description ({type(e).__name__}: {e})") from None

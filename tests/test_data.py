@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnpipe.data.batches import DeviceBatches, StreamBatches, augment, batch_order
+from cnnpipe.data.batches import DeviceBatches, StreamBatches, augment, batch_count, batch_order
 from cnnpipe.data.cifar import read_cifar10
 from cnnpipe.errors import CnnpipeError
 from cnnpipe.options import DownloadOptions, TrainConfig
@@ -94,3 +94,10 @@ def test_a_cifar10_pickle_that_runs_code_is_refused(tmp_path: Path):
     _cifar_tarball(tmp_path / "evil.tar.gz", payload={"data": _Exploit(), "labels": []})
     with pytest.raises(CnnpipeError, match="refusing to load posix.system"):
         read_cifar10(tmp_path / "evil.tar.gz")
+
+
+def test_a_ragged_last_batch_of_one_image_is_dropped_beside_full_ones():
+    """BatchNorm cannot train on one image per channel (torchvision's resnet18 at 32 px failed so)."""
+    assert [len(b) for b in batch_order(97, 16, False, torch.Generator().manual_seed(0))] == [16] * 6
+    assert [len(b) for b in batch_order(103, 16, False, torch.Generator().manual_seed(0))] == [16] * 6 + [7]
+    assert batch_count(1, 16, False) == 1 and batch_count(17, 16, True) == 1 and batch_count(18, 16, False) == 2

@@ -19,11 +19,17 @@ from torch.utils.data import DataLoader, Dataset
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+def batch_count(n: int, batch_size: int, drop_last: bool) -> int:
+    """How many batches ``batch_order`` cuts: the ragged last one is dropped on request, and always when it
+    would hold a single image beside full ones (BatchNorm cannot train on one value per channel)."""
+    whole, ragged = divmod(n, batch_size)
+    return whole + (not drop_last and (ragged > 1 or (ragged == 1 and whole == 0)))
+
+
 def batch_order(n: int, batch_size: int, drop_last: bool, generator: torch.Generator) -> list[torch.Tensor]:
-    """A seeded shuffle of ``range(n)`` cut into batches (the ragged last one dropped on request)."""
+    """A seeded shuffle of ``range(n)`` cut into ``batch_count`` batches."""
     order = torch.randperm(n, generator=generator)
-    stop = n - n % batch_size if drop_last else n
-    return [order[i : i + batch_size] for i in range(0, stop, batch_size)]
+    return [order[i * batch_size : (i + 1) * batch_size] for i in range(batch_count(n, batch_size, drop_last))]
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

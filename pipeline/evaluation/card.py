@@ -151,8 +151,18 @@ def _model_and_training(ref: str, desc: ModelDescription, train: dict[str, Any])
         f"| input | {inp.channels}x{inp.height}x{inp.width} {inp.layout} float32, "
         f"pixels in [0, 1] normalized with mean {_round(inp.mean)} and std {_round(inp.std)} |",
         f"| classes | {', '.join(map(md_text, classes))} |",
-        "",
-    ] + _training(desc, train)
+    ] + _weights_row(desc.weights) + [""] + _training(desc, train)
+
+
+def _weights_row(weights: dict[str, Any] | None) -> list[str]:
+    """The card's row naming the published weights training started from (``--pretrained``)."""
+    if not weights:
+        return []
+    def code(key: str) -> str:  # a code span shows its text as is: only a backtick, a bar or a control character could break it
+        return "`" + "".join(c for c in str(weights.get(key, "")) if c.isprintable() and c not in "`|") + "`"
+
+    return [f"| started from | {code('library')} weights {code('name')} (file {code('file')}, sha256 {code('sha256')}), "
+            "head re-initialised for these classes |"]
 
 
 def _training(desc: ModelDescription, train: dict[str, Any]) -> list[str]:

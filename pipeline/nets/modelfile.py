@@ -36,14 +36,17 @@ def save_weights(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     with open(path, "wb") as f:
         f.write(len(header).to_bytes(8, "little") + header + data[8 + size :])
 
-def describe(arch: str, name: str, model: nn.Module, dataset: Any, source: ArchSource) -> ModelDescription:
-    """The description a consumer needs to rebuild the network and feed it images."""
+def describe(arch: str, name: str, model: nn.Module, dataset: Any, source: ArchSource,
+             stats: tuple[list[float], list[float]] | None = None, weights: dict[str, Any] | None = None) -> ModelDescription:
+    """The description a consumer needs to rebuild the network and feed it images (``stats``: the mean and
+    std it was trained with, default the dataset's; ``weights``: the published weights it started from)."""
     info = dataset.info
+    mean, std = stats or (info["mean"], info["std"])
     return ModelDescription(
         arch=arch, name=name, params=param_count(model), classes=tuple(dataset.classes),
-        input=InputSpec(info["channels"], info["height"], info["width"], tuple(info["mean"]), tuple(info["std"])),
+        input=InputSpec(info["channels"], info["height"], info["width"], tuple(mean), tuple(std)),
         dataset_ref=dataset.version.ref, dataset_hash=dataset.dataset_hash,
-        source=None if source.kind == "registry" else source.to_json(),
+        source=None if source.kind == "registry" else source.to_json(), weights=weights,
     )
 
 

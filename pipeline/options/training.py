@@ -63,6 +63,13 @@ class TrainConfig:
     reset_head: bool = option(False, "With --init-from: re-initialise the module that produces the logits "
                               "(needed when the class count differs).", "--reset-head")
     freeze_backbone: bool = option(False, "Train only the module that produces the logits.", "--freeze-backbone")
+    pretrained: bool = option(False, "Start a torchvision:NAME or timm:NAME network from the library's default "
+                              "pretrained weights (its own loader and cache), the head re-initialised for the dataset's "
+                              "classes, inputs normalized with the weights' mean and std.")
+    weights: str | None = option(None, "Pretrained weights to start from (implies --pretrained): a torchvision weights "
+                                 "name (IMAGENET1K_V1) or a timm tag (resnet10t.a1_in1k).")
+    dataset_stats: bool = option(False, "With --pretrained: normalize with the dataset's mean and std instead of the "
+                                 "weights' own.", "--dataset-stats")
     eval_batch_size: int = 1000
 
     def resolved(self) -> TrainConfig:
@@ -79,6 +86,11 @@ class TrainConfig:
         out.step_size = self.step_size or max(1, self.epochs // 3)
         out.validate()
         return out
+
+    @property
+    def starts_pretrained(self) -> bool:
+        """Whether training starts from a library's published weights (``--pretrained`` or ``--weights``)."""
+        return self.pretrained or self.weights is not None
 
     def validate(self) -> None:
         """Every usage error the config can hold, before any work; a field left None (the network's
@@ -101,6 +113,12 @@ class TrainConfig:
             (self.workers >= 0, f"--workers must be 0 or more, not {self.workers}"),
             (not self.reset_head or self.init_from is not None,
              "--reset-head re-initialises what --init-from loaded: add --init-from"),
+            (not (self.starts_pretrained and self.init_from), "--pretrained and --init-from both name starting weights: "
+             "use one"),
+            (not self.starts_pretrained or self.arch.startswith(("torchvision:", "timm:")),
+             f"--pretrained and --weights take torchvision:NAME or timm:NAME, not --model {self.arch}"),
+            (not self.dataset_stats or self.starts_pretrained, "--dataset-stats chooses the normalization of "
+             "--pretrained weights: add --pretrained"),
         ]
         for ok, message in checks:
             if not ok:

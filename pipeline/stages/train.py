@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..data.batches import DeviceBatches, StreamBatches, batch_order
+from ..data.batches import DeviceBatches, StreamBatches, batch_count, batch_order
 from ..data.loading import Dataset, load_dataset
 from ..description import MODEL_JSON
 from ..errors import CnnpipeError, first_line
@@ -29,7 +29,8 @@ from ..evaluation.plots import plot_curves
 from ..fs import dumps, write_json
 from ..nets.modelfile import WEIGHTS, describe, resolve_device, save_weights
 from ..nets.registry import param_count
-from ..nets.sources import ArchSource, build_arch, store_code
+from ..nets.pretrained import Pretrained, input_stats, load_pretrained
+from ..nets.sources import ArchSource, build_arch, parse, store_code
 from ..options.training import TrainConfig
 from ..store.provenance import environment, lineage
 from ..store.workspace import Workspace
@@ -86,7 +87,10 @@ class _Run:
     cfg: TrainConfig
     dataset: Dataset
     arch_source: ArchSource
-    fine_tune: str | None  # what --init-from, --reset-head and --freeze-backbone did
+    fine_tune: str | None  # what --pretrained, --init-from, --reset-head and --freeze-backbone did
+    pretrained: Pretrained | None
+    mean: list[float]  # the input normalization: the dataset's, or the pretrained weights' own
+    std: list[float]
     rank: int
     world: int
     device: torch.device
@@ -132,14 +136,16 @@ def _setup(cfg: TrainConfig, ws: Workspace) -> _Run:
     info = dataset.info
     torch.manual_seed(cfg.seed)
     model, arch_source = build_arch(cfg.arch, info["channels"], info["height"], len(dataset.classes))
-    fine_tune = _fine_tune(model, cfg, ws.root, torch.zeros(2, info["channels"], info["height"], info["width"]))
+    fine_tune, pretrained = _fine_tune(model, cfg, ws.root, torch.zeros(2, info["channels"], info["height"], info["width"]))
+    mean, std = (info["mean"], info["std"]) if pretrained is None or cfg.dataset_stats else \
+        map(list, input_stats(pretrained, info["channels"]))
     model = model.to(device, memory_format=torch.channels_last)
     wrapped: torch.nn.Module = model
     if world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     source = train_source(dataset, cfg, device)
     drop_last = compiled or world > 1
-    steps_per_epoch = len(source) // cfg.batch_size if drop_last else math.ceil(len(source) / cfg.batch_size)
+    steps_per_epoch = batch_count(len(source), cfg.batch_size, drop_last)
     if steps_per_epoch == 0:
         raise CnnpipeError(f"--batch-size {cfg.batch_size} is larger than the training split ({len(source)} images)")
     optimizer = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.nesterov)
@@ -150,25 +156,39 @@ def _setup(cfg: TrainConfig, ws: Workspace) -> _Run:
     if isinstance(source, DeviceBatches):  # the validation split fits beside it: no copies per epoch
         x_val = x_val.to(device)
     return _Run(
-        cfg, dataset, arch_source, fine_tune, rank, world, device, compiled, bf16, model,
+        cfg, dataset, arch_source, fine_tune, pretrained, mean, std, rank, world, device, compiled, bf16, model,
         torch.compile(wrapped, mode=cfg.compile_mode) if compiled else wrapped, source, drop_last, optimizer, schedule,
         torch.Generator().manual_seed(cfg.seed), x_val, y_val, eval_batch_size(len(y_val), cfg.eval_batch_size),
     )
 
 
-def _fine_tune(model: torch.nn.Module, cfg: TrainConfig, root: Path, example: torch.Tensor) -> str | None:
-    """``--init-from``, ``--reset-head`` and ``--freeze-backbone``; what was done, naming the head."""
-    if not (cfg.init_from or cfg.freeze_backbone):
-        return None
-    head = find_head(model, example) if cfg.reset_head or cfg.freeze_backbone else None
-    done = []
+def _fine_tune(model: torch.nn.Module, cfg: TrainConfig, root: Path,
+               example: torch.Tensor) -> tuple[str | None, Pretrained | None]:
+    """``--pretrained``/``--weights``, ``--init-from``, ``--reset-head`` and ``--freeze-backbone``: what was
+    done, naming the head, and the published weights started from."""
+    if not (cfg.init_from or cfg.freeze_backbone or cfg.starts_pretrained):
+        return None, None
+    try:
+        head: str | None = find_head(model, example)
+    except CnnpipeError:  # only --init-from without --reset-head does without a head (it names one in errors)
+        if cfg.reset_head or cfg.freeze_backbone or cfg.starts_pretrained:
+            raise
+        head = None
+    done, pretrained = [], None
+    if cfg.starts_pretrained:
+        state, pretrained = load_pretrained(parse(cfg.arch), cfg.weights, example.shape[1])
+        apply_init(model, state, head, pretrained.name)
+        size = example.shape[-1]
+        done.append(f"started from {pretrained.library}'s {pretrained.name}, head {head!r} re-initialised" + (
+            f" (the weights were trained at {pretrained.size}x{pretrained.size}, this dataset is {size}x{size}: "
+            f"`cnnpipe download NAME --size {pretrained.size}` matches them)" if size < pretrained.size else ""))
     if cfg.init_from:
-        apply_init(model, initial_state(cfg.init_from, root), head if cfg.reset_head else None, cfg.init_from)
+        apply_init(model, initial_state(cfg.init_from, root), head, cfg.init_from, cfg.reset_head)
         done.append(f"started from {cfg.init_from}" + (f", head {head!r} re-initialised" if cfg.reset_head else ""))
     if cfg.freeze_backbone and head is not None:
         trainable = freeze_all_but(model, head)
         done.append(f"backbone frozen, only {head!r} trains ({trainable:,} parameters)")
-    return "; ".join(done)
+    return "; ".join(done), pretrained
 
 
 def _restore(run: _Run, saved: dict[str, Any]) -> _State:
@@ -228,7 +248,7 @@ def _epoch(run: _Run, state: _State, epoch: int, progress: Progress | None, run_
         progress.start_epoch(epoch, cfg.epochs, len(order))
     augmentation = info["augment"] if cfg.augment else {"crop_padding": 0, "flip": False}
     stats = train_epoch(
-        run.step_model, run.optimizer, run.source.batches(order), info["mean"], info["std"], augmentation, run.generator,
+        run.step_model, run.optimizer, run.source.batches(order), run.mean, run.std, augmentation, run.generator,
         progress if lead else None, schedule=run.schedule, label_smoothing=cfg.label_smoothing,
         grad_clip=cfg.grad_clip, bf16=run.bf16,
     )
@@ -240,7 +260,7 @@ def _epoch(run: _Run, state: _State, epoch: int, progress: Progress | None, run_
     timings["train_s"] += stats.seconds - (timings["compile_s"] if epoch == 1 else 0.0)
     timings["images"] += stats.images * run.world
     t0 = time.perf_counter()
-    logits = batched_logits(run.step_model, run.x_val, info["mean"], info["std"], run.val_batch, run.device, run.bf16)
+    logits = batched_logits(run.step_model, run.x_val, run.mean, run.std, run.val_batch, run.device, run.bf16)
     val_loss = F.cross_entropy(logits, run.y_val).item()
     if not math.isfinite(val_loss):
         _diverged(f"validation loss became {val_loss}", epoch, run_dir)
@@ -317,7 +337,8 @@ def _commit(
     """Write the best weights, description, records, curves (and the user's code) as the next model version."""
     name = cfg.name or cfg.arch
     dataset = run.dataset
-    model_desc = describe(cfg.arch, name, run.model, dataset, run.arch_source)
+    model_desc = describe(cfg.arch, name, run.model, dataset, run.arch_source, (run.mean, run.std),
+                          run.pretrained.to_json() if run.pretrained else None)
     resolved = asdict(cfg) | {
         "device": result.device, "compiled": result.compiled, "precision": result.precision,
         "augmentation": dataset.info["augment"] if cfg.augment else None, "world_size": result.world_size,

@@ -16,6 +16,8 @@ from ..errors import CnnpipeError
 from ..nets.modelfile import WEIGHTS, read_safetensors, read_state
 from ..store.workspace import Workspace
 
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")  # an --init-from that names a file, not a version
+
 
 def find_head(model: nn.Module, example: torch.Tensor) -> str:
     """The name of the module that produces ``model``'s logits."""
@@ -46,19 +48,29 @@ def initial_state(ref: str, root: Path) -> dict[str, torch.Tensor]:
     path = Path(ref)
     if path.is_file():
         return read_state(path)
+    if not path.exists() and (path.suffix in WEIGHT_SUFFIXES or "/" in ref):
+        raise CnnpipeError(f"--init-from {ref}: no such file (give a weights file that exists, or a model version "
+                           "NAME, NAME@vN)")
     version = Workspace(root).models.resolve(ref)
     version.rehash()
     return read_safetensors(version.file(WEIGHTS))
 
 
-def apply_init(model: nn.Module, state: dict[str, Any], head: str | None, where: str) -> None:
-    """Load ``state`` into ``model``; with ``head`` its parameters are left freshly initialised."""
+def apply_init(model: nn.Module, state: dict[str, Any], head: str | None, where: str, reset: bool = True) -> None:
+    """Load ``state`` into ``model``; with ``reset`` the parameters of ``head`` are left freshly initialised,
+    without it a head of another shape is a usage error giving both shapes and the fix."""
     from ..nets.modelfile import load_state
 
-    if head is None:
+    own = model.state_dict()
+    if not reset or head is None:
+        heads = sorted((k for k in state.keys() & own.keys() if head and k.startswith(head + ".")),
+                       key=lambda k: (not k.endswith(".weight"), k))
+        for key in heads:
+            if tuple(state[key].shape) != tuple(own[key].shape):
+                raise CnnpipeError(f"{where}: {key} is {list(state[key].shape)} in the file and {list(own[key].shape)} "
+                                   "here: add --reset-head")
         load_state(model, state, where, shown=10)
         return
-    own = model.state_dict()
     kept = {k: v for k, v in state.items() if not k.startswith(head + ".")}
     load_state(model, kept | {k: v for k, v in own.items() if k.startswith(head + ".")}, where, shown=10)
 
