@@ -28,8 +28,8 @@ from ..errors import CnnpipeError, first_line
 from ..evaluation.plots import plot_curves
 from ..fs import dumps, write_json
 from ..nets.modelfile import WEIGHTS, describe, resolve_device, save_weights
-from ..nets.registry import param_count
 from ..nets.pretrained import Pretrained, input_stats, load_pretrained
+from ..nets.registry import param_count
 from ..nets.sources import ArchSource, build_arch, parse, store_code
 from ..options.training import TrainConfig
 from ..store.provenance import environment, lineage
