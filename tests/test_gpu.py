@@ -101,3 +101,21 @@ def test_verify_and_bench_on_cuda(pipeline_root: Path):
     assert "pytorch eager (cuda)" in runtimes
     assert ("onnxruntime (cuda)" in runtimes) == _ort_cuda()
     assert all(r["images_per_s"] > 0 for r in bench["rows"])
+
+
+def test_a_pretrained_torchvision_network_fine_tunes_compiled_on_cuda_and_verifies_there(cuda_root: Path, tmp_path: Path):
+    """Issue 25's GPU check: --pretrained through torchvision's cache (seeded), compiled bf16 training, and the
+    CUDA row of the fresh model within float32 tolerances (PyTorch's TF32 convolutions failed it once)."""
+    import torchvision
+
+    checkpoint = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), checkpoint)
+    env = {"TORCH_HOME": str(tmp_path)}
+    trained = cnnpipe_json(cuda_root, "train", "--model", "torchvision:resnet18", "--pretrained", "--device", "cuda",
+                           "--compile", "on", "--epochs", "2", "--name", "tuned", env=env)
+    assert (trained["device"], trained["compiled"]) == ("cuda", True) and "IMAGENET1K_V1" in trained["fine_tune"]
+    assert cnnpipe(cuda_root, "export", "tuned", "--format", "safetensors").returncode == 0
+    report = json.loads(cnnpipe(cuda_root, "verify", "tuned", "--providers", "cpu,cuda", "--samples", "256", "--json").stdout)
+    rows = {r["runtime"]: r for r in report["formats"]}
+    assert rows["torch (fresh model)[cuda]"]["passed"], rows["torch (fresh model)[cuda]"]["reasons"]

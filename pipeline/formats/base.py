@@ -273,11 +273,16 @@ def torch_runner(module: Any, device: str, problems: list[str]) -> Runner:
 
 
 def needs_device(device: str) -> None:
-    """A usage error when CUDA is asked for and PyTorch sees none."""
+    """A usage error when CUDA is asked for and PyTorch sees none; on CUDA, float32 stays float32: PyTorch's
+    default TF32 convolutions put a ResNet18's logits 9e-3 from the CPU's (seen on an H200), as onnxruntime's
+    TF32 did (its sessions get ``use_tf32=0``)."""
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():
         raise CnnpipeError("CUDA was asked for, but PyTorch sees no CUDA device here")
+    if device == "cuda":  # the worker's own process: nothing else runs in it
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def same_meta(found: str | None, ctx: LoadContext, what: str) -> list[str]:
