@@ -80,6 +80,38 @@ def test_train_and_test_subfolders_are_kept_and_val_is_held_out_of_train(tmp_pat
     assert np.load(root / "data/gray/v1/splits/test-images.npy").shape == (12, 1, 16, 16)
 
 
+@pytest.mark.parametrize(("layout", "args", "sizes", "came"), [
+    (("train", "val"), (), {"train": 30, "val": 12, "test": 8}, {"val": "val/", "test": "held out of train/ (8 images"}),
+    (("train", "val"), ("--test-from", "val"), {"train": 34, "val": 4, "test": 12},
+     {"test": "val/", "val": "held out of train/ (4 images"}),
+    (("train", "valid", "test"), (), {"train": 38, "val": 12, "test": 12}, {"train": "train/", "val": "valid/", "test": "test/"}),
+])
+def test_the_layouts_people_have_import_and_say_where_each_split_came_from(tmp_path: Path, layout, args, sizes, came):
+    """The transfer-learning tutorial's train/ + val/, and a labeling tool's train/ + valid/ + test/;
+    .gif and .tif files are images too, and a file of another kind is listed, never dropped silently."""
+    src = tmp_path / "photos"
+    for part in layout:
+        _make_folder(src / part, per_class=12 if part == "train" else 4)
+    Image.new("RGB", (9, 9), "red").save(src / "train" / "cat" / "extra.gif")
+    Image.new("RGB", (9, 9), "red").save(src / "train" / "dog" / "extra.tif")
+    (src / "train" / "cat" / "notes.txt").write_text("not an image")
+    proc = cnnpipe(tmp_path, "download", "imagefolder", str(src), "--name", "photos", "--no-plots", *args)
+    assert proc.returncode == 0, proc.stderr
+    for part, words in came.items():
+        assert f"  {part}: {words}" in proc.stdout, proc.stdout
+    assert "ignored train/cat/notes.txt: not an image extension" in proc.stdout
+    split = json.loads((tmp_path / "data/photos/v1/split.json").read_text())
+    assert split["sizes"] == sizes and all(split["from"][k].startswith(v) for k, v in came.items())
+
+
+def test_test_from_val_needs_a_val_folder_and_no_test_folder(tmp_path: Path):
+    src = tmp_path / "photos"
+    _make_folder(src / "train", per_class=6)
+    _make_folder(src / "test", per_class=2)
+    proc = cnnpipe_here(tmp_path, "download", "imagefolder", str(src), "--name", "p", "--test-from", "val")
+    assert_clean_error(proc, 2, "--test-from val: the folder has its own test/")
+
+
 CIFAR_JPEG = SHARED / "cifar10-jpeg.tar.gz"
 
 
@@ -168,7 +200,8 @@ def test_partial_layouts_empty_classes_and_symlinks_out_are_refused(tmp_path: Pa
         return tmp_path / name
 
     cases = [
-        (folder("noval", {"train/a": 4, "train/b": 4, "val/a": 2, "val/b": 2}), "holds train/, val/; a pre-split folder needs"),
+        (folder("twoval", {"train/a": 4, "val/a": 2, "valid/a": 2}), "both val/ and valid/ hold the val split"),
+        (folder("onlytrain", {"train/a": 4, "train/b": 4}), "holds train/; a pre-split folder needs"),
         (folder("mixed", {"train/a": 4, "test/a": 2, "cat": 3}), "beside class folders ['cat']"),
         (folder("empty", {"a": 4, "b": 0}), "an empty class folder"),
     ]
@@ -178,7 +211,10 @@ def test_partial_layouts_empty_classes_and_symlinks_out_are_refused(tmp_path: Pa
     cases.append((link, "a symbolic link to a folder outside"))
     single = folder("filelink", {"a": 4, "b": 3})
     (single / "b" / "stray.png").symlink_to(outside / "b" / "0.png")
-    cases.append((single, "a symbolic link to a file outside"))
+    cases.append((single, f"{single / 'b' / 'stray.png'}: a symbolic link to outside"))
+    nested = folder("nested", {"a": 4, "b": 3})
+    (nested / "b" / "more").symlink_to(outside / "b")  # a link to a folder, inside a class folder: named itself
+    cases.append((nested, f"{nested / 'b' / 'more'}: a symbolic link to outside"))
     for path, message in cases:
         assert_clean_error(cnnpipe_here(tmp_path, "download", "imagefolder", str(path), "--name", path.name), 2, message)
     assert not (tmp_path / "data").exists()  # nothing was imported

@@ -24,8 +24,11 @@ from ..errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
 from ..fs import STORAGE_ERRNOS, dumps
 from ..store.remote import is_url, open_root
 
-out = Console(width=None if sys.stdout.isatty() else 120)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+# in a terminal rich follows its width; elsewhere (a CI log, a pipe) COLUMNS where set, else wide enough that a
+# table keeps its natural width, and a line of text is never wrapped
+out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200, soft_wrap=not sys.stdout.isatty())
+err = Console(stderr=True, width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else 200,
+              soft_wrap=not sys.stderr.isatty())
 T = TypeVar("T")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress goes to stderr).")]

@@ -111,13 +111,22 @@ def table(columns: list[str], rows: list[list[Any]]) -> Table:
     return t
 
 
+SHOWN_IGNORED = 20  # files an import left out for their extension, named; the rest counted
+
+
 def render_download(console: Console, r: Any) -> None:
     counts = ", ".join(f"{part} {sum(c.values()):,}" for part, c in r.counts.items())
     verb = "already present as" if r.reused else "wrote"
     console.print(f"download: {verb} [bold]{r.ref}[/] ({counts}) at {r.path}")
     console.print(f"  dataset hash {r.dataset_hash}; mean {r.mean}, std {r.std}", highlight=False)
+    for part, came in r.splits_from.items():
+        console.print(f"  {part}: {plain(came)}", highlight=False)
     for failure in r.skipped:
-        console.print(f"  [yellow]skipped[/] {failure}", highlight=False)
+        console.print(f"  [yellow]skipped[/] {plain(failure)}", highlight=False)
+    for name in r.ignored[:SHOWN_IGNORED]:
+        console.print(f"  [yellow]ignored[/] {plain(name)}", highlight=False)
+    if len(r.ignored) > SHOWN_IGNORED:
+        console.print(f"  [yellow]ignored[/] {len(r.ignored) - SHOWN_IGNORED} more files without an image extension")
 
 
 def render_train(console: Console, r: Any) -> None:

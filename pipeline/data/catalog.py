@@ -55,20 +55,20 @@ class DatasetSpec:
 
 
 def hold_out_val(
-    splits: dict[str, tuple[np.ndarray, np.ndarray]], val_size: int, seed: int
+    splits: dict[str, tuple[np.ndarray, np.ndarray]], val_size: int, seed: int, part: str = "val", flag: str = "--val-size",
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
-    """Move a seeded, stratified ``val_size`` hold-out of ``train`` into ``val``; record the split."""
+    """Move a seeded, stratified ``val_size`` hold-out of ``train`` into ``part``; record the split."""
     x, y = splits["train"]
     if not 0 < val_size < len(y):
-        raise CnnpipeError(f"--val-size must be between 1 and {len(y) - 1} (the training split), not {val_size}")
-    parts = stratified_split(y, {"val": val_size, "train": len(y) - val_size}, seed)
-    out = {"train": (x[parts["train"]], y[parts["train"]]), "val": (x[parts["val"]], y[parts["val"]])}
+        raise CnnpipeError(f"{flag} must leave between 1 and {len(y) - 1} images (the training split), not {val_size}")
+    parts = stratified_split(y, {part: val_size, "train": len(y) - val_size}, seed)
+    out = {"train": (x[parts["train"]], y[parts["train"]]), part: (x[parts[part]], y[parts[part]])}
     out |= {k: v for k, v in splits.items() if k != "train"}
     record = {
         "method": "stratified hold-out of train",
         "seed": seed,
         "sizes": {k: len(v[1]) for k, v in out.items()},
-        "val_indices_in_train": parts["val"].tolist(),
+        f"{part}_indices_in_train": parts[part].tolist(),
     }
     return out, record
 

@@ -1,4 +1,5 @@
-"""A user's folder of images: ``PATH/<class>/*`` or ``PATH/{train,val,test}/<class>/*``."""
+"""A user's folder of images: ``PATH/<class>/*`` or split folders ``PATH/train/<class>/*`` beside ``val/``
+(or ``valid/``, ``validation/``) and/or ``test/``."""
 
 from __future__ import annotations
 
@@ -14,24 +15,27 @@ from PIL import Image, ImageOps
 from ..errors import CnnpipeError
 from .resize import in_threads, resize_image
 
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}  # a GIF's first frame
 MAX_PIXELS = 50_000_000  # an image over this (e.g. 7072x7072) is a bad image: decoding it would take ~150 MB or more
 WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}  # more than 8 bits per sample
 # Pillow warns on stderr about corrupt EXIF or large images; a file is either decoded or listed as bad, with
 # the reason (set once for the process: warnings.catch_warnings is not thread-safe, and decoding runs in threads)
 warnings.filterwarnings("ignore", module=r"PIL\.")
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-SPLIT_DIRS = ("train", "val", "test")
+SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}  # folder -> split
 
 
 @dataclass
 class Scan:
-    """What a folder holds: its layout, class names and the files per split (None: to be split)."""
+    """What a folder holds: its layout, class names, the files per split (None: to be split), the folder
+    each split was read from, and the files left out for not having an image extension."""
 
     root: Path
     layout: str
     classes: list[str]
     files: dict[str | None, list[tuple[Path, int]]]
+    folders: dict[str, str]
+    ignored: list[Path]
 
 
 def _class_dirs(folder: Path) -> list[str]:
@@ -43,21 +47,56 @@ def _outside(path: Path, root: Path) -> bool:
     return not path.resolve().is_relative_to(root)
 
 
-def _images(folder: Path, root: Path, follow_symlinks: bool) -> list[Path]:
-    """The image files under ``folder``; one that leads outside ``root`` through a symlink is refused
-    unless ``follow_symlinks``."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=follow_symlinks):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+def _link_in(path: Path, folder: Path) -> Path:
+    """The symbolic link on the way from ``folder`` to ``path`` (the outermost), or ``path`` itself."""
+    for part in [*reversed(path.relative_to(folder).parents), path.relative_to(folder)]:
+        if (folder / part).is_symlink():
+            return folder / part
+    return path
+
+
+def _images(folder: Path, root: Path, follow_symlinks: bool) -> tuple[list[Path], list[Path]]:
+    """The image files under ``folder`` (sub-folders and links to folders inside ``root`` included), and the
+    files without an image extension; a link that leads outside ``root`` is refused, naming the link,
+    unless ``follow_symlinks``. Hidden files and folders are not read."""
+    found, ignored, seen = [], [], set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back to a folder already read: a cycle
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             p = Path(dirpath) / name
-            if name.startswith(".") or p.suffix.lower() not in EXTENSIONS or not p.is_file():
+            if name.startswith(".") or not p.is_file():
                 continue
             if not follow_symlinks and _outside(p, root):
-                raise CnnpipeError(f"{p}: a symbolic link to a file outside {root}; move the image in, or pass "
-                                   "--follow-symlinks if that is meant")
-            found.append(p)
-    return sorted(found)
+                raise CnnpipeError(f"{_link_in(p, folder)}: a symbolic link to outside {root}; move the images in, "
+                                   "or pass --follow-symlinks if that is meant")
+            (found if p.suffix.lower() in EXTENSIONS else ignored).append(p)
+    return sorted(found), sorted(ignored)
+
+
+def _split_folders(path: Path, top: list[str]) -> dict[str, str]:
+    """The split each split folder at the top of ``path`` holds (``valid/`` is ``val``); a usage error for a
+    mix that is not a layout (class folders beside split folders, two folders for one split, no train/)."""
+    folders: dict[str, str] = {}
+    for name in top:
+        if name in SPLIT_DIRS:
+            if SPLIT_DIRS[name] in folders:
+                raise CnnpipeError(f"{path}: both {folders[SPLIT_DIRS[name]]}/ and {name}/ hold the "
+                                   f"{SPLIT_DIRS[name]} split; keep one")
+            folders[SPLIT_DIRS[name]] = name
+    others = sorted(set(top) - set(SPLIT_DIRS))
+    if folders and ("train" not in folders or len(folders) < 2 or others):
+        raise CnnpipeError(
+            f"{path}: holds {', '.join(f + '/' for f in folders.values())}"
+            + (f" beside class folders {others}" if others else "")
+            + "; a pre-split folder needs train/ and val/ (or valid/) or test/, and nothing else, or put the class "
+            "folders at the top to have cnnpipe split them"
+        )
+    return folders
 
 
 def scan(path: Path, follow_symlinks: bool = False) -> Scan:
@@ -67,18 +106,11 @@ def scan(path: Path, follow_symlinks: bool = False) -> Scan:
     if not path.is_dir():
         raise CnnpipeError(f"{path}: no such folder; give a folder of class sub-folders of images")
     top = _class_dirs(path)
-    splits = [s for s in SPLIT_DIRS if s in top]
-    presplit = bool(splits)
-    if presplit and ("train" not in splits or "test" not in splits or set(top) - set(SPLIT_DIRS)):
-        others = sorted(set(top) - set(SPLIT_DIRS))
-        raise CnnpipeError(
-            f"{path}: holds {', '.join(s + '/' for s in splits)}" + (f" beside class folders {others}" if others else "")
-            + "; a pre-split folder needs train/ and test/ (val/ is optional) and nothing else, or put the class "
-            "folders at the top to have cnnpipe split them"
-        )
+    folders = _split_folders(path, top)
+    presplit = bool(folders)
     if presplit:
         classes = _class_dirs(path / "train")
-        roots: dict[str | None, Path] = {s: path / s for s in splits}
+        roots: dict[str | None, Path] = {s: path / f for s, f in folders.items()}
     else:
         classes = top
         roots = {None: path}
@@ -86,6 +118,7 @@ def scan(path: Path, follow_symlinks: bool = False) -> Scan:
         raise CnnpipeError(f"{path}: found {len(classes)} class folder(s); an image folder needs at least 2")
     root = path.resolve()
     files: dict[str | None, list[tuple[Path, int]]] = {}
+    ignored: list[Path] = []
     for split, folder in roots.items():
         extra = sorted(set(_class_dirs(folder)) - set(classes))
         if extra:
@@ -97,12 +130,14 @@ def scan(path: Path, follow_symlinks: bool = False) -> Scan:
             if not follow_symlinks and _outside(folder / c, root):
                 raise CnnpipeError(f"{folder / c}: a symbolic link to a folder outside {path}; pass --follow-symlinks "
                                    "if that is meant")
-            images = _images(folder / c, root, follow_symlinks)
+            images, others = _images(folder / c, root, follow_symlinks)
+            ignored += others
             if not images:
                 raise CnnpipeError(f"{folder / c}: an empty class folder (no {', '.join(sorted(EXTENSIONS))} files); "
                                    "add images or remove it")
             files[split] += [(f, i) for f in images]
-    return Scan(path, "train/val/test folders" if presplit else "class folders", classes, files)
+    layout = "split folders " + " ".join(f + "/" for f in folders.values()) if presplit else "class folders"
+    return Scan(path, layout, classes, files, folders, ignored)
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

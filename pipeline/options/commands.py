@@ -43,6 +43,9 @@ class DownloadOptions:
     flip: bool = option(True, "With imagefolder: horizontal flips are valid augmentation.")
     follow_symlinks: bool = option(False, "With imagefolder: read images that symbolic links lead to outside PATH "
                                    "(refused by default).", "--follow-symlinks")
+    test_from: str = option("train", "With imagefolder, for train/ and val/ without test/: where the test split comes "
+                            "from: train (a stratified hold-out of train/) or val (val/ is the test split and "
+                            "validation is held out of train/).", "--test-from", choices=("train", "val"))
 
     @property
     def folder_size(self) -> int:
@@ -66,6 +69,7 @@ class DownloadOptions:
             raise CnnpipeError(f"--channels must be 1 or 3, not {self.channels}")
         if not (0 < self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise CnnpipeError("--val-fraction and --test-fraction must be fractions that leave images to train on")
+        check_choice(self.test_from, ("train", "val"), "--test-from")
 
 
 @dataclass(frozen=True)

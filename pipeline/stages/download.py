@@ -11,7 +11,7 @@ import numpy as np
 
 from ..data.catalog import CATALOG, FetchOptions, Prepared, get_spec, hold_out_val
 from ..data.fetch import OnBytes
-from ..data.imagefolder import decode_all, scan
+from ..data.imagefolder import EXTENSIONS, decode_all, scan
 from ..data.loading import INFO, split_files
 from ..data.resize import channel_stats, resize_split
 from ..data.split import stratified_split
@@ -36,6 +36,8 @@ class DownloadResult:
     mean: list[float]
     std: list[float]
     skipped: list[str] = field(default_factory=list)
+    splits_from: dict[str, str] = field(default_factory=dict)  # image folders: where each split's images came from
+    ignored: list[str] = field(default_factory=list)  # image folders: files left out for their extension
 
 
 def _content_hash(folder: Path) -> str:
@@ -46,11 +48,13 @@ def _content_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _result(version: Version, reused: bool, skipped: list[str] | None = None) -> DownloadResult:
+def _result(version: Version, reused: bool, skipped: list[str] | None = None, splits_from: dict[str, str] | None = None,
+            ignored: list[str] | None = None) -> DownloadResult:
     r = version.results
     return DownloadResult(
         ref=version.ref, path=str(version.path), dataset_hash=r["dataset_hash"], reused=reused,
-        counts=r["counts"], mean=r["mean"], std=r["std"], skipped=skipped or [],
+        counts=r["counts"], mean=r["mean"], std=r["std"], skipped=skipped or [], splits_from=splits_from or {},
+        ignored=ignored or [],
     )
 
 
@@ -140,9 +144,11 @@ def download(
     return _result(version, reused)
 
 
-def _folder_splits(decoded: dict[str | None, Any], options: DownloadOptions) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The splits of a decoded folder and how they were made: stratified from one pool of images,
-    or the folder's own train/val/test (validation held out of train where it has none)."""
+def _folder_splits(decoded: dict[str | None, Any], folders: dict[str, str],
+                   options: DownloadOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The splits of a decoded folder and how they were made (``split.json``, whose ``from`` says where
+    each split came from): stratified from one pool of images, or the folder's own split folders with
+    test (or, with ``--test-from val``, validation) and then validation held out of train where missing."""
     if None in decoded:
         d = decoded[None]
         n = len(d.labels)
@@ -150,14 +156,33 @@ def _folder_splits(decoded: dict[str | None, Any], options: DownloadOptions) -> 
         n_val = round(n * options.val_fraction)
         parts = stratified_split(d.labels, {"val": n_val, "test": n_test, "train": n - n_val - n_test}, options.seed)
         splits = {p: (d.images[i], d.labels[i]) for p, i in parts.items() if len(i)}
+        made = f"stratified from every class folder (seed {options.seed})"
         split = {"method": "stratified", "seed": options.seed, "sizes": {p: len(i) for p, i in parts.items()},
-                 "indices": {p: i.tolist() for p, i in parts.items()}}
+                 "indices": {p: i.tolist() for p, i in parts.items()}, "from": dict.fromkeys(splits, made)}
         return splits, split
     splits = {s: (d.images, d.labels) for s, d in decoded.items() if s is not None}
-    split = {"method": "folders", "sizes": {s: len(v[1]) for s, v in splits.items()}}
+    came = {s: f"{f}/" for s, f in folders.items()}
+    if options.test_from == "val" and "test" in splits:
+        raise CnnpipeError(f"--test-from val: the folder has its own {folders['test']}/; drop --test-from")
+    if options.test_from == "val" and "val" not in splits:
+        raise CnnpipeError("--test-from val: the folder has no val/ (or valid/) folder")
+    split: dict[str, Any] = {"method": "folders"}
+    if "test" not in splits and options.test_from == "val":
+        splits["test"] = splits.pop("val")
+        came["test"] = came.pop("val")
+    elif "test" not in splits:
+        n_test = max(1, round(len(splits["train"][1]) * options.test_fraction))
+        splits, held = hold_out_val(splits, n_test, options.seed, part="test", flag="--test-fraction")
+        split |= {"test_indices_in_train": held["test_indices_in_train"]}
+        came["test"] = f"held out of {folders['train']}/ ({n_test:,} images, stratified, seed {options.seed})"
     if "val" not in splits:
         n_val = max(1, round(len(splits["train"][1]) * options.val_fraction))
-        splits, split = hold_out_val(splits, n_val, options.seed)
+        splits, held = hold_out_val(splits, n_val, options.seed)
+        split |= {"method": held["method"], "seed": options.seed, "val_indices_in_train": held["val_indices_in_train"]}
+        came["val"] = f"held out of {folders['train']}/ ({n_val:,} images, stratified, seed {options.seed})"
+    if came["train"] == f"{folders['train']}/" and len(splits["train"][1]) < len(decoded["train"].labels):
+        came["train"] = f"{folders['train']}/ less the images held out"
+    split |= {"sizes": {k: len(v[1]) for k, v in splits.items()}, "from": {k: came[k] for k in ("train", "val", "test")}}
     return splits, split
 
 
@@ -181,7 +206,7 @@ def import_folder(path: Path, options: DownloadOptions, root: Path = Path(".")) 
         split or "all": {str(p.relative_to(found.root)): sha for p, sha in zip(d.paths, d.sha256)}
         for split, d in decoded.items()
     }
-    splits, split = _folder_splits(decoded, options)
+    splits, split = _folder_splits(decoded, found.folders, options)
     for part, (_, y) in splits.items():
         if len(y) == 0:
             raise CnnpipeError(f"{path}: the {part} split has no readable images")
@@ -189,7 +214,7 @@ def import_folder(path: Path, options: DownloadOptions, root: Path = Path(".")) 
                         source={"path": str(path.resolve()), "layout": found.layout, "skipped": failures})
     config = {"name": name, "path": str(path.resolve()), "size": size, "channels": channels,
               "val_fraction": options.val_fraction, "test_fraction": options.test_fraction, "seed": options.seed,
-              "skip_bad": options.skip_bad}
+              "skip_bad": options.skip_bad} | ({"test_from": "val"} if options.test_from == "val" else {})
     info = {
         "name": name, "summary": f"image folder {path.name} ({found.layout})", "license": "the folder owner's",
         "channels": channels, "height": size, "width": size,
@@ -197,4 +222,6 @@ def import_folder(path: Path, options: DownloadOptions, root: Path = Path(".")) 
     }
     with Workspace(root).data.draft(name) as draft:
         version, reused = _commit(draft, prepared, info, config, options.plots)
-    return _result(version, reused, failures)
+    ignored = [f"{p.relative_to(found.root)}: not an image extension cnnpipe reads ({', '.join(sorted(EXTENSIONS))})"
+               for p in found.ignored]
+    return _result(version, reused, failures, split["from"], ignored)
