@@ -300,3 +300,12 @@ def test_a_network_the_exporter_cannot_take_is_one_line_naming_the_format(own_ro
         assert_clean_error(proc, 2, f"{fmt} export failed: ", "data-dependent")
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert (tree_state(own_root / "exports") if (own_root / "exports").exists() else {}) == before
+
+
+def test_timm_networks_are_built_at_the_datasets_size_or_say_the_smallest_they_take(own_root: Path):
+    """A ViT gets timm's img_size (28 px digits, not 224); a network that cannot take 28 px names the smallest
+    size it takes, found by building it (timm's configs seldom list one)."""
+    row = cnnpipe_json(own_root, "models", "--model", "timm:deit_tiny_patch16_224", "-d", "mnist-sample")[0]
+    assert "1x28x28" in json.dumps(row)
+    proc = cnnpipe_here(own_root, "models", "--model", "timm:levit_128s", "-d", "mnist-sample")
+    assert_clean_error(proc, 2, "the smallest of the sizes tried that it takes is 32x32", "--size 32")

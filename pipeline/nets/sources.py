@@ -142,15 +142,40 @@ def _adapt_first_conv(model: nn.Module, channels: int) -> None:
     raise CnnpipeError(f"cannot adapt {type(model).__name__} to {channels}-channel input: no 3-channel convolution")
 
 
-def _timm(name: str, channels: int, classes: int) -> tuple[nn.Module, str]:
+def _timm(name: str, channels: int, size: int, classes: int) -> tuple[nn.Module, str]:
+    """A timm model for the dataset, built at its size where the model takes ``img_size`` (ViTs, LeViT)."""
     try:
         import timm
     except ImportError:
         raise CnnpipeError('timm is not installed: pip install -e ".[timm]"') from None
     known = timm.list_models()
-    if name not in known:
+    if name.partition(".")[0] not in known:
         raise CnnpipeError(f"unknown timm model {name!r}{_close(name, known)}")
-    return timm.create_model(name, pretrained=False, num_classes=classes, in_chans=channels), f"timm {timm.__version__}"
+    args = {"pretrained": False, "num_classes": classes, "in_chans": channels}
+    try:
+        try:
+            model = timm.create_model(name, img_size=size, **args)
+        except TypeError as e:  # a model without an input size argument (a CNN) is built without it
+            if "img_size" not in str(e):
+                raise
+            model = timm.create_model(name, **args)
+    except Exception as e:  # a model that refuses the size, e.g. a ViT's patch size
+        least = min_timm_size(name)
+        raise CnnpipeError(f"timm could not build {name} for {channels}x{size}x{size} input ({type(e).__name__}: "
+                           f"{first_line(e)})" + (f"; it takes at least {least}x{least}" if least else "")) from None
+    return model, f"timm {timm.__version__}"
+
+
+def min_timm_size(name: str) -> int | None:
+    """The smallest input side timm's pretrained config lists for ``name`` (``min_input_size``), if any."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:
+        return None
+    least = getattr(cfg, "min_input_size", None) if cfg is not None else None
+    return int(least[-1]) if least else None
 
 
 def _load_file(path: Path, factory: str) -> Any:
@@ -199,7 +224,10 @@ def _call_factory(fn: Any, where: str, channels: int, size: int, classes: int) -
 
 
 def min_size(source: ArchSource) -> int | None:
-    """The smallest input side the architecture's publisher lists (torchvision's weights metadata), if any."""
+    """The smallest input side the architecture's publisher lists (torchvision's weights metadata, timm's
+    pretrained config), if any."""
+    if source.kind == "timm":
+        return min_timm_size(source.name)
     if source.kind != "torchvision":
         return None
     import torchvision
@@ -217,16 +245,37 @@ def _check_logits(model: nn.Module, source: ArchSource, where: str, channels: in
             out = model(torch.zeros(2, channels, size, size))
     except Exception as e:  # a network that cannot take the dataset's input
         least = min_size(source)
-        needs = f"torchvision lists {least}x{least} as its smallest input; " if least and least > size else ""
+        needs = f"{source.kind} lists {least}x{least} as its smallest input; " if least and least > size else ""
+        if not needs and (least := _smallest_size(source, channels, size, classes)):
+            needs = f"the smallest of the sizes tried that it takes is {least}x{least}; "
         raise CnnpipeError(
             f"{where} cannot take the dataset's {channels}x{size}x{size} input ({type(e).__name__}: {first_line(e)}); "
-            f"{needs}store the dataset at a larger size with `cnnpipe download NAME --size N`"
+            f"{needs}store the dataset at a larger size with `cnnpipe download NAME --size {least if needs else 'N'}`"
         ) from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or list(out.shape) != [2, classes]:
         shape = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise CnnpipeError(f"{where} returns {shape} for a batch of 2, not [2, {classes}] logits")
+
+
+PROBED_SIZES = (16, 24, 32, 48, 64, 96, 128, 160, 224, 299)  # sides tried for a library network that refuses the dataset's
+
+
+def _smallest_size(source: ArchSource, channels: int, size: int, classes: int) -> int | None:
+    """The smallest of ``PROBED_SIZES`` above ``size`` at which a torchvision or timm network builds and
+    answers a batch of 2 (a user's code is not run again for this), or None."""
+    if source.kind not in ("torchvision", "timm"):
+        return None
+    for side in (s for s in PROBED_SIZES if s > size):
+        try:
+            model, _ = _build(source, Path("."), channels, side, classes)
+            with torch.no_grad():
+                model.eval()(torch.zeros(2, channels, side, side))
+            return side
+        except Exception:  # noqa: BLE001 - any refusal means: not this size
+            continue
+    return None
 
 
 def build_arch(arch: str, channels: int, size: int, classes: int) -> tuple[nn.Module, ArchSource]:
@@ -244,7 +293,7 @@ def _build(source: ArchSource, file: Path, channels: int, size: int, classes: in
         model, dist = _torchvision(source.name, channels, size, classes)
         return model, ArchSource("torchvision", source.name, distribution=dist)
     if source.kind == "timm":
-        model, dist = _timm(source.name, channels, classes)
+        model, dist = _timm(source.name, channels, size, classes)
         return model, ArchSource("timm", source.name, distribution=dist)
     assert source.factory is not None
     if source.kind == "file":
