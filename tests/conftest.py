@@ -167,3 +167,19 @@ def root_copy(pipeline_root: Path, tmp_path: Path) -> Path:
     shutil.copytree(pipeline_root, copy, symlinks=True,  # not a report another worker is writing right now
                     ignore=shutil.ignore_patterns(".*.tmp"))
     return copy
+
+
+def card_snippets_answer(bundle: Path, image: Path, work: Path) -> list[str]:
+    """Run every Python snippet of a bundle's model card as written, each in a fresh interpreter, in a copy
+    of the bundle holding ``image`` as ``image.png``; the class each printed (each must succeed)."""
+    import re
+
+    shutil.copytree(bundle, work)
+    shutil.copyfile(image, work / "image.png")
+    answers = []
+    for code in re.findall(r"```python\n(.*?)\n```", (work / "README.md").read_text(), re.S):
+        proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=cli_env(), capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, (code, proc.stderr[-2000:])
+        answers.append(proc.stdout.strip().splitlines()[-1])
+    return answers

@@ -17,12 +17,13 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from cnnpipe.formats import BASE_FORMATS, FORMATS
 from cnnpipe.nets.modelfile import load_model
 from cnnpipe.store.workspace import Workspace
 from cnnpipe.training.engine import batched_logits
 from test_imagefolder import _make_folder
 
-from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_here, cnnpipe_json, resign
+from conftest import assert_clean_error, card_snippets_answer, cli_env, cnnpipe, cnnpipe_here, cnnpipe_json, resign
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "onnx_predict.py"
 
@@ -78,6 +79,19 @@ def test_predict_runs_without_torch_and_agrees_with_evaluate(pipeline_root: Path
     assert top1 == [str(int(i)) for i in logits.argmax(1)]
     probs = torch.softmax(logits, 1).max(1).values.numpy()
     assert np.allclose([p["top"][0]["probability"] for p in predicted["predictions"]], probs, atol=1e-5)
+
+
+def test_every_load_snippet_of_the_card_runs_as_written_and_answers_as_predict(pipeline_root: Path, images,
+                                                                              tmp_path: Path):
+    """Each format's snippet, taken from the card as written, in a fresh process on a real digit that the model
+    gets wrong, stored at twice its size so the snippet's resize filter must be cnnpipe's."""
+    image = tmp_path / "digit.png"
+    Image.open(images[1][0]).resize((56, 56), Image.Resampling.BICUBIC).save(image)
+    predicted = cnnpipe_json(pipeline_root, "predict", str(image), "--bundle", "lenet5")["predictions"][0]["top"][0]
+    card = (pipeline_root / "exports/lenet5/v1/README.md").read_text()
+    answers = card_snippets_answer(pipeline_root / "exports/lenet5/v1", image, tmp_path / "bundle")
+    assert len(answers) == card.count("```python") == len([f for f in BASE_FORMATS if FORMATS[f].snippet]) >= 5
+    assert set(answers) == {predicted["class"]}
 
 
 def test_an_onnx_only_environment_gives_the_same_answers(pipeline_root: Path, images, predicted, tmp_path: Path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_clean_error, cnnpipe, cnnpipe_here, cnnpipe_json, resign, tree_state
+from conftest import assert_clean_error, card_snippets_answer, cnnpipe, cnnpipe_here, cnnpipe_json, resign, tree_state
 
 MYNET = """
 from torch import nn
@@ -71,7 +71,9 @@ def test_a_users_file_trains_exports_verifies_and_predicts(own_root: Path):
     from PIL import Image
 
     Image.fromarray(np.load(own_root / "data/mnist-sample/v1/splits/test-images.npy")[0, 0]).save(png)
-    assert cnnpipe_json(own_root, "predict", str(png), "--bundle", "mynet")["images"] == 1  # ONNX: no code needed
+    predicted = cnnpipe_json(own_root, "predict", str(png), "--bundle", "mynet")  # ONNX: no code needed
+    answers = card_snippets_answer(own_root / "exports/mynet/v1", png, own_root / "mynet-snippets")
+    assert set(answers) == {predicted["predictions"][0]["top"][0]["class"]}  # safetensors: the bundle's code/mynet.py
 
     # a changed copy of the code is refused even with a re-signed manifest
     version = own_root / "exports/mynet/v1"
@@ -95,6 +97,9 @@ def test_a_torchvision_architecture_on_one_channel_input(own_root: Path):
     Image.fromarray(np.load(own_root / "data/mnist-sample/v1/splits/test-images.npy")[1, 0]).save(png)
     predicted = cnnpipe_json(own_root, "predict", str(png), "--bundle", "mobilenet_v3_small")
     assert predicted["images"] == 1 and predicted["bundle"] == "mobilenet_v3_small@v1"
+    # the card's snippets, torchvision's builder with the one-channel first convolution written out, agree
+    answers = card_snippets_answer(own_root / "exports/mobilenet_v3_small/v1", png, own_root / "mobile-snippets")
+    assert answers == [predicted["predictions"][0]["top"][0]["class"]] * 2
     # timm models go through every format in test_conformance
 
 

@@ -78,19 +78,53 @@ def front_matter(desc: ModelDescription, metrics: dict[str, Any] | None, split: 
     return "\n".join(lines + ["---", ""])
 
 
-def _load_snippets(desc: ModelDescription) -> str:
+def _load_snippets(desc: ModelDescription, formats: list[str] | None) -> str:
     inp = desc.input
     shape = f"(N, {inp.channels}, {inp.height}, {inp.width})"
+    snippets = "\n\n".join(_complete(text, desc) for text in load_snippets(desc, formats))
+    mode = "grayscale" if inp.channels == 1 else "RGB"
     return f"""Every format takes float32 `{shape}` batches (NCHW) made as
 `x = (pixel / 255 - mean) / std` per channel, with mean {_round(inp.mean)} and std {_round(inp.std)},
 and returns one logit per class in the order of `classes` in `model.json`
-(`model.json` holds mean and std at full precision).
+(`model.json` holds mean and std at full precision). Each snippet below runs as written in the
+bundle's folder: it reads `image.png`, decodes it as cnnpipe does (upright by its EXIF
+orientation, {mode}, resized to {inp.width}x{inp.height} with Pillow's bilinear filter), runs the
+model and prints the top class; it needs numpy, Pillow and the format's runtime, not cnnpipe
+(the safetensors one builds the network with its own library{"" if desc.source else ", here cnnpipe's registry"}).
 
-{load_snippets(desc)}
+{snippets}
 
 Image files straight from the bundle: `cnnpipe predict IMAGE... --bundle BUNDLE`, or cnnpipe's
 `examples/onnx_predict.py`, which needs only onnxruntime, numpy and Pillow.
 """
+
+
+def image_code(desc: ModelDescription) -> str:
+    """Python lines that read ``image.png`` into the batch ``x`` exactly as cnnpipe feeds the network."""
+    inp = desc.input
+    mode = "L" if inp.channels == 1 else "RGB"
+    return "\n".join([
+        "import numpy as np",
+        "from PIL import Image, ImageOps",
+        f"classes = {json.dumps(list(desc.classes))}",
+        f"mean = np.array({json.dumps(list(inp.mean))}, dtype=np.float32).reshape(1, -1, 1, 1)",
+        f"std = np.array({json.dumps(list(inp.std))}, dtype=np.float32).reshape(1, -1, 1, 1)",
+        'with Image.open("image.png") as img:',
+        f'    img = ImageOps.exif_transpose(img).convert("{mode}")',
+        f"    if img.size != ({inp.width}, {inp.height}):",
+        f"        img = img.resize(({inp.width}, {inp.height}), Image.Resampling.BILINEAR)",
+        "    pixels = np.asarray(img, dtype=np.uint8)",
+        f"x = (pixels.reshape(1, {inp.height}, {inp.width}, {inp.channels}).transpose(0, 3, 1, 2).astype(np.float32)"
+        " / np.float32(255.0) - mean) / std",
+    ])
+
+
+def _complete(text: str, desc: ModelDescription) -> str:
+    """A format's snippet as a whole program: the image's decoding first, the top class printed last."""
+    start = text.index("```python\n") + len("```python\n")
+    end = text.index("\n```", start)
+    code = f"{image_code(desc)}\n{text[start:end]}\nprint(classes[int(logits.argmax())])"
+    return text[:start] + code + text[end:]
 
 
 def _origin(source: dict[str, Any]) -> str:
@@ -255,5 +289,5 @@ def model_card(
         lines += ["## Evaluation", "", "Not evaluated yet: evaluate the model to fill this in.", ""]
     else:
         lines += _evaluation(metrics, split, plots) + _limitations(desc, metrics, split)
-    lines += ["## How to load each export", "", _load_snippets(desc)]
+    lines += ["## How to load each export", "", _load_snippets(desc, bundle["formats"] if bundle else None)]
     return "\n".join(lines)

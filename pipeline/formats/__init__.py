@@ -11,6 +11,8 @@ variants derived from them. Importing this package imports neither torch nor onn
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from ..description import ModelDescription
 from . import aoti, executorch, onnx, openvino, ort, pytorch
 from .base import REGISTRY, Format
@@ -26,11 +28,18 @@ VARIANT_FLAGS = tuple(dict.fromkeys(f.flag for f in FORMATS.values() if f.flag))
 REEXPORTED = tuple(name for name, f in FORMATS.items() if f.reexported)  # parents before their variants
 
 
-def load_snippets(desc: ModelDescription) -> str:
-    """The model card's "how to load" section for every base format."""
-    fields = {"arch": desc.arch, "channels": desc.input.channels, "height": desc.input.height,
-              "classes": len(desc.classes)}
-    return "\n\n".join(f.snippet.format(**fields) for f in FORMATS.values() if f.snippet)
+def load_snippets(desc: ModelDescription, formats: Iterable[str] | None = None) -> list[str]:
+    """Each base format's (of ``formats``: those of a bundle) "how to load" text for the model card: its code
+    takes the float32 batch ``x`` and ends with ``logits`` (the card puts the image's decoding before it and a
+    print after)."""
+    from ..nets.sources import ArchSource, build_code  # imports torch: cards are made in workers, not in verify
+
+    inp = desc.input
+    source = ArchSource.from_json(desc.source) if desc.source else ArchSource("registry", desc.arch)
+    fields = {"arch": desc.arch, "channels": inp.channels, "height": inp.height, "classes": len(desc.classes),
+              "build": build_code(source, desc.arch, inp.channels, inp.height, len(desc.classes))}
+    shown = FORMATS if formats is None else set(formats)
+    return [f.snippet.format(**fields) for name, f in FORMATS.items() if f.snippet and name in shown]
 
 
 def flag_help(flag: str) -> str:

@@ -81,6 +81,7 @@ register(
 ```python
 import onnxruntime as ort
 session = ort.InferenceSession("model.ort", providers=["CPUExecutionProvider"])
+logits = session.run(["logits"], {{"input": x}})[0]
 ```""",
     ),
 )

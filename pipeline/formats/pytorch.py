@@ -120,10 +120,11 @@ logits = model(torch.from_numpy(x))
         snippet="""safetensors (weights into a freshly built network):
 
 ```python
-from cnnpipe.nets.sources import build_arch
+import torch
 from safetensors.torch import load_file
-model = build_arch("{arch}", {channels}, {height}, {classes})[0].eval()
+{build}
 model.load_state_dict(load_file("model.safetensors"))
+logits = model.eval()(torch.from_numpy(x))
 ```""",
     ),
     Format(

@@ -10,15 +10,12 @@ stored in a version runs again only with ``trust_code``.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import shutil
 import sys
-import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import CnnpipeError, first_line
+from .libraries import TORCHVISION_ARGS, min_timm_size, timm_model, torchvision_model
 from .registry import build, get_net
 
 CODE_DIR = "code"  # where a version keeps its copy of the user's file
@@ -63,11 +61,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _close(name: str, known: list[str]) -> str:
-    near = difflib.get_close_matches(name, known, n=3)
-    return f"; did you mean {', '.join(near)}?" if near else ""
-
-
 def default_name(arch: str) -> str:
     """The store name a model gets when none is given: the registry name, the torchvision/timm name,
     the file's stem or the module's last part."""
@@ -98,84 +91,6 @@ def parse(arch: str) -> ArchSource:
     if not all(part.isidentifier() for part in target.split(".")):
         raise CnnpipeError(f"--model {arch!r}: use NAME, torchvision:NAME, timm:NAME, FILE.py:FACTORY or module:FACTORY")
     return ArchSource("module", target, factory)
-
-
-# builder arguments some torchvision families need, by builder module: ViTs take the input size
-# (default 224); GoogLeNet and Inception v3 without auxiliary heads return plain logits in training
-TORCHVISION_ARGS: dict[str, Callable[[int], dict[str, Any]]] = {
-    "torchvision.models.vision_transformer": lambda size: {"image_size": size},
-    "torchvision.models.googlenet": lambda size: {"aux_logits": False},
-    "torchvision.models.inception": lambda size: {"aux_logits": False},
-}
-
-
-def _torchvision(name: str, channels: int, size: int, classes: int) -> tuple[nn.Module, str]:
-    import torchvision
-
-    known = torchvision.models.list_models(module=torchvision.models)
-    if name not in known:
-        raise CnnpipeError(f"unknown torchvision classification model {name!r}{_close(name, known)}")
-    family_args = TORCHVISION_ARGS.get(torchvision.models.get_model_builder(name).__module__)
-    with warnings.catch_warnings():  # inception_v3 and googlenet warn about a future default on every build
-        warnings.simplefilter("ignore", FutureWarning)
-        try:
-            model = torchvision.models.get_model(name, weights=None, num_classes=classes,
-                                                 **(family_args(size) if family_args else {}))
-        except Exception as e:  # a builder that refuses the input size, e.g. a ViT's patch size
-            raise CnnpipeError(f"torchvision could not build {name} for {channels}x{size}x{size} input "
-                               f"({type(e).__name__}: {first_line(e)})") from None
-    if channels != 3:
-        _adapt_first_conv(model, channels)
-    return model, f"torchvision {torchvision.__version__}"
-
-
-def _adapt_first_conv(model: nn.Module, channels: int) -> None:
-    """Replace the first 3-channel convolution by one taking ``channels`` inputs (same geometry)."""
-    for parent in model.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
-                setattr(parent, child_name, nn.Conv2d(
-                    channels, child.out_channels, child.kernel_size, child.stride, child.padding, child.dilation,
-                    child.groups if child.groups == 1 else channels, child.bias is not None, child.padding_mode,
-                ))
-                return
-    raise CnnpipeError(f"cannot adapt {type(model).__name__} to {channels}-channel input: no 3-channel convolution")
-
-
-def _timm(name: str, channels: int, size: int, classes: int) -> tuple[nn.Module, str]:
-    """A timm model for the dataset, built at its size where the model takes ``img_size`` (ViTs, LeViT)."""
-    try:
-        import timm
-    except ImportError:
-        raise CnnpipeError('timm is not installed: pip install -e ".[timm]"') from None
-    known = timm.list_models()
-    if name.partition(".")[0] not in known:
-        raise CnnpipeError(f"unknown timm model {name!r}{_close(name, known)}")
-    args = {"pretrained": False, "num_classes": classes, "in_chans": channels}
-    try:
-        try:
-            model = timm.create_model(name, img_size=size, **args)
-        except TypeError as e:  # a model without an input size argument (a CNN) is built without it
-            if "img_size" not in str(e):
-                raise
-            model = timm.create_model(name, **args)
-    except Exception as e:  # a model that refuses the size, e.g. a ViT's patch size
-        least = min_timm_size(name)
-        raise CnnpipeError(f"timm could not build {name} for {channels}x{size}x{size} input ({type(e).__name__}: "
-                           f"{first_line(e)})" + (f"; it takes at least {least}x{least}" if least else "")) from None
-    return model, f"timm {timm.__version__}"
-
-
-def min_timm_size(name: str) -> int | None:
-    """The smallest input side timm's pretrained config lists for ``name`` (``min_input_size``), if any."""
-    import timm
-
-    try:
-        cfg = timm.models.get_pretrained_cfg(name)
-    except RuntimeError:
-        return None
-    least = getattr(cfg, "min_input_size", None) if cfg is not None else None
-    return int(least[-1]) if least else None
 
 
 def _load_file(path: Path, factory: str) -> Any:
@@ -290,10 +205,10 @@ def build_arch(arch: str, channels: int, size: int, classes: int) -> tuple[nn.Mo
 
 def _build(source: ArchSource, file: Path, channels: int, size: int, classes: int) -> tuple[nn.Module, ArchSource]:
     if source.kind == "torchvision":
-        model, dist = _torchvision(source.name, channels, size, classes)
+        model, dist = torchvision_model(source.name, channels, size, classes)
         return model, ArchSource("torchvision", source.name, distribution=dist)
     if source.kind == "timm":
-        model, dist = _timm(source.name, channels, size, classes)
+        model, dist = timm_model(source.name, channels, size, classes)
         return model, ArchSource("timm", source.name, distribution=dist)
     assert source.factory is not None
     if source.kind == "file":
@@ -306,6 +221,45 @@ def _build(source: ArchSource, file: Path, channels: int, size: int, classes: in
                            "file to rebuild the network from it later; use FILE.py:FACTORY")
     model = _call_factory(fn, f"{source.name}:{source.factory}", channels, size, classes)
     return model, ArchSource("module", source.name, source.factory, _sha256(path), distribution=dist)
+
+
+def build_code(source: ArchSource, arch: str, channels: int, size: int, classes: int) -> str:
+    """Python lines that build ``model`` (random weights, as ``_build`` does) with the network's own library,
+    for a model card: torchvision, timm, the bundle's copy of the user's file, else cnnpipe's registry."""
+    if source.kind == "torchvision":
+        import torchvision
+
+        family = TORCHVISION_ARGS.get(torchvision.models.get_model_builder(source.name).__module__)
+        extra = "".join(f", {k}={v!r}" for k, v in (family(size) if family else {}).items())
+        lines = ["import torchvision",
+                 f"model = torchvision.models.get_model({source.name!r}, weights=None, num_classes={classes}{extra})"]
+        if channels != 3:  # cnnpipe's first-convolution swap (libraries.adapt_first_conv), written out
+            lines += ["for parent in model.modules():  # the first 3-channel convolution takes "
+                      f"{channels} channel(s), as cnnpipe built it",
+                      "    hit = next(((n, c) for n, c in parent.named_children() "
+                      "if isinstance(c, torch.nn.Conv2d) and c.in_channels == 3), None)",
+                      "    if hit:",
+                      "        n, c = hit",
+                      f"        setattr(parent, n, torch.nn.Conv2d({channels}, c.out_channels, c.kernel_size, c.stride, "
+                      f"c.padding, c.dilation, c.groups if c.groups == 1 else {channels}, c.bias is not None, "
+                      "c.padding_mode))",
+                      "        break"]
+        return "\n".join(lines)
+    if source.kind == "timm":
+        args = f"{source.name!r}, pretrained=False, num_classes={classes}, in_chans={channels}"
+        return ("import timm\n"
+                f"try:\n    model = timm.create_model({args}, img_size={size})\n"
+                f"except TypeError:  # a network that takes no input size (a CNN)\n    model = timm.create_model({args})")
+    if source.kind == "file" and source.file and source.factory:
+        return ("import importlib.util, inspect  # the network's code, shipped in the bundle (its sha256 is in model.json)\n"
+                f"spec = importlib.util.spec_from_file_location('network', {source.file!r})\n"
+                "module = importlib.util.module_from_spec(spec)\n"
+                "spec.loader.exec_module(module)\n"
+                f"factory = module.{source.factory}\n"
+                f"offered = {{'num_classes': {classes}, 'in_channels': {channels}, 'image_size': {size}}}\n"
+                "model = factory(**{k: v for k, v in offered.items() if k in inspect.signature(factory).parameters})")
+    return ("from cnnpipe.nets.sources import build_arch  # cnnpipe's own network definitions\n"
+            f"model = build_arch({arch!r}, {channels}, {size}, {classes})[0]")
 
 
 def store_code(arch: str, source: ArchSource, folder: Path) -> dict[str, str]:
