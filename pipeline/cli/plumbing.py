@@ -61,7 +61,8 @@ def _option_params(cls: type) -> list[inspect.Parameter]:
         if cli.choices:
             choice = _choice_type(cli.choices)
             annotation = list[choice] if cli.multiple else (choice | None if default is None else choice)
-        info = typer.Option(*cli.flags, help=cli.help, envvar=cli.envvar, show_default=default not in (None, ""))
+        info = typer.Option(*cli.flags, help=escape(cli.help), envvar=cli.envvar,  # help is text, not rich markup
+                            show_default=default not in (None, ""))
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                         annotation=Annotated[annotation, info]))
     return params

@@ -8,6 +8,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.padding import Padding
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -100,15 +102,50 @@ def plain(text: Any) -> str:
     return escape("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text)))
 
 
+def _cell(value: Any) -> Text | str:
+    """A table cell: floats with 4 decimals; strings are data, shown as ``plain`` text (a ``Text`` from
+    ``Text.from_markup`` carries cnnpipe's own markup)."""
+    return value if isinstance(value, Text) else f"{value:.4f}" if isinstance(value, float) else plain(value)
+
+
 def table(columns: list[str], rows: list[list[Any]]) -> Table:
-    """A rich table; floats are shown with 4 decimals; strings are data, shown as ``plain`` text
-    (pass ``Text.from_markup`` for a cell with cnnpipe's own markup)."""
+    """A rich table whose cells never wrap or get cut: ``show`` prints it only where it fits."""
     t = Table()
     for c in columns:
-        t.add_column(c, justify="left" if c == columns[0] else "right")
+        t.add_column(c, justify="left" if c == columns[0] else "right", no_wrap=True)
     for row in rows:
-        t.add_row(*(v if isinstance(v, Text) else f"{v:.4f}" if isinstance(v, float) else plain(v) for v in row))
+        t.add_row(*map(_cell, row))
     return t
+
+
+def _fits(console: Console, t: Table) -> bool:
+    return Measurement.get(console, console.options.update_width(10_000), t).maximum <= console.width
+
+
+def show(console: Console, columns: list[str], rows: list[list[Any]]) -> None:
+    """``rows`` as a table where its natural width fits the console; else as two tables that each repeat
+    the first column; else one block per row (its first cell, then each column's name and value on a
+    line): no name, number or header is ever cut."""
+    whole = table(columns, rows)
+    if _fits(console, whole):
+        console.print(whole)
+        return
+    half = 1 + (len(columns) - 1 + 1) // 2
+    parts = [table([columns[0], *columns[a:b]], [[r[0], *r[a:b]] for r in rows])
+             for a, b in ((1, half), (half, len(columns)))]
+    if len(columns) > 2 and all(_fits(console, t) for t in parts):
+        for t in parts:
+            console.print(t)
+        return
+    for row in rows:
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="dim")
+        grid.add_column()
+        for name, value in zip(columns[1:], row[1:]):
+            grid.add_row(name, _cell(value))
+        first = row[0] if isinstance(row[0], Text) else Text(str(row[0]), style="bold")
+        console.print(Text.assemble((f"{columns[0]}: ", "dim"), first))
+        console.print(Padding(grid, (0, 0, 0, 2), expand=False))
 
 
 SHOWN_IGNORED = 20  # files an import left out for their extension, named; the rest counted
@@ -152,14 +189,15 @@ def render_import(console: Console, r: Any) -> None:
 
 
 def render_models(console: Console, rows: list[dict[str, Any]]) -> None:
-    console.print(table(
+    show(
+        console,
         ["model", "params", "input", "recipe", "source"],
         [
             [r["name"], f"{r['params']:,}" if r["params"] is not None else f"n/a: {r['error']}",
              r["input"], f"{r['recipe']['optimizer']} {r['recipe']['lr']:g} {r['recipe']['schedule']}", r["source"]]
             for r in rows
         ],
-    ))
+    )
 
 
 def render_evaluate(console: Console, r: Any) -> None:
@@ -168,11 +206,11 @@ def render_evaluate(console: Console, r: Any) -> None:
     against = f", change in points against {r.comparison['against']}" if r.comparison else ""
     console.print(f"{r.model} on {r.split} ({r.images:,} images), worst classes first{against}")
     columns = ["class", "support", "accuracy", "precision", "recall", "f1"] + (["Δ points"] if deltas else [])
-    console.print(table(columns, [
+    show(console, columns, [
         [c["class"], c["support"], *("n/a" if c[k] is None else c[k] for k in ("accuracy", "precision", "recall", "f1"))]
         + ([f"{deltas[c['class']]:+.2f}" if deltas[c["class"]] is not None else "n/a"] if deltas else [])
         for c in rows
-    ]))
+    ])
     top5 = f", top-5 {r.top5_accuracy:.4f}" if r.top5_accuracy is not None else ""
     change = f" ({r.comparison['delta_points']:+.2f} points)" if r.comparison else ""
     console.print(
@@ -214,11 +252,12 @@ def render_verify(console: Console, r: Any) -> None:
         f"{r.bundle} vs PyTorch ({r.model}) on {r.images} real test images, batch sizes "
         f"{', '.join(map(str, r.batch_sizes))}; PyTorch accuracy {r.reference_accuracy:.4f}"
     )
-    console.print(table(
+    show(
+        console,
         ["format", "runtime", "verdict", "max abs", "p99 abs", "atol/rtol", "of bound", "top-1 agree", "flips", "accuracy",
          "Δ points"],
         rows,
-    ))
+    )
     if r.integrity != "ok":
         console.print(f"[red]integrity:[/] {r.integrity}", highlight=False)
     for f in r.formats:
@@ -232,24 +271,26 @@ def render_verify(console: Console, r: Any) -> None:
 
 
 def render_predict(console: Console, r: Any) -> None:
-    console.print(table(
+    show(
+        console,
         ["image", "class", "probability", "next"],
         [
             [p["path"], p["top"][0]["class"], p["top"][0]["probability"],
              ", ".join(f"{t['class']} {t['probability']:.3f}" for t in p["top"][1:])]
             for p in r.predictions
         ],
-    ))
+    )
     console.print(f"predict: {r.images} images with {r.bundle} on {', '.join(r.providers)}", highlight=False)
 
 
 def render_bench(console: Console, r: Any) -> None:
     console.print(f"{r.bundle}: input {'x'.join(map(str, r.input_shape))}, {r.threads} CPU threads")
-    console.print(table(
+    show(
+        console,
         ["runtime", "batch", "calls", "p50 ms", "p99 ms", "images/s"],
         [[row.runtime, row.batch, row.calls, f"{row.p50_ms:.3f}", f"{row.p99_ms:.3f}", f"{row.images_per_s:,.0f}"]
          for row in r.rows],
-    ))
+    )
     for runtime, reason in r.failed.items():
         console.print(f"[red]{plain(runtime)}: FAIL[/] {plain(reason)}", highlight=False)
 
@@ -260,19 +301,21 @@ def render_ls(console: Console, listing: dict[str, Any]) -> None:
         for name, versions in names.items():
             for v in versions:
                 key = next((f"{k} {v[k]:.4f}" for k in ("val_accuracy",) if k in v), "")
+                if store == "exports":
+                    key = v.get("verify") or "not verified"
                 if "damaged" in v:
                     key = "DAMAGED: " + v["damaged"]
                 rows.append([store, name, f"v{v['version']}", v.get("created") or "", key])
     if not rows:
         console.print("the stores are empty; start with `cnnpipe run`")
         return
-    console.print(table(["store", "name", "version", "created", "result"], rows))
+    show(console, ["store", "name", "version", "created", "result"], rows)
 
 
 def render_show(console: Console, path: Path, m: dict[str, Any]) -> None:
     console.print(f"[bold]{m['name']}@v{m['version']}[/] ({m['stage']}) at {path}, created {m['created']}")
-    console.print(table(["path", "role", "bytes", "sha256"], [
+    show(console, ["path", "role", "bytes", "sha256"], [
         [f["path"], f["role"], f"{f['bytes']:,}", f["sha256"][:16] + "…"] for f in m["files"]
-    ]))
+    ])
     console.print("parents: " + (", ".join(p["ref"] for p in m["lineage"].get("parents", [])) or "none"))
     console.print("results: " + json.dumps(m.get("results", {}))[:400], highlight=False)

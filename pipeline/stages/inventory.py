@@ -8,6 +8,8 @@ from typing import Any
 
 from ..errors import CnnpipeError
 from ..options.commands import GcOptions
+from ..store.additions import newest_verdict
+from ..store.version import Version
 from ..store.workspace import Workspace
 
 
@@ -17,13 +19,16 @@ def list_stores(root: Path) -> dict[str, Any]:
     ws = Workspace(root)
     if not ws.root.is_dir():  # a typo would otherwise list empty stores
         raise CnnpipeError(f"--root {ws.root}: no such folder; give the folder that holds data/, models/ and exports/")
+    def entry(n: int, v: Version | str, exports: bool) -> dict[str, Any]:
+        if isinstance(v, str):
+            return {"version": n, "damaged": v}
+        found = {"version": n, "created": v.manifest.get("created"), **v.results}
+        return found | ({"verify": newest_verdict(v)} if exports else {})
+
+    stores = {"data": ws.data, "models": ws.models, "exports": ws.exports}
     return {
-        store.root.name: {
-            name: [{"version": n, "created": v.manifest.get("created"), **v.results} if not isinstance(v, str)
-                   else {"version": n, "damaged": v} for n, v in store.listing(name)]
-            for name in store.names()
-        }
-        for store in (ws.data, ws.models, ws.exports)
+        kind: {name: [entry(n, v, kind == "exports") for n, v in store.listing(name)] for name in store.names()}
+        for kind, store in stores.items()
     }
 
 

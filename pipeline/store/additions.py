@@ -4,12 +4,14 @@ store is remote."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..fs import refuse_symlinks, writing
+from ..errors import CnnpipeError
+from ..fs import read_small, refuse_symlinks, writing
 from .remote import mirror_of
 from .version import REPORTS, Version
 
@@ -23,6 +25,29 @@ def report_path(version: Version, suffix: str) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:40]
     return folder / f"{stamp}-{host}-{os.getpid()}{suffix}"
+
+
+REPORT_LIMIT = 4 * 1024 * 1024  # bytes of a verify report ls reads; a larger one is not verify's
+
+
+def newest_verdict(version: Version) -> str | None:
+    """What the newest verify report under ``version`` says ("passed"/"FAILED" and its time), read as an
+    unsigned claim; "unreadable" for a report that is not verify's; None when there is none."""
+    folder = version.path / REPORTS
+    if folder.is_symlink() or not folder.is_dir():
+        return None
+    names = sorted(p.name for p in folder.iterdir() if p.suffix == ".json" and not p.name.endswith(".intoto.json")
+                   and not p.name.startswith("."))
+    if not names:
+        return None
+    try:
+        passed = json.loads(read_small(folder / names[-1], REPORT_LIMIT))["passed"]
+    except (CnnpipeError, ValueError, KeyError, TypeError):
+        return "unreadable report"
+    if not isinstance(passed, bool):
+        return "unreadable report"
+    t = names[-1]  # YYYYmmddTHHMMSS…: report_path's UTC stamp
+    return f"verify {'passed' if passed else 'FAILED'} {t[:4]}-{t[4:6]}-{t[6:8]} {t[9:11]}:{t[11:13]}:{t[13:15]} UTC"
 
 
 def add_report(path: Path, text: str) -> None:

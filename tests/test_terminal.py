@@ -1,0 +1,58 @@
+"""Output that fits: tables at 80, 100 and 120 columns never cut a format name, a number's exponent or a
+header; help shows bracketed text; output off a terminal is not hard-wrapped; ls shows verify's verdict."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from rich.console import Console
+
+from cnnpipe.cli.render import render_verify
+
+from conftest import cnnpipe, cnnpipe_here
+
+
+def _verdict(pipeline_run: dict) -> SimpleNamespace:
+    """The run's verify result with rows for onnx-fp16 and onnx-int8 added (the names a cut would merge)."""
+    verify = copy.deepcopy(pipeline_run["verify"])
+    onnx = next(f for f in verify["formats"] if f["format"] == "onnx")
+    for name, diff in (("onnx-fp16", 1.234e-3), ("onnx-int8", 0.5678)):
+        verify["formats"].append(onnx | {"format": name, "max_abs_diff": diff})
+    verify["formats"] = [SimpleNamespace(**f) for f in verify["formats"]]
+    return SimpleNamespace(**verify)
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_the_verify_table_shows_every_name_number_and_header_whole_at_any_width(pipeline_run: dict, width: int):
+    result = _verdict(pipeline_run)
+    out = io.StringIO()
+    render_verify(Console(file=out, width=width, color_system=None), result)
+    text = out.getvalue()
+    assert "…" not in text and max(map(len, text.splitlines())) <= width
+    for row in result.formats:
+        assert f" {row.format} " in text or f"format: {row.format}\n" in text
+        assert format(row.max_abs_diff, ".1e") in text
+    for header in ("runtime", "verdict", "max abs", "p99 abs", "atol/rtol", "top-1 agree", "Δ points"):
+        assert header in text
+
+
+def test_help_shows_bracketed_text_as_written(tmp_path: Path):
+    proc = cnnpipe_here(tmp_path, "verify", "--help", env={"COLUMNS": "250"})
+    assert "a [min-agreement] table" in proc.stdout
+
+
+def test_output_off_a_terminal_is_never_hard_wrapped_and_ls_shows_the_newest_verdict(pipeline_root: Path):
+    proc = cnnpipe(pipeline_root, "ls")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [line for line in proc.stdout.splitlines() if "exports" in line and "lenet5" in line]
+    assert "verify passed" in row
+    listing = json.loads(cnnpipe(pipeline_root, "ls", "--json").stdout)
+    assert listing["exports"]["lenet5"][0]["verify"].startswith("verify passed ")
+    long = cnnpipe(pipeline_root, "download", "--no-plots")  # its mean and std: one line however long
+    line = next(x for x in long.stdout.splitlines() if "dataset hash" in x)
+    assert "mean [" in line and "std [" in line and line.rstrip().endswith("]")
