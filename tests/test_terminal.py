@@ -56,3 +56,44 @@ def test_output_off_a_terminal_is_never_hard_wrapped_and_ls_shows_the_newest_ver
     long = cnnpipe(pipeline_root, "download", "--no-plots")  # its mean and std: one line however long
     line = next(x for x in long.stdout.splitlines() if "dataset hash" in x)
     assert "mean [" in line and "std [" in line and line.rstrip().endswith("]")
+
+
+def test_export_and_verify_report_each_step_on_stderr_but_not_under_json_unless_asked(root_copy: Path):
+    quiet = cnnpipe(root_copy, "export", "lenet5", "--format", "onnx", "--format", "pt2", "--json")
+    assert quiet.returncode == 0 and "export: onnx" not in quiet.stderr
+    asked = cnnpipe(root_copy, "export", "lenet5", "--format", "onnx", "--format", "pt2", "--json", "--progress")
+    assert asked.returncode == 0 and json.loads(asked.stdout)["formats"] == ["onnx", "pt2"]
+    assert "export: onnx (1/2)" in asked.stderr and "export: pt2 (2/2)" in asked.stderr
+    shown = cnnpipe(root_copy, "verify", "lenet5@v2", "--samples", "8")
+    assert shown.returncode == 0, shown.stderr
+    assert "verify: onnx on cpu (1/2), batch sizes 1, 2, 7, 64" in shown.stderr and "verify: pt2 on cpu (2/2)" in shown.stderr
+
+
+def test_the_training_bar_moves_at_least_once_a_second_whatever_the_step_time():
+    import time
+
+    import torch
+
+    from cnnpipe.training.engine import train_epoch
+
+    class Slow(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            time.sleep(0.35)
+            return self.fc(x.flatten(1))
+
+    class Recorder:
+        def __init__(self):
+            self.calls: list[int] = []
+
+        def advance(self, steps, images, loss, accuracy):
+            self.calls.append(steps)
+
+    model, recorder = Slow(), Recorder()
+    batches = [(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.zeros(2, dtype=torch.long)) for _ in range(8)]
+    train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, [0.5], [0.5],
+                {"crop_padding": 0, "flip": False}, torch.Generator(), recorder, report_every=20)
+    assert sum(recorder.calls) == 8 and len(recorder.calls) >= 3  # 8 steps of 0.35 s: a report every 3 steps

@@ -10,7 +10,20 @@ from rich.markup import escape
 
 from ..options.commands import BenchOptions, PredictOptions, PublishOptions
 from ..options.release import SignatureOptions
-from .plumbing import BundleRef, JsonOpt, TrustNativeOpt, TrustOpt, call, emit, gate_failed, options_command, out, root_of
+from .plumbing import (
+    BundleRef,
+    JsonOpt,
+    ProgressOpt,
+    TrustNativeOpt,
+    TrustOpt,
+    call,
+    emit,
+    gate_failed,
+    options_command,
+    out,
+    root_of,
+    steps,
+)
 
 
 @options_command
@@ -34,13 +47,16 @@ def predict(
 def bench(
     ctx: typer.Context, ref: BundleRef, options: BenchOptions, signature: SignatureOptions,
     trust_native: TrustNativeOpt = False, trust_code: TrustOpt = False, as_json: JsonOpt = False,
+    progress: ProgressOpt = None,
 ) -> None:
     """Latency (p50, p99) and throughput of each runtime of a bundle at each batch size; exit 1 when
     a format cannot be loaded or run (a failed row, the others still timed)."""
     from ..stages.bench import bench as run_bench
     from .render import render_bench
 
-    result = call(lambda: run_bench(ref, options, root_of(ctx), trust_code=trust_code, trust=signature.trust(trust_native)))
+    with steps(as_json, progress):
+        result = call(lambda: run_bench(ref, options, root_of(ctx), trust_code=trust_code,
+                                        trust=signature.trust(trust_native)))
     emit(as_json, result, lambda r: render_bench(out, r))
     if not result.passed:
         gate_failed("bench", f"{len(result.failed)} runtime(s) failed: {', '.join(result.failed)}")

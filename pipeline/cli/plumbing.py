@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -22,6 +23,7 @@ from rich.markup import escape
 
 from ..errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
 from ..fs import STORAGE_ERRNOS, dumps
+from ..progress import reporting
 from ..store.remote import is_url, open_root
 
 # in a terminal rich follows its width; elsewhere (a CI log, a pipe) COLUMNS where set, else wide enough that a
@@ -203,6 +205,17 @@ def call(fn: Callable[[], T]) -> T:
             highlight=False, soft_wrap=True,
         )
         raise typer.Exit(EXIT_INTERNAL) from None
+
+
+ProgressOpt = Annotated[bool | None, typer.Option(
+    "--progress/--no-progress", help="Print each long step (a format exported, verified or timed) on stderr; "
+    "default: yes, but not with --json.", show_default=False)]
+
+
+def steps(as_json: bool, asked: bool | None) -> contextlib.AbstractContextManager[None]:
+    """Where the stage's progress lines go: stderr, unless ``--json`` (or ``--no-progress``) and not ``--progress``."""
+    wanted = asked if asked is not None else not as_json
+    return reporting((lambda line: err.print(line, highlight=False, markup=False, soft_wrap=True)) if wanted else None)
 
 
 def emit(as_json: bool, result: Any, render: Callable[[Any], None]) -> None:

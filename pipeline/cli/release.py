@@ -18,6 +18,7 @@ from .plumbing import (
     BundleRef,
     JsonOpt,
     ModelRef,
+    ProgressOpt,
     TrustNativeOpt,
     TrustOpt,
     call,
@@ -29,6 +30,7 @@ from .plumbing import (
     out,
     plain,
     root_of,
+    steps,
 )
 
 
@@ -117,13 +119,15 @@ def evaluate(
 
 @options_command
 def export(
-    ctx: typer.Context, ref: ModelRef, options: ExportOptions, trust_code: TrustOpt = False, as_json: JsonOpt = False
+    ctx: typer.Context, ref: ModelRef, options: ExportOptions, trust_code: TrustOpt = False, as_json: JsonOpt = False,
+    progress: ProgressOpt = None,
 ) -> None:
     """Export a model version to ONNX, pt2, TorchScript and safetensors, with metadata."""
     from ..stages.export import export as run_export
     from .render import render_export
 
-    result = call(lambda: run_export(ref, options, root_of(ctx), trust_code=trust_code))
+    with steps(as_json, progress):
+        result = call(lambda: run_export(ref, options, root_of(ctx), trust_code=trust_code))
     emit(as_json, result, lambda r: render_export(out, r))
 
 
@@ -131,14 +135,16 @@ def export(
 def verify(
     ctx: typer.Context, ref: BundleRef, options: VerifyOptions, signature: SignatureOptions, verdict: VerdictOptions,
     trust_native: TrustNativeOpt = False, trust_code: TrustOpt = False, as_json: JsonOpt = False,
+    progress: ProgressOpt = None,
 ) -> None:
     """Reload each export in its own runtime and compare with PyTorch; exit 1 on any breach."""
     from ..stages.verify import verify as run_verify
     from .render import render_verify
 
     key = Path(verdict.sign_key) if verdict.sign_key else None
-    result = call(lambda: run_verify(ref, options, root_of(ctx), trust_code=trust_code, trust=signature.trust(trust_native),
-                                     sign_key=key))
+    with steps(as_json, progress):
+        result = call(lambda: run_verify(ref, options, root_of(ctx), trust_code=trust_code,
+                                         trust=signature.trust(trust_native), sign_key=key))
     emit(as_json, result, lambda r: render_verify(out, r))
     if not result.passed:
         gate_failed("verify failed", f"{result.bundle} (report: {result.report_path})")
@@ -148,6 +154,7 @@ def verify(
 def run(
     ctx: typer.Context, train_options: TrainConfig, export_options: ExportOptions, verify_options: VerifyOptions,
     gates: GateOptions, options: RunOptions, trust_code: TrustOpt = False, as_json: JsonOpt = False,
+    progress_lines: ProgressOpt = None,
 ) -> None:
     """download → train → evaluate → export → verify; stops at the first failure with its exit code."""
     from ..stages.run import run as run_pipeline
@@ -158,7 +165,7 @@ def run(
         "export": render.render_export, "verify": render.render_verify,
     }
     options = dataclasses.replace(options, train=train_options, export=export_options, verify=verify_options, gates=gates)
-    with render.TrainProgress(err) as progress:
+    with render.TrainProgress(err) as progress, steps(as_json, progress_lines):
         def on_stage(stage: str, result: Any) -> None:
             if stage == "train":
                 progress.stop()

@@ -17,6 +17,7 @@ from ..errors import CnnpipeError, FormatTimeout, first_line
 from ..formats import FORMATS
 from ..formats.base import Format, LoadContext, Runner
 from ..options.commands import BenchOptions
+from ..progress import step
 from ..store.workspace import Workspace
 from ..verification.reexport import unauthenticated
 from ..verification.signing import Trust
@@ -170,6 +171,7 @@ def bench(
                               desc=desc, threads=threads, trust_code=trust_code, trust_native=trust_native)
             for device in spec.devices:
                 label = f"{spec.bench_label} ({device})"
+                step(f"bench: {label}, batch sizes {', '.join(map(str, batches))}")
                 if fmt in refused:
                     result.failed[label] = refused[fmt]
                     break

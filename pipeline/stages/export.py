@@ -23,6 +23,7 @@ from ..formats.triton import triton_config, triton_repository
 from ..fs import write_json
 from ..nets.modelfile import WEIGHTS, load_model
 from ..options.release import ExportOptions
+from ..progress import step
 from ..store.provenance import lineage
 from ..store.version import Version
 from ..store.workspace import Workspace
@@ -115,7 +116,8 @@ def _write_formats(chosen: list[Format], ctx: ExportContext, root: Path, version
     variants' records for ``model.json``."""
     variants = {}
     with Workers() if any(spec.fresh for spec in chosen) else nullcontext() as workers:  # a fork server costs seconds
-        for spec in chosen:
+        for i, spec in enumerate(chosen, 1):
+            step(f"export: {spec.name} ({i}/{len(chosen)})")
             if spec.fresh:
                 record = workers.run(write_fresh, (root, version, dict(ctx.meta), spec.name, folder, trust_code),
                                      DEFAULT_TIMEOUT, f"{spec.name} export", None)

@@ -23,6 +23,7 @@ from ..formats import FORMATS
 from ..formats.base import Format, LoadContext, Tolerance
 from ..fs import dumps
 from ..options.release import VerifyOptions
+from ..progress import step
 from ..store.additions import add_report, report_path
 from ..store.provenance import environment
 from ..store.version import Version
@@ -172,6 +173,7 @@ def verify(
         images = Images(dataset.version.file(split_files("test")[0]), len(labels), tuple(source_desc.input.mean),
                         tuple(source_desc.input.std))
         formats, problems = _records(bundle, bundle_json, desc, source, source_desc) if integrity == "ok" else ([], [])
+        step(f"verify: the reference network and the re-export of {len(formats)} format(s) from {source.ref}")
         rebuilt = rederive(ws, bundle, source, formats, images, trust_code, workers, settle=False,
                            card=(source_desc, bundle_json) if integrity == "ok" else None)
         assert rebuilt.logits is not None
@@ -250,11 +252,12 @@ def _judge_formats(bundle: Version, bundle_json: dict[str, Any], formats: list[s
                    workers: Workers) -> None:
     """Every format's answers on every device asked for, into ``result``: a format that can run code is
     loaded only when it is byte-identical to a re-export or its bundle's signature was verified."""
-    for fmt in formats:
+    for i, fmt in enumerate(formats, 1):
         spec = FORMATS[fmt]
         ctx = replace(base, variant=bundle_json.get("variants", {}).get(fmt, {}))
         proven = result.reexport.get(fmt) == [] or base.trust_native
         for device in [d for d in options.provider_list() if d in spec.devices] or ["cpu"]:
+            step(f"verify: {fmt} on {device} ({i}/{len(formats)}), batch sizes {', '.join(map(str, result.batch_sizes))}")
             result.formats.append(_unauthenticated(spec, device, options.overrides(fmt)) if spec.runs_code and not proven
                                   else _verify_format(spec, bundle, device, ctx, options.overrides(fmt), judge, source,
                                                       options.timeout, workers))

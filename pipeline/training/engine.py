@@ -50,12 +50,13 @@ def train_epoch(
     """One pass over uint8 batches, augmented and normalized on their device.
 
     The schedule steps once per batch; the loss and accuracy are summed on the device and
-    read back only every ``report_every`` steps, so the device is not synchronised per step.
+    read back only every ``report_every`` steps or once a second (the bar moves at least that often), so
+    the device is not synchronised per step.
     """
     model.train()
     loss_sum = correct = None
     seen = steps_since = 0
-    start = time.perf_counter()
+    start = reported = time.perf_counter()
     first_step_s = 0.0
     for step, (images, y) in enumerate(batches):
         x = normalize(augment(images, augmentation["crop_padding"], augmentation["flip"], generator), mean, std)
@@ -77,9 +78,9 @@ def train_epoch(
         steps_since += 1
         if step == 0:
             first_step_s = time.perf_counter() - start
-        if progress is not None and steps_since == report_every:
+        if progress is not None and (steps_since == report_every or time.perf_counter() - reported >= 1.0):
             progress.advance(steps_since, seen, loss_sum.item() / seen, correct.item() / seen)
-            steps_since = 0
+            steps_since, reported = 0, time.perf_counter()
     if seen == 0 or loss_sum is None or correct is None:
         return EpochStats(float("nan"), 0.0, 0, time.perf_counter() - start, first_step_s)
     total_loss, total_correct = loss_sum.item() / seen, correct.item() / seen
