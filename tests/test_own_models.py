@@ -314,3 +314,38 @@ def test_timm_networks_are_built_at_the_datasets_size_or_say_the_smallest_they_t
     assert "1x28x28" in json.dumps(row)
     proc = cnnpipe_here(own_root, "models", "--model", "timm:levit_128s", "-d", "mnist-sample")
     assert_clean_error(proc, 2, "the smallest of the sizes tried that it takes is 32x32", "--size 32")
+
+
+CACHED = """import torch
+from torch import nn
+
+
+class Cached(nn.Module):
+    # caches a tensor on its first eval forward, as timm's LeViT caches its attention biases
+
+    def __init__(self, num_classes, in_channels):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1)
+        self.fc = nn.Linear(4, num_classes)
+        self.bias = nn.Parameter(torch.zeros(4))
+        self.cache = {}
+
+    def forward(self, x):
+        if self.training or torch.jit.is_tracing():
+            b = self.bias * 2.0
+        else:
+            if "b" not in self.cache:
+                self.cache["b"] = self.bias * 2.0
+            b = self.cache["b"]
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)) + b)
+"""
+
+
+def test_a_module_that_caches_on_its_first_eval_forward_verifies(own_root: Path):
+    """verify's reference worker runs the network before it re-exports it; the re-export must start from the
+    weights as export saw them (it once compared against a graph with the cache baked in: 'differs')."""
+    (own_root / "cached.py").write_text(CACHED)
+    result = cnnpipe_json(own_root, "run", "--model", "cached.py:Cached", "--epochs", "1", "--samples", "16",
+                          "--format", "onnx", "--format", "pt2")
+    assert result["verify"]["passed"], result["verify"]["reexport"]
+    assert result["verify"]["reexport"] == {"onnx": [], "pt2": []}

@@ -11,6 +11,8 @@ imports torch only in those workers: verify's own process never does.
 
 from __future__ import annotations
 
+import copy
+
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -119,8 +121,9 @@ def _reference(root: Path, source: Version, bundle: Path, formats: list[str], im
     from .export import export_context
 
     model, desc = load_model(source, trust_code=trust_code)
+    pristine = copy.deepcopy(model)  # re-exported as export saw it: before any forward pass (a module may cache on its first)
     logits = None if images is None else images.logits(_forward(model), CHUNK)
-    ctx = export_context(Workspace(root), source, model, desc, *settings)
+    ctx = export_context(Workspace(root), source, pristine, desc, *settings)
     found = compare_reexports(ctx, bundle, [f for f in formats if not FORMATS[f].fresh])
     made = [] if card is None else made_card(source, *card)
     runtime = {k: None if v is None else str(v)  # plain str: torch.__version__ would bring torch into verify's process
