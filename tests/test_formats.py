@@ -37,8 +37,8 @@ def test_the_table_is_consistent_and_the_cli_offers_its_formats():
     assert choices_of(fmt) == [*BASE_FORMATS, "all"]
     assert {f"--{flag}" for flag in VARIANT_FLAGS} <= {o for p in export.params for o in p.opts}
     desc = ModelDescription("lenet5", "digits", 61706, tuple("0123456789"), InputSpec(1, 28, 28, (0.1,), (0.3,)), "d@v1", "h")
-    snippets = load_snippets(desc)
-    assert all(FORMATS[f].file in snippets for f in BASE_FORMATS) and 'build_arch("lenet5", 1, 28, 10)' in snippets
+    snippets = "\n".join(load_snippets(desc))
+    assert all(FORMATS[f].file in snippets for f in BASE_FORMATS) and "build_arch('lenet5', 1, 28, 10)" in snippets
     assert "from cnnpipe.nets.sources import build_arch" in snippets  # the snippet imports what a reader can import
 
 
@@ -223,3 +223,40 @@ def test_xnnpack_patterns_that_cannot_match_are_skipped_and_the_program_is_the_s
     assert set(found["missing"]) == {"ConvertToUpsampleBilinear2d", "ConvertToSDPAPass"}
     assert all(not anchors for patterns in found["missing"].values() for anchors in patterns), found["missing"]
     assert found["digests"][0] == found["digests"][1]
+
+
+def test_a_pte_whose_lowering_fixed_the_batch_is_refused_naming_the_batch_size(tmp_path: Path):
+    """ExecuTorch can plan a program for its example's batch only; export runs it at 1 and at its maximum first."""
+    pytest.importorskip("executorch")
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from cnnpipe.errors import CnnpipeError
+    from cnnpipe.formats.executorch import PTE_MAX_BATCH, check_batches
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 26 * 26, 3)).eval()
+    fixed = torch.export.export(net, (torch.zeros(PTE_MAX_BATCH, 1, 28, 28),))  # no dynamic batch axis
+    buffer = to_edge_transform_and_lower(fixed, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+    with pytest.raises(CnnpipeError, match="model.pte does not run at batch size 1 "):
+        check_batches(buffer, torch.zeros(1, 1, 28, 28))
+
+
+def test_a_runtime_that_fails_at_one_batch_size_names_it(tmp_path: Path):
+    import numpy as np
+
+    from cnnpipe.errors import CnnpipeError
+    from cnnpipe.verification.worker import Images
+
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((9, 1, 4, 4), np.uint8))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if len(x) == 7:
+            raise RuntimeError("Expected batch 1")
+        return np.zeros((len(x), 3), np.float32)
+
+    data = Images(path, 9, (0.5,), (0.5,))
+    assert data.logits(run, 2).shape == (9, 3)
+    with pytest.raises(CnnpipeError, match="at batch size 7: RuntimeError: Expected batch 1"):
+        data.logits(run, 7)

@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+from ..errors import CnnpipeError, first_line
 from .base import META_KEY, ExportContext, Format, LoadContext, Runner, Tolerance, native_quiet, quiet, register
 from .xnnpack_patterns import unmatchable_patterns_skipped
 
@@ -34,9 +35,24 @@ def write_executorch(ctx: ExportContext, path: Path) -> dict[str, Any]:
         with unmatchable_patterns_skipped():
             lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
                                                   constant_methods={META_KEY: json.dumps(ctx.meta)})
-        path.write_bytes(lowered.to_executorch(
-            ExecutorchBackendConfig(sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass())).buffer)
+        buffer = lowered.to_executorch(ExecutorchBackendConfig(sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass())).buffer
+    check_batches(buffer, ctx.example[:1])
+    path.write_bytes(buffer)
     return {"delegate": "XNNPACK", "max_batch": PTE_MAX_BATCH}
+
+
+def check_batches(buffer: bytes, one: Any) -> None:
+    """Run the program at batch 1 and at PTE_MAX_BATCH before it is written: a lowering that fixed the batch
+    to its example's is a one-line error here, not a bundle that fails verify."""
+    with native_quiet(), quiet():
+        forward = runtime().get().load_program(buffer).load_method("forward")
+        for batch in (1, PTE_MAX_BATCH):
+            try:
+                forward.execute([one.expand(batch, *one.shape[1:]).contiguous()])
+            except Exception as e:  # noqa: BLE001 - the runtime raises RuntimeError or its own errors
+                raise CnnpipeError(f"model.pte does not run at batch size {batch} ({type(e).__name__}: {first_line(e)}): "
+                                   "ExecuTorch's lowering fixed the batch; export the other formats without "
+                                   "executorch") from None
 
 
 def runtime() -> Any:

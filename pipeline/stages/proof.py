@@ -12,7 +12,6 @@ imports torch only in those workers: verify's own process never does.
 from __future__ import annotations
 
 import copy
-
 import json
 import tempfile
 from dataclasses import dataclass, field

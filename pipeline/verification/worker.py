@@ -87,10 +87,16 @@ class Images:
             yield start, normalize(raw, list(self.mean), list(self.std)).numpy()
 
     def logits(self, run: Any, batch: int) -> np.ndarray:
-        """``run`` (a batch of inputs to its logits) over every image, ``batch`` at a time."""
+        """``run`` (a batch of inputs to its logits) over every image, ``batch`` at a time; a failure names the
+        batch size (a runtime may take one batch size and not another)."""
         out = []
         for _, x in self.chunks(batch):
-            out += [run(x[i : i + batch]) for i in range(0, len(x), batch)]
+            try:
+                out += [run(x[i : i + batch]) for i in range(0, len(x), batch)]
+            except CnnpipeError:
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever the runtime raises is the row's reason
+                raise CnnpipeError(f"at batch size {batch}: {type(e).__name__}: {first_line(e)}") from None
         return np.concatenate(out)
 
 
