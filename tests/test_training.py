@@ -123,3 +123,17 @@ def test_two_processes_with_gloo_make_a_normal_model_version(sample_root: Path):
     assert sorted(p.name for p in (sample_root / "models/ddp").iterdir() if p.name.startswith("v")) == ["v1"]
     evaluated = cnnpipe_json(sample_root, "evaluate", "ddp")
     assert evaluated["accuracy"] > 0.8
+
+
+def test_a_run_that_explodes_is_committed_with_a_warning_or_refused_by_max_val_loss(sample_root: Path):
+    exploded = cnnpipe_json(sample_root, "train", "--epochs", "1", "--optimizer", "sgd", "--lr", "50", "--name", "boom")
+    assert exploded["warnings"] and "training exploded" in exploded["warnings"][0]
+    assert json.loads((sample_root / "models/boom/v1/train.json").read_text())["warnings"] == exploded["warnings"]
+    cnnpipe_json(sample_root, "evaluate", "boom")
+    assert "**Warning:** the best epoch's validation loss" in (sample_root / "models/boom/v1/eval/test/v1/README.md").read_text()
+    refused = cnnpipe(sample_root, "train", "--epochs", "1", "--optimizer", "sgd", "--lr", "50", "--name", "boom2",
+                      "--max-val-loss", "5")
+    assert_clean_error(refused, 1, "is above --max-val-loss 5; nothing was committed")
+    assert not (sample_root / "models/boom2/v1").exists()
+    fine = cnnpipe_json(sample_root, "train", "--epochs", "1", "--name", "fine", "--max-val-loss", "5")
+    assert fine["warnings"] == [] and fine["ref"] == "fine@v1"

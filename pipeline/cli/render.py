@@ -181,6 +181,8 @@ def render_train(console: Console, r: Any) -> None:
         f"val accuracy {r.val_accuracy:.4f}, {r.params:,} params, {r.device} {r.precision}{compiled}, "
         f"{r.train_s:.1f} s, {r.images_per_s:,.0f} img/s{notes}"
     )
+    for warning in r.warnings:
+        console.print(f"  [yellow]warning:[/] {plain(warning)}", highlight=False)
 
 
 def render_import(console: Console, r: Any) -> None:

@@ -219,7 +219,7 @@ def _training(desc: ModelDescription, train: dict[str, Any]) -> list[str]:
         f"| seed | {cfg['seed']} ({'deterministic' if cfg['deterministic'] else 'not deterministic'}) |",
         f"| device | {cfg['device']}, {cfg['precision']}{', compiled' if cfg['compiled'] else ''} |",
         "",
-    ]
+    ] + [f"**Warning:** {md_text(w)}." for w in train.get("warnings", [])] + ([""] if train.get("warnings") else [])
 
 
 def _evaluation(metrics: dict[str, Any], split: str, plots: list[str]) -> list[str]:

@@ -68,6 +68,8 @@ class TrainConfig:
                               "classes, inputs normalized with the weights' mean and std.")
     weights: str | None = option(None, "Pretrained weights to start from (implies --pretrained): a torchvision weights "
                                  "name (IMAGENET1K_V1) or a timm tag (resnet10t.a1_in1k).")
+    max_val_loss: float | None = option(None, "Gate: commit nothing (exit 1) when the best epoch's validation loss "
+                                        "is above this.", "--max-val-loss")
     dataset_stats: bool = option(False, "With --pretrained: normalize with the dataset's mean and std instead of the "
                                  "weights' own.", "--dataset-stats")
     eval_batch_size: int = 1000
@@ -109,6 +111,7 @@ class TrainConfig:
             (0 <= self.warmup_epochs < self.epochs, f"--warmup-epochs must be in [0, epochs), not {self.warmup_epochs}"),
             (0 <= self.label_smoothing < 1, f"--label-smoothing must be in [0, 1), not {self.label_smoothing}"),
             (self.grad_clip is None or self.grad_clip > 0, f"--grad-clip must be positive, not {self.grad_clip}"),
+            (self.max_val_loss is None or self.max_val_loss > 0, f"--max-val-loss must be positive, not {self.max_val_loss}"),
             (self.patience is None or self.patience >= 1, f"--patience must be at least 1, not {self.patience}"),
             (self.workers >= 0, f"--workers must be 0 or more, not {self.workers}"),
             (not self.reset_head or self.init_from is not None,

@@ -23,6 +23,7 @@ import numpy as np
 from ..description import MODEL_JSON, ModelDescription
 from ..errors import CnnpipeError
 from ..formats import FORMATS, REEXPORTED
+from ..progress import step
 from ..store.provenance import environment
 from ..store.version import Version
 from ..store.workspace import Workspace
@@ -90,6 +91,7 @@ def rederive(ws: Workspace, bundle: Version, source: Version, formats: list[str]
     ``settle`` False, the fresh re-exports of formats that run no code may still be ``pending``. With
     ``card`` (the source model's description and the bundle's ``model.json``), the card files export makes
     are made too."""
+    step(f"re-deriving from {source.ref}: the reference network, and {len(formats)} format(s) exported again")
     config = bundle.manifest.get("lineage", {}).get("config", {})
     settings = tuple(value if isinstance(value, int) else default
                      for value, default in ((config.get("opset"), None), (config.get("calibration"), 1)))

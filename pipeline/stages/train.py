@@ -36,6 +36,7 @@ from ..store.provenance import environment, lineage
 from ..store.workspace import Workspace
 from ..training.engine import Progress, batched_logits, train_epoch
 from ..training.finetune import apply_init, find_head, freeze_all_but, initial_state
+from ..training.health import check_max_val_loss, warnings_of
 from ..training.optim import make_optimizer, make_schedule
 from ..training.placement import distributed, eval_batch_size, train_source
 from ..training.runs import find_run, load_run, run_folder, save_checkpoint
@@ -63,6 +64,7 @@ class TrainResult:
     world_size: int
     history: list[dict[str, Any]] = field(default_factory=list)
     fine_tune: str | None = None  # what --init-from, --reset-head and --freeze-backbone did
+    warnings: list[str] = field(default_factory=list)  # an exploded run, committed all the same (training/health)
 
 
 def train(
@@ -271,7 +273,8 @@ def _epoch(run: _Run, state: _State, epoch: int, progress: Progress | None, run_
     val_acc = (logits.argmax(1) == run.y_val).float().mean().item()
     record = {
         "epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
-        "val_loss": val_loss, "val_accuracy": val_acc, "lr": run.optimizer.param_groups[0]["lr"],
+        "val_loss": val_loss, "val_accuracy": val_acc, "val_max_abs_logit": logits.abs().max().item(),
+        "lr": run.optimizer.param_groups[0]["lr"],
         "train_s": stats.seconds, "val_s": time.perf_counter() - t0,
         "images_per_s": stats.images * run.world / stats.seconds,
     }
@@ -319,7 +322,10 @@ def _train(
         images_per_s=timings["images"] / timings["train_s"] if timings["train_s"] > 0 else 0.0,
         epochs_run=state.epoch, stopped_early=stopped_early, resumed_from=str(resumed) if resumed else None,
         world_size=run.world, history=state.history, fine_tune=run.fine_tune,
+        warnings=warnings_of(best, next((h for h in state.history if h["epoch"] == best["epoch"]), None),
+                             len(run.dataset.classes)),
     )
+    check_max_val_loss(best, cfg.max_val_loss)
     if run.rank != 0:
         dist.barrier()
         return result
@@ -348,7 +354,7 @@ def _commit(
         write_json(draft.path / MODEL_JSON, model_desc.to_json())
         write_json(draft.path / "train.json", {
             "config": resolved, "best_epoch": best["epoch"], "epochs_run": result.epochs_run,
-            "stopped_early": result.stopped_early, "resumed_from": result.resumed_from,
+            "stopped_early": result.stopped_early, "resumed_from": result.resumed_from, "warnings": result.warnings,
             "timings": timings, "environment": environment(),
         })
         (draft.path / "history.jsonl").write_text("".join(dumps(r) + "\n" for r in history))

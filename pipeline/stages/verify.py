@@ -173,7 +173,6 @@ def verify(
         images = Images(dataset.version.file(split_files("test")[0]), len(labels), tuple(source_desc.input.mean),
                         tuple(source_desc.input.std))
         formats, problems = _records(bundle, bundle_json, desc, source, source_desc) if integrity == "ok" else ([], [])
-        step(f"verify: the reference network and the re-export of {len(formats)} format(s) from {source.ref}")
         rebuilt = rederive(ws, bundle, source, formats, images, trust_code, workers, settle=False,
                            card=(source_desc, bundle_json) if integrity == "ok" else None)
         assert rebuilt.logits is not None
