@@ -9,7 +9,6 @@ network with the head re-initialised for the dataset's classes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from urllib.parse import urlparse
 import torch
 
 from ..errors import CnnpipeError, first_line
+from ..fs import sha256_file
 from .sources import ArchSource
 
 
@@ -39,24 +39,18 @@ class Pretrained:
         return asdict(self) | {"mean": list(self.mean), "std": list(self.std)}
 
 
-def load_pretrained(source: ArchSource, weights: str | None, channels: int) -> tuple[dict[str, torch.Tensor], Pretrained]:
+def load_pretrained(source: ArchSource, weights: str | None, channels: int,
+                    size: int) -> tuple[dict[str, torch.Tensor], Pretrained]:
     """The published state dict of ``source`` (``weights``: a torchvision weights name or a timm tag;
-    None: the library's default) with its first convolution fitted to ``channels``, and its record."""
+    None: the library's default) with its first convolution fitted to ``channels`` (and, for a timm
+    model that takes an input size, its position embeddings resampled to ``size``), and its record."""
     if source.kind == "torchvision":
         state, record = _torchvision(source.name, weights)
     elif source.kind == "timm":
-        state, record = _timm(source.name, weights, channels)
+        state, record = _timm(source.name, weights, channels, size)
     else:
         raise CnnpipeError(f"--pretrained takes torchvision:NAME or timm:NAME, not a {source.kind} network")
     return fit_channels(state, channels), record
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _hub_file(url: str) -> Path:
@@ -83,11 +77,11 @@ def _torchvision(name: str, weights: str | None) -> tuple[dict[str, torch.Tensor
         raise CnnpipeError(f"torchvision's {chosen} could not be loaded ({type(e).__name__}: {first_line(e)}): "
                            f"put {path.name} (from {chosen.url}) at {path} (the cache under TORCH_HOME)") from None
     prep = chosen.transforms()
-    return state, Pretrained("torchvision", str(chosen), path.name, _sha256(path), tuple(prep.mean), tuple(prep.std),
+    return state, Pretrained("torchvision", str(chosen), path.name, sha256_file(path), tuple(prep.mean), tuple(prep.std),
                              int(prep.crop_size[0]), str(prep.interpolation.value))
 
 
-def _timm(name: str, tag: str | None, channels: int) -> tuple[dict[str, torch.Tensor], Pretrained]:
+def _timm(name: str, tag: str | None, channels: int, size: int) -> tuple[dict[str, torch.Tensor], Pretrained]:
     try:
         import timm
     except ImportError:
@@ -104,13 +98,18 @@ def _timm(name: str, tag: str | None, channels: int) -> tuple[dict[str, torch.Te
     tagged, cfg = f"{found.architecture}.{found.tag}", found.to_dict()
     where = _timm_file(cfg)
     try:
-        model = timm.create_model(tagged, pretrained=True, in_chans=channels)
+        try:  # built as cnnpipe builds it (libraries.timm_model): at the dataset's size where it takes one
+            model = timm.create_model(tagged, pretrained=True, in_chans=channels, img_size=size)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+            model = timm.create_model(tagged, pretrained=True, in_chans=channels)
     except Exception as e:  # offline with an empty cache, a corrupt file
         raise CnnpipeError(f"timm's weights {tagged} could not be loaded ({type(e).__name__}: "
                            f"{first_line(e)[:120]}): put {where}") from None
     path = _timm_cached(cfg)
     return model.state_dict(), Pretrained(
-        "timm", tagged, path.name if path else "", _sha256(path) if path else "", tuple(cfg["mean"]), tuple(cfg["std"]),
+        "timm", tagged, path.name if path else "", sha256_file(path) if path else "", tuple(cfg["mean"]), tuple(cfg["std"]),
         int(cfg["input_size"][-1]), str(cfg.get("interpolation", "bicubic")))
 
 

@@ -178,7 +178,7 @@ def _fine_tune(model: torch.nn.Module, cfg: TrainConfig, root: Path,
         head = None
     done, pretrained = [], None
     if cfg.starts_pretrained:
-        state, pretrained = load_pretrained(parse(cfg.arch), cfg.weights, example.shape[1])
+        state, pretrained = load_pretrained(parse(cfg.arch), cfg.weights, example.shape[1], example.shape[-1])
         apply_init(model, state, head, pretrained.name)
         size = example.shape[-1]
         done.append(f"started from {pretrained.library}'s {pretrained.name}, head {head!r} re-initialised" + (
