@@ -209,12 +209,13 @@ def call(fn: Callable[[], T]) -> T:
 
 ProgressOpt = Annotated[bool | None, typer.Option(
     "--progress/--no-progress", help="Print each long step (a format exported, verified or timed) on stderr; "
-    "default: yes, but not with --json.", show_default=False)]
+    "default: where stderr is a terminal, and not with --json.", show_default=False)]
 
 
 def steps(as_json: bool, asked: bool | None) -> contextlib.AbstractContextManager[None]:
-    """Where the stage's progress lines go: stderr, unless ``--json`` (or ``--no-progress``) and not ``--progress``."""
-    wanted = asked if asked is not None else not as_json
+    """Where the stage's progress lines go: stderr when it is a terminal (as the training bar) and not under
+    ``--json``; ``--progress`` asks for them anywhere (a CI log), ``--no-progress`` never."""
+    wanted = asked if asked is not None else not as_json and err.is_terminal
     return reporting((lambda line: err.print(line, highlight=False, markup=False, soft_wrap=True)) if wanted else None)
 
 
