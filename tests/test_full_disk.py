@@ -77,7 +77,7 @@ def test_a_full_disk_at_any_moment_is_one_line_and_keeps_nothing_partial(
             for store in needs:
                 shutil.copytree(pipeline_root / store, root / store, symlinks=True)
             _fill(point, level if kind == "bytes" else None, level if kind == "inodes" else None)
-            before = _stores(root)
+            before, folders_before = _stores(root), _folders(root)
             versions_before = _versions(root)
             proc = cnnpipe(root, *command, timeout=300)
             outcomes.append((level, proc.returncode))
@@ -96,6 +96,8 @@ def test_a_full_disk_at_any_moment_is_one_line_and_keeps_nothing_partial(
                 else:
                     assert "nothing partial was kept" in errors[0], (level, errors[0])
                 assert after == before, level
+                empty = [d for d in _folders(root) - folders_before if not any((root / d).iterdir())]
+                assert not empty, (level, "empty folders were left", empty)
             else:
                 new = _versions(root) - versions_before
                 assert new or stage == "verify", level
@@ -104,6 +106,10 @@ def test_a_full_disk_at_any_moment_is_one_line_and_keeps_nothing_partial(
         finally:
             subprocess.run(["umount", "-l", str(point)], check=False)
     assert any(code == 2 for _, code in outcomes), outcomes  # the smallest level really was too small
+
+
+def _folders(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir() and ".filler" not in p.parts}
 
 
 def _versions(root: Path) -> set[str]:

@@ -275,3 +275,42 @@ def test_a_symlinked_folder_inside_a_version_is_never_written_through(root_copy:
     args = ("--samples", "8") if command == "verify" else ()
     assert_clean_error(cnnpipe_here(root_copy, command, "lenet5", *args), 2, "is a symbolic link")
     assert list(target.iterdir()) == []
+
+
+def test_batch_sizes_are_bounded_by_a_limit_and_by_the_memory_their_inputs_need(pipeline_root: Path, monkeypatch):
+    assert_clean_error(cnnpipe_here(pipeline_root, "bench", "lenet5", "--batch-sizes", "1,10000000000"), 2,
+                       "--batch-sizes must be between 1 and 1,048,576, not 10,000,000,000")
+    assert_clean_error(cnnpipe_here(pipeline_root, "evaluate", "lenet5", "--batch-size", "0"), 2,
+                       "--batch-size must be between 1 and 1,048,576")
+    from cnnpipe.options import fields
+
+    monkeypatch.setattr(fields, "available_memory", lambda: 2**30)  # a machine with 1 GiB left
+    for args in (("bench", "lenet5", "--batch-sizes", "1,100000"), ("verify", "lenet5", "--batch-sizes", "100000"),
+                 ("evaluate", "lenet5", "--batch-size", "100000")):
+        proc = cnnpipe_here(pipeline_root, *args)
+        assert_clean_error(proc, 2, "100,000 needs about 2.3 GiB for 1x28x28 inputs", "use at most 42,799")
+
+
+def test_class_folders_equal_after_unicode_normalization_or_case_folding_are_refused(tmp_path: Path):
+    import unicodedata
+
+    from PIL import Image
+
+    for pair in (("café", unicodedata.normalize("NFD", "café")), ("Cat", "cat")):
+        src = tmp_path / pair[1].encode("unicode_escape").decode()
+        for name in pair:
+            (src / name).mkdir(parents=True)
+            Image.new("L", (8, 8)).save(src / name / "0.png")
+        proc = cnnpipe_here(tmp_path, "download", "imagefolder", str(src), "--name", "pets")
+        assert_clean_error(proc, 2, "differ only in Unicode form or case", ascii(sorted(pair)[0]), ascii(sorted(pair)[1]))
+    assert not (tmp_path / "data").exists()
+
+
+def test_root_messages_name_the_problem_and_escape_control_characters(tmp_path: Path):
+    assert_clean_error(cnnpipe_here(tmp_path, "ls", "--root", "s3://"), 2, "s3:// needs a bucket: s3://bucket/prefix")
+    from_env = subprocess.run([sys.executable, "-m", "cnnpipe", "ls"], cwd=tmp_path, env=cli_env() | {"CNNPIPE_ROOT": "s3://"},
+                              capture_output=True, text=True, timeout=120)
+    assert_clean_error(from_env, 2, "s3:// needs a bucket")
+    proc = cnnpipe_here(tmp_path, "ls", "--root", str(tmp_path / "a\nb"))
+    assert_clean_error(proc, 2, "a\\nb: no such folder")
+    assert len(proc.stderr.strip().splitlines()) == 1

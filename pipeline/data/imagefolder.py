@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,18 @@ def _split_folders(path: Path, top: list[str]) -> dict[str, str]:
     return folders
 
 
+def _refuse_lookalikes(path: Path, classes: list[str]) -> None:
+    """Two class folders whose names are equal after Unicode normalization and case folding (``café`` in
+    NFC and NFD, ``Cat`` and ``cat``) would be separate classes that look the same everywhere: refused."""
+    seen: dict[str, str] = {}
+    for name in classes:
+        key = unicodedata.normalize("NFKC", name).casefold()
+        if key in seen:
+            raise CnnpipeError(f"{path}: class folders {ascii(seen[key])} and {ascii(name)} differ only in Unicode form "
+                               "or case; merge them into one folder (or rename one)")
+        seen[key] = name
+
+
 def scan(path: Path, follow_symlinks: bool = False) -> Scan:
     """Find the classes and image files. ``train/`` and ``test/`` (and optionally ``val/``) mark a
     pre-split layout; any other mix of split folders, an empty class folder or a class folder that
@@ -116,6 +129,7 @@ def scan(path: Path, follow_symlinks: bool = False) -> Scan:
         roots = {None: path}
     if len(classes) < 2:
         raise CnnpipeError(f"{path}: found {len(classes)} class folder(s); an image folder needs at least 2")
+    _refuse_lookalikes(path, classes)
     root = path.resolve()
     files: dict[str | None, list[tuple[Path, int]]] = {}
     ignored: list[Path] = []

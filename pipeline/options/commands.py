@@ -12,7 +12,17 @@ from ..errors import CnnpipeError
 from ..store.version import check_name
 from ..verification.signing import check_key
 from ..verification.timelimit import DEFAULT_TIMEOUT, TIMEOUT_HELP, check_timeout
-from .fields import DEVICES, DEVICES_HERE, SPLITS, check_choice, check_finite, check_seed, option, parse_batch_sizes
+from .fields import (
+    DEVICES,
+    DEVICES_HERE,
+    SPLITS,
+    check_batch_size,
+    check_choice,
+    check_finite,
+    check_seed,
+    option,
+    parse_batch_sizes,
+)
 from .release import ExportOptions, GateOptions, VerifyOptions
 from .training import TrainConfig
 
@@ -84,8 +94,7 @@ class EvaluateOptions(GateOptions):
         """Every usage error these options can hold, before any work."""
         check_choice(self.split, SPLITS, "--split")
         check_choice(self.device, DEVICES, "--device")
-        if self.batch_size < 1:
-            raise CnnpipeError(f"--batch-size must be at least 1, not {self.batch_size}")
+        check_batch_size(self.batch_size, "--batch-size")
         super().validate()
 
 
@@ -125,8 +134,9 @@ class PredictOptions:
     def validate(self) -> None:
         """Every usage error these options can hold, before any work."""
         check_finite(self)
-        if self.top_k < 1 or self.batch_size < 1:
-            raise CnnpipeError("--top-k and --batch-size must be at least 1")
+        if self.top_k < 1:
+            raise CnnpipeError("--top-k must be at least 1")
+        check_batch_size(self.batch_size, "--batch-size")
         if self.provider not in DEVICES_HERE:
             raise CnnpipeError(f"unknown provider {self.provider!r}; use {', '.join(DEVICES_HERE)}")
         check_timeout(self.timeout)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,15 +47,53 @@ def option(default: Any, help: str, *flags: str, choices: tuple[str, ...] | None
     return field(default=default, metadata={"cli": cli})
 
 
+MAX_BATCH = 1 << 20  # a batch of over a million images is a typo whatever the input; memory bounds it further
+
+
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """``"1,2,7"`` as positive integers; a usage error naming the text otherwise."""
+    """``"1,2,7"`` as positive integers up to MAX_BATCH; a usage error naming the text otherwise."""
     try:
         sizes = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise CnnpipeError(f"--batch-sizes must be comma-separated integers, not {text!r}") from None
     if not sizes or min(sizes) < 1:
         raise CnnpipeError("--batch-sizes must be positive integers")
+    check_batch_size(max(sizes), "--batch-sizes")
     return sizes
+
+
+def check_batch_size(size: int, flag: str) -> None:
+    """A usage error for a batch size under 1 or over MAX_BATCH."""
+    if not 1 <= size <= MAX_BATCH:
+        raise CnnpipeError(f"{flag} must be between 1 and {MAX_BATCH:,}, not {size:,}")
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can still give (MemAvailable where the kernel says it)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+BATCH_MEMORY_FACTOR = 8  # a batch's inputs, its copies and activations: several times the float32 inputs
+
+
+def check_batch_memory(size: int, shape: list[int] | tuple[int, ...], flag: str) -> None:
+    """A usage error when one batch of ``size`` float32 inputs of ``shape`` (C, H, W) would not fit in the
+    memory available (BATCH_MEMORY_FACTOR times the inputs), naming the largest batch that would."""
+    if not all(isinstance(d, int) and d > 0 for d in shape):
+        return  # a malformed shape is its reader's error to name
+    per_image = 4 * math.prod(shape) * BATCH_MEMORY_FACTOR
+    free = available_memory()
+    if size * per_image > free:
+        raise CnnpipeError(f"{flag} {size:,} needs about {size * per_image / 2**30:,.1f} GiB for {'x'.join(map(str, shape))} "
+                           f"inputs and this machine has {free / 2**30:,.1f} GiB available: use at most "
+                           f"{max(1, free // per_image):,}")
 
 
 MAX_EPOCHS = 100_000  # a bound that catches a typo: at one second an epoch, over a day

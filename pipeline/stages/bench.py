@@ -17,6 +17,7 @@ from ..errors import CnnpipeError, FormatTimeout, first_line
 from ..formats import FORMATS
 from ..formats.base import Format, LoadContext, Runner
 from ..options.commands import BenchOptions
+from ..options.fields import check_batch_memory
 from ..progress import step
 from ..store.workspace import Workspace
 from ..verification.reexport import unauthenticated
@@ -157,6 +158,7 @@ def bench(
     bundle.rehash()
     bundle_json = bundle.read_json(MODEL_JSON)
     desc = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}")
+    check_batch_memory(max(options.batch_size_list()), desc.input.shape, "--batch-sizes")
     result = BenchResult(bundle=bundle.ref, threads=threads, input_shape=desc.input.shape)
     formats = [f for f in bundle.results.get("formats", []) if f in FORMATS]
     if not formats:

@@ -23,6 +23,7 @@ from ..evaluation.plots import plot_confusion, plot_misclassified, plot_per_clas
 from ..fs import write_json
 from ..nets.modelfile import load_model, resolve_device
 from ..options.commands import EvaluateOptions
+from ..options.fields import check_batch_memory
 from ..store.evaluations import eval_store
 from ..store.provenance import lineage
 from ..store.version import Version
@@ -116,6 +117,7 @@ def evaluate(
     ws = Workspace(root)
     version = ws.models.resolve(model_ref)
     model, desc = load_model(version, trust_code=trust_code)
+    check_batch_memory(options.batch_size, desc.input.shape, "--batch-size")
     dataset = load_dataset(ws.data.resolve(desc.dataset_ref))
     if dataset.dataset_hash != desc.dataset_hash:
         raise CnnpipeError(f"dataset {dataset.version.ref} does not have the hash {version.ref} was trained on")

@@ -22,6 +22,7 @@ from ..errors import CnnpipeError, RollbackWarning, first_line
 from ..formats import FORMATS
 from ..formats.base import Format, LoadContext, Tolerance
 from ..fs import dumps
+from ..options.fields import check_batch_memory
 from ..options.release import VerifyOptions
 from ..progress import step
 from ..store.additions import add_report, report_path
@@ -165,7 +166,7 @@ def verify(
             integrity = str(e)
         source = source_model(ws, bundle)
         source.rehash()
-        source_desc = read_description(source)
+        source_desc = _described(source, options)
         dataset = load_dataset(ws.data.resolve(source_desc.dataset_ref))
         labels = dataset.arrays("test", mmap=True)[1][:samples]
         bundle_json = bundle.read_json(MODEL_JSON) if integrity == "ok" else source_desc.to_json()
@@ -198,6 +199,13 @@ def verify(
     if trust is not None and trust.public_key is not None:
         result.statements = check_statements(bundle, trust.public_key)
     return result
+
+
+def _described(source: Version, options: VerifyOptions) -> ModelDescription:
+    """The source model's description, once the largest batch asked for is known to fit in memory."""
+    desc = read_description(source)
+    check_batch_memory(max(options.batch_size_list()), desc.input.shape, "--batch-sizes")
+    return desc
 
 
 def _resolve(ws: Workspace, ref: str, trust: Trust) -> Version:

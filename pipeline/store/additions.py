@@ -4,6 +4,7 @@ store is remote."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -57,8 +58,11 @@ def add_report(path: Path, text: str) -> None:
         with writing(path.parent):
             tmp.write_text(text)
             os.replace(tmp, path)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the folder report_path made, if this was to be its first file
+            path.parent.rmdir()
+        raise
     upload_addition(path)
 
 

@@ -75,8 +75,13 @@ def run_folder(ws: Workspace, name: str, config: TrainConfig, resumed: Path | No
                     shutil.rmtree(old, ignore_errors=True)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
             run_dir = runs / f"{stamp}-{secrets.token_hex(4)}"
-            run_dir.mkdir(parents=True)
-            stack.enter_context(owned(run_dir, "this training run"))
+            try:
+                run_dir.mkdir(parents=True)
+                stack.enter_context(owned(run_dir, "this training run"))
+            except BaseException:  # a full disk (no inode for the folder or its lock): leave no empty folder
+                shutil.rmtree(run_dir, ignore_errors=True)
+                remove_if_empty(runs)
+                raise
         try:
             with writing(runs):
                 write_json(run_dir / RUN_CONFIG, asdict(config) | {"name": name})
