@@ -285,10 +285,10 @@ def test_batch_sizes_are_bounded_by_a_limit_and_by_the_memory_their_inputs_need(
     from cnnpipe.options import fields
 
     monkeypatch.setattr(fields, "available_memory", lambda: 2**30)  # a machine with 1 GiB left
-    for args in (("bench", "lenet5", "--batch-sizes", "1,100000"), ("verify", "lenet5", "--batch-sizes", "100000"),
-                 ("evaluate", "lenet5", "--batch-size", "100000")):
+    for args in (("bench", "lenet5", "--batch-sizes", "1,100000"), ("verify", "lenet5", "--batch-sizes", "100000", "--full")):
         proc = cnnpipe_here(pipeline_root, *args)
         assert_clean_error(proc, 2, "100,000 needs about 2.3 GiB for 1x28x28 inputs", "use at most 42,799")
+    fields.check_batch_memory(min(100000, 512), (1, 28, 28), "--batch-sizes")  # a batch holds at most the images there are
 
 
 def test_class_folders_equal_after_unicode_normalization_or_case_folding_are_refused(tmp_path: Path):

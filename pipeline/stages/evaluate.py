@@ -117,12 +117,12 @@ def evaluate(
     ws = Workspace(root)
     version = ws.models.resolve(model_ref)
     model, desc = load_model(version, trust_code=trust_code)
-    check_batch_memory(options.batch_size, desc.input.shape, "--batch-size")
     dataset = load_dataset(ws.data.resolve(desc.dataset_ref))
     if dataset.dataset_hash != desc.dataset_hash:
         raise CnnpipeError(f"dataset {dataset.version.ref} does not have the hash {version.ref} was trained on")
     dev = resolve_device(options.device)
     images, labels = dataset.split(options.split)
+    check_batch_memory(min(options.batch_size, len(labels)), desc.input.shape, "--batch-size")
     start = time.perf_counter()
     logits = batched_logits(model.to(dev), images, list(desc.input.mean), list(desc.input.std), options.batch_size, dev)
     result = classification_metrics(logits, labels, list(desc.classes))

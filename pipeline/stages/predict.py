@@ -74,7 +74,7 @@ def predict(
         raise CnnpipeError(f"{ORT_PROVIDERS[provider]} was asked for but onnxruntime runs on {session.get_providers()[0]}")
     meta = session.get_modelmeta().custom_metadata_map
     channels, height, width = json.loads(meta["input_shape"])
-    check_batch_memory(batch_size, [channels, height, width], "--batch-size")
+    check_batch_memory(min(batch_size, len(paths)), [channels, height, width], "--batch-size")
     if height != width:
         raise CnnpipeError(f"{bundle.ref}: input {height}x{width} is not square; predict resizes to squares only")
     graph_shape = session.get_inputs()[0].shape[1:]

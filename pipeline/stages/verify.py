@@ -204,7 +204,8 @@ def verify(
 def _described(source: Version, options: VerifyOptions) -> ModelDescription:
     """The source model's description, once the largest batch asked for is known to fit in memory."""
     desc = read_description(source)
-    check_batch_memory(max(options.batch_size_list()), desc.input.shape, "--batch-sizes")
+    largest = max(options.batch_size_list())  # a batch holds at most the images verified
+    check_batch_memory(largest if options.full else min(largest, options.samples), desc.input.shape, "--batch-sizes")
     return desc
 
 
