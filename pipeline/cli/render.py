@@ -130,7 +130,7 @@ def show(console: Console, columns: list[str], rows: list[list[Any]]) -> None:
     if _fits(console, whole):
         console.print(whole)
         return
-    half = 1 + (len(columns) - 1 + 1) // 2
+    half = 1 + len(columns) // 2  # the columns after the first, cut in two
     parts = [table([columns[0], *columns[a:b]], [[r[0], *r[a:b]] for r in rows])
              for a, b in ((1, half), (half, len(columns)))]
     if len(columns) > 2 and all(_fits(console, t) for t in parts):
