@@ -57,6 +57,11 @@ class NotVerified(GateFailed):
     """The bundle has no proof that it passed verify: it is not published or signed (exit 1, a failed gate)."""
 
 
+def printable(text: str) -> str:
+    """``text`` on one line: control characters (a newline in a path) written as escapes, never acted on."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception from a library (at most 200 characters), or its type's name."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]

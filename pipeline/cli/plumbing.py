@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError
+from ..errors import EXIT_GATE, EXIT_INTERNAL, EXIT_USAGE, CnnpipeError, printable
 from ..fs import STORAGE_ERRNOS, dumps
 from ..progress import reporting
 from ..store.remote import is_url, open_root
@@ -141,7 +141,7 @@ def root_path(value: str) -> Path | str:
         raise typer.BadParameter("must name a folder (the one that holds data/, models/ and exports/)")
     scheme, sep, rest = value.partition("://")
     if sep and scheme[:1].isalpha() and scheme.isalnum() and not rest.strip("/"):
-        raise typer.BadParameter(f"{shown(value)} needs a bucket: {scheme}://bucket/prefix")
+        raise typer.BadParameter(f"{printable(value)} needs a bucket: {scheme}://bucket/prefix")
     return value.rstrip("/") if is_url(value) else Path(value)
 
 
@@ -172,13 +172,9 @@ def plain(obj: Any) -> Any:
 
 def fail(e: CnnpipeError) -> NoReturn:
     """Print a user-fixable problem as one line on stderr and exit with its code."""
-    err.print(f"[bold red]error:[/] {escape(shown(str(e)))}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(printable(str(e)))}", highlight=False, soft_wrap=True)
     raise typer.Exit(e.exit_code) from None
 
-
-def shown(text: str) -> str:
-    """``text`` on one line: control characters (a newline in a path) written as escapes, never acted on."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def debug() -> None:
@@ -208,7 +204,7 @@ def call(fn: Callable[[], T]) -> T:
             raise typer.Exit(EXIT_USAGE) from None
         debug()
         err.print(
-            f"[bold red]internal error:[/] {type(e).__name__}: {escape(shown(str(e)))} "
+            f"[bold red]internal error:[/] {type(e).__name__}: {escape(printable(str(e)))} "
             "(set CNNPIPE_DEBUG=1 for the traceback; please report it)",
             highlight=False, soft_wrap=True,
         )

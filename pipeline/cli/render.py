@@ -22,6 +22,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from ..errors import printable
+
 
 class ByteProgress:
     """A rich progress bar per downloaded file (on stderr); pass ``update`` as ``on_bytes``."""
@@ -99,7 +101,7 @@ class TrainProgress:
 
 def plain(text: Any) -> str:
     """Text from data (a class or file name) shown as it is: control characters escaped, no rich markup."""
-    return escape("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text)))
+    return escape(printable(text))
 
 
 def _cell(value: Any) -> Text | str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import __version__
 from ..description import ModelDescription
+from ..errors import printable
 from ..formats import load_snippets
 
 PLOTS = {
@@ -160,8 +161,7 @@ def _bundle_files(bundle: dict[str, Any]) -> list[str]:
 def md_text(text: str) -> str:
     """``text`` safe inside a Markdown table cell or sentence: control characters shown escaped
     (a newline would end the row), ``|`` and Markdown's punctuation escaped."""
-    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-    return "".join("\\" + c if c in "\\`*_[]<>|#" else c for c in shown)
+    return "".join("\\" + c if c in "\\`*_[]<>|#" else c for c in printable(text))
 
 
 def _model_and_training(ref: str, desc: ModelDescription, train: dict[str, Any]) -> list[str]:
