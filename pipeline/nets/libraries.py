@@ -27,18 +27,24 @@ TORCHVISION_ARGS: dict[str, Callable[[int], dict[str, Any]]] = {
 }
 
 
+def family_args(name: str, size: int) -> dict[str, Any]:
+    """The builder arguments torchvision network ``name`` needs at input side ``size`` (TORCHVISION_ARGS)."""
+    import torchvision
+
+    family = TORCHVISION_ARGS.get(torchvision.models.get_model_builder(name).__module__)
+    return family(size) if family else {}
+
+
 def torchvision_model(name: str, channels: int, size: int, classes: int) -> tuple[nn.Module, str]:
     import torchvision
 
     known = torchvision.models.list_models(module=torchvision.models)
     if name not in known:
         raise CnnpipeError(f"unknown torchvision classification model {name!r}{close_names(name, known)}")
-    family_args = TORCHVISION_ARGS.get(torchvision.models.get_model_builder(name).__module__)
     with warnings.catch_warnings():  # inception_v3 and googlenet warn about a future default on every build
         warnings.simplefilter("ignore", FutureWarning)
         try:
-            model = torchvision.models.get_model(name, weights=None, num_classes=classes,
-                                                 **(family_args(size) if family_args else {}))
+            model = torchvision.models.get_model(name, weights=None, num_classes=classes, **family_args(name, size))
         except Exception as e:  # a builder that refuses the input size, e.g. a ViT's patch size
             raise CnnpipeError(f"torchvision could not build {name} for {channels}x{size}x{size} input "
                                f"({type(e).__name__}: {first_line(e)})") from None
@@ -69,19 +75,26 @@ def timm_model(name: str, channels: int, size: int, classes: int) -> tuple[nn.Mo
     known = timm.list_models()
     if name.partition(".")[0] not in known:
         raise CnnpipeError(f"unknown timm model {name!r}{close_names(name, known)}")
-    args = {"pretrained": False, "num_classes": classes, "in_chans": channels}
     try:
-        try:
-            model = timm.create_model(name, img_size=size, **args)
-        except TypeError as e:  # a model without an input size argument (a CNN) is built without it
-            if "img_size" not in str(e):
-                raise
-            model = timm.create_model(name, **args)
+        model = create_timm(name, size, pretrained=False, num_classes=classes, in_chans=channels)
     except Exception as e:  # a model that refuses the size, e.g. a ViT's patch size
         least = min_timm_size(name)
         raise CnnpipeError(f"timm could not build {name} for {channels}x{size}x{size} input ({type(e).__name__}: "
                            f"{first_line(e)})" + (f"; it takes at least {least}x{least}" if least else "")) from None
     return model, f"timm {timm.__version__}"
+
+
+def create_timm(name: str, size: int, **args: Any) -> nn.Module:
+    """``timm.create_model(name, **args)`` at input side ``size`` where the model takes ``img_size`` (ViTs,
+    LeViT; pretrained position embeddings are resampled), as it is where it takes none (a CNN)."""
+    import timm
+
+    try:
+        return timm.create_model(name, img_size=size, **args)
+    except TypeError as e:
+        if "img_size" not in str(e):
+            raise
+        return timm.create_model(name, **args)
 
 
 def min_timm_size(name: str) -> int | None:

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import CnnpipeError, first_line
 from ..fs import sha256_file
+from .libraries import create_timm
 from .sources import ArchSource
 
 
@@ -98,12 +99,7 @@ def _timm(name: str, tag: str | None, channels: int, size: int) -> tuple[dict[st
     tagged, cfg = f"{found.architecture}.{found.tag}", found.to_dict()
     where = _timm_file(cfg)
     try:
-        try:  # built as cnnpipe builds it (libraries.timm_model): at the dataset's size where it takes one
-            model = timm.create_model(tagged, pretrained=True, in_chans=channels, img_size=size)
-        except TypeError as e:
-            if "img_size" not in str(e):
-                raise
-            model = timm.create_model(tagged, pretrained=True, in_chans=channels)
+        model = create_timm(tagged, size, pretrained=True, in_chans=channels)  # as libraries.timm_model builds it
     except Exception as e:  # offline with an empty cache, a corrupt file
         raise CnnpipeError(f"timm's weights {tagged} could not be loaded ({type(e).__name__}: "
                            f"{first_line(e)[:120]}): put {where}") from None

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import CnnpipeError, first_line
-from .libraries import TORCHVISION_ARGS, min_timm_size, timm_model, torchvision_model
+from .libraries import family_args, min_timm_size, timm_model, torchvision_model
 from .registry import build, get_net
 
 CODE_DIR = "code"  # where a version keeps its copy of the user's file
@@ -227,10 +227,7 @@ def build_code(source: ArchSource, arch: str, channels: int, size: int, classes:
     """Python lines that build ``model`` (random weights, as ``_build`` does) with the network's own library,
     for a model card: torchvision, timm, the bundle's copy of the user's file, else cnnpipe's registry."""
     if source.kind == "torchvision":
-        import torchvision
-
-        family = TORCHVISION_ARGS.get(torchvision.models.get_model_builder(source.name).__module__)
-        extra = "".join(f", {k}={v!r}" for k, v in (family(size) if family else {}).items())
+        extra = "".join(f", {k}={v!r}" for k, v in family_args(source.name, size).items())
         lines = ["import torchvision",
                  f"model = torchvision.models.get_model({source.name!r}, weights=None, num_classes={classes}{extra})"]
         if channels != 3:  # cnnpipe's first-convolution swap (libraries.adapt_first_conv), written out
