@@ -1,6 +1,6 @@
 """Progress of long stages (export per format, verify per format and device, bench per runtime): a stage
-calls ``step``; whoever runs it decides where the lines go (the CLI: stderr, not under ``--json`` unless
-``--progress``). Without a sink a step costs nothing."""
+calls ``step``; whoever runs it decides where the lines go (the CLI: stderr where it is a terminal and not under
+``--json``, or wherever ``--progress`` asks). Without a sink a step costs nothing."""
 
 from __future__ import annotations
 

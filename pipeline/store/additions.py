@@ -28,6 +28,7 @@ def report_path(version: Version, suffix: str) -> Path:
     return folder / f"{stamp}-{host}-{os.getpid()}{suffix}"
 
 
+STATEMENT_SUFFIX = ".intoto.json"  # a signed verdict beside verify's reports (verification/statement.py)
 REPORT_LIMIT = 4 * 1024 * 1024  # bytes of a verify report ls reads; a larger one is not verify's
 
 
@@ -37,7 +38,7 @@ def newest_verdict(version: Version) -> str | None:
     folder = version.path / REPORTS
     if folder.is_symlink() or not folder.is_dir():
         return None
-    names = sorted(p.name for p in folder.iterdir() if p.suffix == ".json" and not p.name.endswith(".intoto.json")
+    names = sorted(p.name for p in folder.iterdir() if p.suffix == ".json" and not p.name.endswith(STATEMENT_SUFFIX)
                    and not p.name.startswith("."))
     if not names:
         return None

@@ -19,13 +19,12 @@ from typing import Any
 
 from ..errors import CnnpipeError, NotVerified, first_line
 from ..fs import dumps, read_small, sha256_file
-from ..store.additions import add_report, report_path
+from ..store.additions import STATEMENT_SUFFIX, add_report, report_path
 from ..store.remote import MAX_ADDITION
 from ..store.version import MANIFEST, REPORTS, Version
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 PREDICATE_TYPE = "urn:cnnpipe:verification:v1"
-SUFFIX = ".intoto.json"
 
 
 def _require() -> None:
@@ -91,7 +90,7 @@ def write_statement(bundle: Version, predicate: dict[str, Any], private_key: Pat
 
     envelope = Envelope(_statement(bundle, predicate), PAYLOAD_TYPE, {})
     envelope.sign(_signer(private_key))
-    path = report_path(bundle, SUFFIX)
+    path = report_path(bundle, STATEMENT_SUFFIX)
     add_report(path, json.dumps(envelope.to_dict(), indent=2) + "\n")
     return path
 
@@ -104,7 +103,7 @@ def check_statements(bundle: Version, public_key: Path) -> list[dict[str, Any]]:
     folder = bundle.path / REPORTS
     if not folder.is_dir() or folder.is_symlink():
         return []
-    return [_check(path, bundle, key) for path in sorted(folder.glob(f"*{SUFFIX}"), reverse=True)]
+    return [_check(path, bundle, key) for path in sorted(folder.glob(f"*{STATEMENT_SUFFIX}"), reverse=True)]
 
 
 def _check(path: Path, bundle: Version, key: Any) -> dict[str, Any]:
