@@ -54,7 +54,7 @@ class DatasetSpec:
     hub_id: str | None = None  # the dataset's id on the Hugging Face Hub, for model cards
 
 
-def hold_out_val(
+def hold_out(
     splits: dict[str, tuple[np.ndarray, np.ndarray]], val_size: int, seed: int, part: str = "val", flag: str = "--val-size",
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
     """Move a seeded, stratified ``val_size`` hold-out of ``train`` into ``part``; record the split."""
@@ -138,7 +138,7 @@ def _idx_prepare(cls_name: str) -> Callable[[Path, FetchOptions], Prepared]:
                    read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64))
             for part, prefix in (("train", "train"), ("test", "t10k"))
         }
-        splits, record = hold_out_val(splits, options.val_size or 5000, options.seed)
+        splits, record = hold_out(splits, options.val_size or 5000, options.seed)
         return Prepared(
             splits=splits,
             classes=list(CATALOG_CLASSES[cls_name]),
@@ -156,7 +156,7 @@ def prepare_cifar10(raw_dir: Path, options: FetchOptions) -> Prepared:
     bases = sources([base + "/"], options.mirror)
     raw_dir.mkdir(parents=True, exist_ok=True)
     path = fetch(fname, cls.tgz_md5, bases, raw_dir, options.on_bytes)
-    splits, record = hold_out_val(read_cifar10(path), options.val_size or 5000, options.seed)
+    splits, record = hold_out(read_cifar10(path), options.val_size or 5000, options.seed)
     return Prepared(
         splits=splits,
         classes=list(CATALOG_CLASSES["CIFAR10"]),

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data.catalog import CATALOG, FetchOptions, Prepared, get_spec, hold_out_val
+from ..data.catalog import CATALOG, FetchOptions, Prepared, get_spec, hold_out
 from ..data.fetch import OnBytes
 from ..data.imagefolder import EXTENSIONS, decode_all, scan
 from ..data.loading import INFO, split_files
@@ -172,15 +172,15 @@ def _folder_splits(decoded: dict[str | None, Any], folders: dict[str, str],
         came["test"] = came.pop("val")
     elif "test" not in splits:
         n_test = max(1, round(len(splits["train"][1]) * options.test_fraction))
-        splits, held = hold_out_val(splits, n_test, options.seed, part="test", flag="--test-fraction")
+        splits, held = hold_out(splits, n_test, options.seed, part="test", flag="--test-fraction")
         split |= {"test_indices_in_train": held["test_indices_in_train"]}
         came["test"] = f"held out of {folders['train']}/ ({n_test:,} images, stratified, seed {options.seed})"
     if "val" not in splits:
         n_val = max(1, round(len(splits["train"][1]) * options.val_fraction))
-        splits, held = hold_out_val(splits, n_val, options.seed)
+        splits, held = hold_out(splits, n_val, options.seed)
         split |= {"method": held["method"], "seed": options.seed, "val_indices_in_train": held["val_indices_in_train"]}
         came["val"] = f"held out of {folders['train']}/ ({n_val:,} images, stratified, seed {options.seed})"
-    if came["train"] == f"{folders['train']}/" and len(splits["train"][1]) < len(decoded["train"].labels):
+    if len(splits["train"][1]) < len(decoded["train"].labels):
         came["train"] = f"{folders['train']}/ less the images held out"
     split |= {"sizes": {k: len(v[1]) for k, v in splits.items()}, "from": {k: came[k] for k in ("train", "val", "test")}}
     return splits, split

@@ -322,7 +322,7 @@ def _train(
         images_per_s=timings["images"] / timings["train_s"] if timings["train_s"] > 0 else 0.0,
         epochs_run=state.epoch, stopped_early=stopped_early, resumed_from=str(resumed) if resumed else None,
         world_size=run.world, history=state.history, fine_tune=run.fine_tune,
-        warnings=warnings_of(best, next((h for h in state.history if h["epoch"] == best["epoch"]), None),
+        warnings=warnings_of(next((h for h in state.history if h["epoch"] == best["epoch"]), None),
                              len(run.dataset.classes)),
     )
     check_max_val_loss(best, cfg.max_val_loss)

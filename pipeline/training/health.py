@@ -12,14 +12,16 @@ LOSS_FACTOR = 10.0  # a best validation loss over this many times chance's (ln o
 LOGIT_LIMIT = 1e4  # validation logits this large are no longer a classifier's scores
 
 
-def warnings_of(best: dict[str, Any], record: dict[str, Any] | None, classes: int) -> list[str]:
-    """What is wrong with the best epoch (``record``: its history line) however it was chosen."""
+def warnings_of(record: dict[str, Any] | None, classes: int) -> list[str]:
+    """What is wrong with the best epoch (``record``: its history line; None: no epoch ran)."""
+    if record is None:
+        return []
     found = []
     chance = math.log(max(classes, 2))
-    if best["val_loss"] > LOSS_FACTOR * chance:
-        found.append(f"the best epoch's validation loss is {best['val_loss']:.4g}, over {LOSS_FACTOR:g}x chance's "
+    if record["val_loss"] > LOSS_FACTOR * chance:
+        found.append(f"the best epoch's validation loss is {record['val_loss']:.4g}, over {LOSS_FACTOR:g}x chance's "
                      f"{chance:.3g}: training exploded (lower --lr, or add --grad-clip)")
-    largest = (record or {}).get("val_max_abs_logit", 0.0)
+    largest = record.get("val_max_abs_logit", 0.0)
     if largest > LOGIT_LIMIT:
         found.append(f"its validation logits reach {largest:.3g} in magnitude: the network's scale exploded")
     return found
