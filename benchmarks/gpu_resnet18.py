@@ -4,10 +4,12 @@ Part 1 (throughput): the seeds' loop (torchvision ImageFolder, RandomCrop+Flip+T
 per sample, DataLoader with workers, eager fp32) against ``cnnpipe train`` (device-resident
 uint8, batched augmentation, torch.compile, bf16 autocast, channels_last); images/s after
 warm-up, same batch size, same process. Part 2 (time to accuracy): one full ``cnnpipe train``
-run, wall time including compilation, then the test accuracy from ``cnnpipe evaluate``.
+run with ``--recipe fast`` (or the seeds' recipe with ``--recipe seeds``), wall time including
+compilation from an empty Inductor and Triton cache, where it went, then the test accuracy from
+``cnnpipe evaluate``.
 
-    tar xzf cifar10-jpeg.tar.gz -C /tmp
-    python benchmarks/gpu_resnet18.py --data /tmp/cifar10-jpeg --epochs 30
+    tar xzf cifar10-jpeg.tar.gz -C "$TMPDIR"
+    python benchmarks/gpu_resnet18.py --data "$TMPDIR/cifar10-jpeg"
 
 ``--limit N`` uses N training images per class (a smoke run, e.g. on a CPU). ``--profile``
 adds a 2-epoch run under torch.profiler (after a 1-epoch run that compiles) and prints where the device time goes and how many
@@ -17,6 +19,8 @@ host-device synchronisations there were (``TORCH_LOGS=recompiles`` shows any rec
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -29,6 +33,7 @@ from torchvision import datasets, transforms
 
 from cnnpipe.nets.registry import build
 from cnnpipe.options import DownloadOptions, TrainConfig
+from cnnpipe.options.training import RECIPES
 from cnnpipe.stages.download import import_folder
 from cnnpipe.stages.evaluate import evaluate
 from cnnpipe.stages.train import train
@@ -83,15 +88,19 @@ def profile_training(config: TrainConfig, root: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, required=True, help="the extracted cifar10-jpeg folder")
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--lr", type=float, default=0.2)
+    parser.add_argument("--recipe", default="fast", choices=["fast", "seeds"],
+                        help="fast: cnnpipe's --recipe fast; seeds: SGD-Nesterov OneCycle 0.2, label smoothing 0.1")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the recipe's (30 for seeds)")
     parser.add_argument("--steps", type=int, default=50, help="timed steps of the seeds' loop")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--profile", action="store_true", help="also profile two epochs")
     parser.add_argument("--compile-mode", default="reduce-overhead", choices=["default", "reduce-overhead", "max-autotune"])
+    parser.add_argument("--warm-cache", action="store_true", help="keep Inductor's and Triton's caches (default: empty)")
     args = parser.parse_args()
+    if not args.warm_cache:  # a cold compilation, as on a fresh machine, whatever ran here before
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-")
+        os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="triton-")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     root = Path(tempfile.mkdtemp(prefix="cnnpipe-bench-"))
     src = args.data
@@ -101,29 +110,37 @@ def main() -> None:
             for cls in sorted((args.data / split).iterdir()):
                 (src / split / cls.name).mkdir(parents=True)
                 for f in sorted(cls.iterdir())[: args.limit]:
-                    (src / split / cls.name / f.name).symlink_to(f.resolve())
+                    shutil.copyfile(f, src / split / cls.name / f.name)
     t0 = time.perf_counter()
     import_folder(src, DownloadOptions(dataset_name="cifar10-jpeg"), root)
     import_s = time.perf_counter() - t0
 
-    seeds = seeds_images_per_s(args.data, args.batch_size, args.steps, device, args.workers, args.limit)
-    config = TrainConfig(
-        arch="resnet18", dataset="cifar10-jpeg", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        optimizer="sgd", nesterov=True, schedule="onecycle", label_smoothing=0.1, compile_mode=args.compile_mode,
-    )
+    if args.recipe == "fast":
+        config = TrainConfig(arch="resnet18", dataset="cifar10-jpeg", recipe="fast",
+                             epochs=args.epochs or RECIPES["fast"]["epochs"])
+    else:
+        config = TrainConfig(
+            arch="resnet18", dataset="cifar10-jpeg", epochs=args.epochs or 30, batch_size=512, lr=0.2,
+            optimizer="sgd", nesterov=True, schedule="onecycle", label_smoothing=0.1, compile_mode=args.compile_mode,
+        )
+    batch = config.resolved().batch_size
+    seeds = seeds_images_per_s(args.data, batch, args.steps, device, args.workers, args.limit)
     t0 = time.perf_counter()
     result = train(config, root)
     wall = time.perf_counter() - t0
     test = evaluate(result.ref, root=root)
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"
-    print(f"ResNet18, CIFAR-10 JPEG folder, batch {args.batch_size}, device {name}, torch {torch.__version__}")
+    print(f"ResNet18, CIFAR-10 JPEG folder, recipe {args.recipe}, batch {batch}, device {name}, torch {torch.__version__}")
     print(f"{'loop':<62} {'img/s':>10} {'ratio':>6}")
     print(f"{'seeds (DataLoader, per-sample transforms, eager fp32)':<62} {seeds:>10,.0f} {1.0:>6.2f}")
-    compiled = f"compiled {args.compile_mode}" if result.compiled else "eager"
+    compiled = f"compiled {config.resolved().compile_mode}" if result.compiled else "eager"
     label = f"cnnpipe ({compiled} {result.precision} channels_last)"
     print(f"{label:<62} {result.images_per_s:>10,.0f} {result.images_per_s / seeds:>6.2f}")
-    print(f"import {import_s:.1f} s; train {args.epochs} epochs: wall {wall:.1f} s "
+    print(f"import {import_s:.1f} s; train {result.epochs_run} epochs: wall {wall:.1f} s "
           f"(compile {result.compile_s:.1f} s, training {result.train_s:.1f} s); test accuracy {test.accuracy:.4f}")
+    parts = result.parts | {"compile_s": result.compile_s, "train_s": result.train_s}
+    parts["other_s"] = wall - sum(parts.values())
+    print("where the wall went: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in parts.items()))
     if args.profile:  # after the timed run, so its wall time includes a cold compilation
         profile_training(config, root)
 

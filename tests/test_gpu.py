@@ -46,6 +46,14 @@ def test_compiled_bf16_training_on_cuda(cuda_root: Path, mode: str):
     assert evaluated["accuracy"] > 0.85
 
 
+
+def test_the_fast_recipe_validates_and_checkpoints_sparsely_on_cuda(cuda_root: Path):
+    result = cnnpipe_json(cuda_root, "train", "--recipe", "fast", "--epochs", "8", "--name", "fast")
+    assert (result["device"], result["compiled"], result["precision"]) == ("cuda", True, "bf16")
+    assert [h["epoch"] for h in result["history"] if "val_accuracy" in h] == [4, 8]
+    assert result["val_accuracy"] > 0.85, result["history"]
+    assert set(result["parts"]) == {"setup_s", "val_s", "checkpoint_s", "commit_s"}
+
 _INTERRUPT = """
 import sys
 from pathlib import Path

@@ -137,3 +137,61 @@ def test_a_run_that_explodes_is_committed_with_a_warning_or_refused_by_max_val_l
     assert not (sample_root / "models/boom2/v1").exists()
     fine = cnnpipe_json(sample_root, "train", "--epochs", "1", "--name", "fine", "--max-val-loss", "5")
     assert fine["warnings"] == [] and fine["ref"] == "fine@v1"
+
+
+class _StopAtEpoch:
+    """A progress that interrupts the run as epoch ``epoch`` starts, as Ctrl-C would."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+    def advance(self, *args) -> None:
+        pass
+
+    def end_epoch(self, record: dict) -> None:
+        pass
+
+
+def test_sparse_validation_and_checkpoints_resume_exactly(sample_root: Path):
+    """--val-every and --checkpoint-every: validated epochs only are candidates, and a run cut after its
+    last checkpoint resumes from it (the epoch after lost, trained again) to the uninterrupted weights."""
+    config = TrainConfig(arch="dropout-cnn", epochs=3, batch_size=128, deterministic=True, device="cpu",
+                         val_every=2, checkpoint_every=2, cutout=6)
+    whole = train(TrainConfig(**{**config.__dict__, "name": "sparse-whole"}), sample_root)
+    assert [("val_accuracy" in h) for h in whole.history] == [False, True, True]
+    assert whole.best_epoch in (2, 3) and set(whole.parts) == {"setup_s", "val_s", "checkpoint_s", "commit_s"}
+    cut = TrainConfig(**{**config.__dict__, "name": "sparse-cut"})
+    with pytest.raises(KeyboardInterrupt):
+        train(cut, sample_root, progress=_StopAtEpoch(3))
+    saved = torch.load(next((sample_root / "models/sparse-cut/.runs").glob("*/checkpoint.pt")), weights_only=True)
+    assert saved["epoch"] == 2
+    resumed = train(cut, sample_root, resume="sparse-cut")
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert _weights(sample_root, "sparse-cut") == _weights(sample_root, "sparse-whole")
+
+
+def test_a_recipe_sets_only_the_options_left_at_their_defaults():
+    fast = TrainConfig(arch="resnet18", recipe="fast", lr=0.05, epochs=3).resolved()
+    assert (fast.lr, fast.epochs) == (0.05, 3)  # the user's own values stay
+    assert (fast.batch_size, fast.schedule, fast.cutout, fast.compile_mode) == (512, "onecycle", 8, "reduce-overhead")
+    assert TrainConfig(arch="resnet18", recipe="fast", epochs=8, cutout=0).resolved().epochs == 8  # given, = default
+    assert TrainConfig(arch="resnet18", recipe="fast", cutout=0).resolved().cutout == 0
+    assert TrainConfig(arch="resnet18", recipe="fast").resolved().epochs > 8
+    assert TrainConfig(arch="resnet18").resolved().schedule == "cosine"  # no recipe: the network's
+
+
+def test_cutout_blanks_one_square_per_image_clipped_at_the_border():
+    from cnnpipe.data.batches import cutout
+
+    x = torch.ones(64, 3, 10, 10)
+    out = cutout(x, 4, torch.Generator().manual_seed(0))
+    blank = (out == 0).all(1)  # every channel of a blanked pixel
+    assert (out[:, 0] == 0).equal(blank) and ((out == 0) | (out == 1)).all()
+    sizes = blank.flatten(1).sum(1)
+    assert sizes.max() == 16 and sizes.min() >= 4  # a whole 4x4 square, or its part inside the image
+    rows, cols = blank.any(2).sum(1), blank.any(1).sum(1)
+    assert (rows * cols == sizes).all()  # a rectangle, not scattered pixels

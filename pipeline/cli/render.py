@@ -94,8 +94,8 @@ class TrainProgress:
     def end_epoch(self, record: dict[str, Any]) -> None:
         self.console.print(
             f"epoch {record['epoch']}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
-            f"  val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f}"
-            f"  {record['images_per_s']:,.0f} img/s"
+            + (f"  val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f}" if "val_loss" in record else "")
+            + f"  {record['images_per_s']:,.0f} img/s"
         )
 
 

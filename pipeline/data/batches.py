@@ -59,6 +59,19 @@ def augment(images: torch.Tensor, crop_padding: int, flip: bool, generator: torc
     return images
 
 
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero a random ``size``×``size`` square (clipped at the border) of each normalized image in N×C×H×W:
+    the dataset's mean colour. Its centres come from ``generator``, like the crops'."""
+    n, _, h, w = x.shape
+    device = x.device
+    top = to_device(torch.randint(0, h, (n,), generator=generator), device)[:, None, None] - size // 2
+    left = to_device(torch.randint(0, w, (n,), generator=generator), device)[:, None, None] - size // 2
+    rows = torch.arange(h, device=device)[None, :, None]
+    cols = torch.arange(w, device=device)[None, None, :]
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    return x * ~inside[:, None]
+
+
 class DeviceBatches:
     """A whole split on the training device; batches are gathered by index there."""
 

@@ -66,7 +66,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path, title: str) -> None:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
         ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
-        ax.plot(epochs, [r[f"val_{key}"] for r in history], "s-", label="validation")
+        validated = [r for r in history if f"val_{key}" in r]  # --val-every N validates every N-th epoch
+        ax.plot([r["epoch"] for r in validated], [r[f"val_{key}"] for r in validated], "s-", label="validation")
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

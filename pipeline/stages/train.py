@@ -1,8 +1,9 @@
 """Stage 2: train a network on a dataset version; keep the epoch best on validation.
 
-A run checkpoints after every epoch into ``models/<name>/.runs/<run>/checkpoint.pt``
-(tensors and plain types only, read back with ``weights_only=True``); an interrupted or
-diverged run resumes from there with ``--resume``. The version is committed at the end
+A run checkpoints after every ``--checkpoint-every``-th epoch into
+``models/<name>/.runs/<run>/checkpoint.pt`` (tensors and plain types only, read back with
+``weights_only=True``, written in a background thread); an interrupted or diverged run resumes
+from there with ``--resume``, exactly as it would have gone on. The version is committed at the end
 and the run folder removed. Under ``torchrun`` every rank trains its shard of each batch
 (DDP: gloo on CPU, nccl on CUDA); only rank 0 writes anything.
 """
@@ -28,18 +29,18 @@ from ..errors import CnnpipeError, first_line
 from ..evaluation.plots import plot_curves
 from ..fs import dumps, write_json
 from ..nets.modelfile import WEIGHTS, describe, resolve_device, save_weights
-from ..nets.pretrained import Pretrained, input_stats, load_pretrained
+from ..nets.pretrained import Pretrained, input_stats
 from ..nets.registry import param_count
-from ..nets.sources import ArchSource, build_arch, parse, store_code
+from ..nets.sources import ArchSource, build_arch, store_code
 from ..options.training import TrainConfig
 from ..store.provenance import environment, lineage
 from ..store.workspace import Workspace
 from ..training.engine import Progress, batched_logits, train_epoch
-from ..training.finetune import apply_init, find_head, freeze_all_but, initial_state
+from ..training.finetune import fine_tune
 from ..training.health import check_max_val_loss, warnings_of
 from ..training.optim import make_optimizer, make_schedule
 from ..training.placement import distributed, eval_batch_size, train_source
-from ..training.runs import find_run, load_run, run_folder, save_checkpoint
+from ..training.runs import CheckpointWriter, find_run, load_run, run_folder, snapshot
 
 
 @dataclass
@@ -65,6 +66,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     fine_tune: str | None = None  # what --init-from, --reset-head and --freeze-backbone did
     warnings: list[str] = field(default_factory=list)  # an exploded run, committed all the same (training/health)
+    parts: dict[str, float] = field(default_factory=dict)  # seconds outside the training steps, by part (--profile)
 
 
 def train(
@@ -118,7 +120,8 @@ class _State:
     best: dict[str, Any] = field(
         default_factory=lambda: {"epoch": 0, "val_accuracy": -1.0, "val_loss": float("nan"), "state": None}
     )
-    timings: dict[str, Any] = field(default_factory=lambda: {"compile_s": 0.0, "train_s": 0.0, "images": 0})
+    timings: dict[str, Any] = field(default_factory=lambda: {
+        "compile_s": 0.0, "train_s": 0.0, "images": 0, "val_s": 0.0, "checkpoint_s": 0.0})
     stale: int = 0
     epoch: int = 0
 
@@ -133,12 +136,16 @@ def _setup(cfg: TrainConfig, ws: Workspace) -> _Run:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif device.type == "cuda":  # cuDNN times its algorithms for each shape once, then keeps the fastest
+        torch.backends.cudnn.benchmark = True
     if cfg.batch_size % world:
         raise CnnpipeError(f"--batch-size {cfg.batch_size} must divide evenly over {world} processes")
     info = dataset.info
+    if cfg.cutout > min(info["height"], info["width"]):
+        raise CnnpipeError(f"--cutout {cfg.cutout} is larger than the {info['height']}x{info['width']} images")
     torch.manual_seed(cfg.seed)
     model, arch_source = build_arch(cfg.arch, info["channels"], info["height"], len(dataset.classes))
-    fine_tune, pretrained = _fine_tune(model, cfg, ws.root, torch.zeros(2, info["channels"], info["height"], info["width"]))
+    tuned, pretrained = fine_tune(model, cfg, ws.root, torch.zeros(2, info["channels"], info["height"], info["width"]))
     mean, std = (info["mean"], info["std"]) if pretrained is None or cfg.dataset_stats else \
         map(list, input_stats(pretrained, info["channels"]))
     model = model.to(device, memory_format=torch.channels_last)
@@ -158,39 +165,10 @@ def _setup(cfg: TrainConfig, ws: Workspace) -> _Run:
     if isinstance(source, DeviceBatches):  # the validation split fits beside it: no copies per epoch
         x_val = x_val.to(device)
     return _Run(
-        cfg, dataset, arch_source, fine_tune, pretrained, mean, std, rank, world, device, compiled, bf16, model,
+        cfg, dataset, arch_source, tuned, pretrained, mean, std, rank, world, device, compiled, bf16, model,
         torch.compile(wrapped, mode=cfg.compile_mode) if compiled else wrapped, source, drop_last, optimizer, schedule,
         torch.Generator().manual_seed(cfg.seed), x_val, y_val, eval_batch_size(len(y_val), cfg.eval_batch_size),
     )
-
-
-def _fine_tune(model: torch.nn.Module, cfg: TrainConfig, root: Path,
-               example: torch.Tensor) -> tuple[str | None, Pretrained | None]:
-    """``--pretrained``/``--weights``, ``--init-from``, ``--reset-head`` and ``--freeze-backbone``: what was
-    done, naming the head, and the published weights started from."""
-    if not (cfg.init_from or cfg.freeze_backbone or cfg.starts_pretrained):
-        return None, None
-    try:
-        head: str | None = find_head(model, example)
-    except CnnpipeError:  # only --init-from without --reset-head does without a head (it names one in errors)
-        if cfg.reset_head or cfg.freeze_backbone or cfg.starts_pretrained:
-            raise
-        head = None
-    done, pretrained = [], None
-    if cfg.starts_pretrained:
-        state, pretrained = load_pretrained(parse(cfg.arch), cfg.weights, example.shape[1], example.shape[-1])
-        apply_init(model, state, head, pretrained.name)
-        size = example.shape[-1]
-        done.append(f"started from {pretrained.library}'s {pretrained.name}, head {head!r} re-initialised" + (
-            f" (the weights were trained at {pretrained.size}x{pretrained.size}, this dataset is {size}x{size}: "
-            f"`cnnpipe download NAME --size {pretrained.size}` matches them)" if size < pretrained.size else ""))
-    if cfg.init_from:
-        apply_init(model, initial_state(cfg.init_from, root), head, cfg.init_from, cfg.reset_head)
-        done.append(f"started from {cfg.init_from}" + (f", head {head!r} re-initialised" if cfg.reset_head else ""))
-    if cfg.freeze_backbone and head is not None:
-        trainable = freeze_all_but(model, head)
-        done.append(f"backbone frozen, only {head!r} trains ({trainable:,} parameters)")
-    return "; ".join(done), pretrained
 
 
 def _restore(run: _Run, saved: dict[str, Any]) -> _State:
@@ -221,14 +199,17 @@ def _restore_fields(run: _Run, saved: dict[str, Any]) -> _State:
     return state
 
 
-def _checkpoint(run: _Run, state: _State, run_dir: Path) -> None:
-    save_checkpoint(run_dir, {
-        "epoch": state.epoch, "model": {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()},
+def _checkpoint(run: _Run, state: _State, writer: CheckpointWriter) -> None:
+    """Snapshot the run to the CPU now and write it in the background."""
+    t0 = time.perf_counter()
+    writer.write(snapshot({
+        "epoch": state.epoch, "model": {k: v.contiguous() for k, v in run.model.state_dict().items()},
         "optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
         "generator": run.generator.get_state(), "torch_rng": torch.get_rng_state(),
         **({"cuda_rng": torch.cuda.get_rng_state(run.device)} if run.device.type == "cuda" else {}),
         "history": state.history, "best": state.best, "timings": state.timings, "stale": state.stale,
-    })
+    }))
+    state.timings["checkpoint_s"] = state.timings.get("checkpoint_s", 0.0) + time.perf_counter() - t0
 
 
 def _diverged(what: str, epoch: int, run_dir: Path | None) -> None:
@@ -252,7 +233,7 @@ def _epoch(run: _Run, state: _State, epoch: int, progress: Progress | None, run_
     stats = train_epoch(
         run.step_model, run.optimizer, run.source.batches(order), run.mean, run.std, augmentation, run.generator,
         progress if lead else None, schedule=run.schedule, label_smoothing=cfg.label_smoothing,
-        grad_clip=cfg.grad_clip, bf16=run.bf16,
+        grad_clip=cfg.grad_clip, bf16=run.bf16, cutout_size=cfg.cutout,
     )
     if not math.isfinite(stats.loss):
         _diverged(f"training loss became {stats.loss}", epoch, run_dir)
@@ -261,34 +242,45 @@ def _epoch(run: _Run, state: _State, epoch: int, progress: Progress | None, run_
         timings["compile_s"] = stats.first_step_s
     timings["train_s"] += stats.seconds - (timings["compile_s"] if epoch == 1 else 0.0)
     timings["images"] += stats.images * run.world
-    t0 = time.perf_counter()
-    logits = batched_logits(run.step_model, run.x_val, run.mean, run.std, run.val_batch, run.device, run.bf16)
-    val_loss = F.cross_entropy(logits, run.y_val).item()
-    if not math.isfinite(val_loss):
-        _diverged(f"validation loss became {val_loss}", epoch, run_dir)
     floats = {k: v for k, v in run.model.state_dict().items() if v.is_floating_point()}
     finite = torch.stack([torch.isfinite(v).all() for v in floats.values()]).tolist() if floats else []
     if not all(finite):
         _diverged(f"weights became NaN or Inf ({list(floats)[finite.index(False)]})", epoch, run_dir)
-    val_acc = (logits.argmax(1) == run.y_val).float().mean().item()
     record = {
         "epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
-        "val_loss": val_loss, "val_accuracy": val_acc, "val_max_abs_logit": logits.abs().max().item(),
-        "lr": run.optimizer.param_groups[0]["lr"],
-        "train_s": stats.seconds, "val_s": time.perf_counter() - t0,
+        "lr": run.optimizer.param_groups[0]["lr"], "train_s": stats.seconds,
         "images_per_s": stats.images * run.world / stats.seconds,
     }
+    if epoch % cfg.val_every == 0 or epoch == cfg.epochs:
+        record |= _validate(run, state, epoch, run_dir)
     state.history.append(record)
     state.epoch = epoch
+    if progress is not None and lead:
+        progress.end_epoch(record)
+    return record
+
+
+def _validate(run: _Run, state: _State, epoch: int, run_dir: Path | None) -> dict[str, Any]:
+    """Validation's figures for the epoch's record; keeps the weights if they are the best so far.
+
+    The uncompiled network answers: compiling a second (eval) graph would cost more than it saves.
+    """
+    t0 = time.perf_counter()
+    logits = batched_logits(run.model, run.x_val, run.mean, run.std, run.val_batch, run.device, run.bf16)
+    val_loss = F.cross_entropy(logits, run.y_val).item()
+    if not math.isfinite(val_loss):
+        _diverged(f"validation loss became {val_loss}", epoch, run_dir)
+    val_acc = (logits.argmax(1) == run.y_val).float().mean().item()
     if val_acc > state.best["val_accuracy"]:
         weights = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in run.model.state_dict().items()}
         state.best = {"epoch": epoch, "val_accuracy": val_acc, "val_loss": val_loss, "state": weights}
         state.stale = 0
     else:
         state.stale += 1
-    if progress is not None and lead:
-        progress.end_epoch(record)
-    return record
+    seconds = time.perf_counter() - t0
+    state.timings["val_s"] = state.timings.get("val_s", 0.0) + seconds
+    return {"val_loss": val_loss, "val_accuracy": val_acc, "val_max_abs_logit": logits.abs().max().item(),
+            "val_s": seconds}
 
 
 def _train(
@@ -301,18 +293,27 @@ def _train(
         config, saved = load_run(resumed)
     cfg = config.resolved()
     ws = Workspace(root)
+    t0 = time.perf_counter()
     run = _setup(cfg, ws)
     state = _restore(run, saved) if saved is not None else _State()
+    setup_s = time.perf_counter() - t0
     run_dir = stack.enter_context(run_folder(ws, cfg.name, config, resumed)) if run.rank == 0 else None
+    writer = CheckpointWriter(run_dir) if run_dir is not None else None
+    if writer is not None:
+        stack.callback(writer.close)  # the last checkpoint is whole before the run folder is judged
 
     stopped_early = False
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         _epoch(run, state, epoch, progress, run_dir)
-        if run.rank == 0 and run_dir is not None:
-            _checkpoint(run, state, run_dir)
-        if cfg.patience is not None and state.stale >= cfg.patience:
-            stopped_early = True
+        stopped_early = cfg.patience is not None and state.stale >= cfg.patience
+        if writer is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs or stopped_early):
+            _checkpoint(run, state, writer)
+        if stopped_early:
             break
+    if writer is not None:
+        t0 = time.perf_counter()
+        writer.close()
+        state.timings["checkpoint_s"] = state.timings.get("checkpoint_s", 0.0) + time.perf_counter() - t0
 
     best, timings = state.best, state.timings
     result = TrainResult(
@@ -329,10 +330,13 @@ def _train(
     if run.rank != 0:
         dist.barrier()
         return result
+    t0 = time.perf_counter()
     version = _commit(ws, cfg, run, best, state.history, timings, result)
     if run.world > 1:
         dist.barrier()
     result.ref, result.path = version.ref, str(version.path)
+    result.parts = {"setup_s": setup_s, "val_s": timings.get("val_s", 0.0),
+                    "checkpoint_s": timings.get("checkpoint_s", 0.0), "commit_s": time.perf_counter() - t0}
     return result
 
 

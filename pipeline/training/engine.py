@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.batches import augment
+from ..data.batches import augment, cutout
 from ..data.loading import normalize
 
 
@@ -46,12 +46,13 @@ def train_epoch(
     grad_clip: float | None = None,
     bf16: bool = False,
     report_every: int = 20,
+    cutout_size: int = 0,
 ) -> EpochStats:
     """One pass over uint8 batches, augmented and normalized on their device.
 
-    The schedule steps once per batch; the loss and accuracy are summed on the device and
-    read back only every ``report_every`` steps or once a second (the bar moves at least that often), so
-    the device is not synchronised per step.
+    ``cutout_size`` blanks a random square of each normalized image. The schedule steps once per batch;
+    the loss and accuracy are summed on the device and read back only every ``report_every`` steps or
+    once a second (the bar moves at least that often), so the device is not synchronised per step.
     """
     model.train()
     loss_sum = correct = None
@@ -60,6 +61,8 @@ def train_epoch(
     first_step_s = 0.0
     for step, (images, y) in enumerate(batches):
         x = normalize(augment(images, augmentation["crop_padding"], augmentation["flip"], generator), mean, std)
+        if cutout_size:
+            x = cutout(x, cutout_size, generator)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x.contiguous(memory_format=torch.channels_last))
             loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)

@@ -14,6 +14,9 @@ from torch import nn
 
 from ..errors import CnnpipeError
 from ..nets.modelfile import WEIGHTS, read_safetensors, read_state
+from ..nets.pretrained import Pretrained, load_pretrained
+from ..nets.sources import parse
+from ..options.training import TrainConfig
 from ..store.workspace import Workspace
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")  # an --init-from that names a file, not a version
@@ -82,3 +85,32 @@ def freeze_all_but(model: nn.Module, head: str) -> int:
         param.requires_grad = name.startswith(head + ".")
         trainable += param.numel() if param.requires_grad else 0
     return trainable
+
+
+def fine_tune(model: nn.Module, cfg: TrainConfig, root: Path,
+              example: torch.Tensor) -> tuple[str | None, Pretrained | None]:
+    """``--pretrained``/``--weights``, ``--init-from``, ``--reset-head`` and ``--freeze-backbone``: what was
+    done, naming the head, and the published weights started from."""
+    if not (cfg.init_from or cfg.freeze_backbone or cfg.starts_pretrained):
+        return None, None
+    try:
+        head: str | None = find_head(model, example)
+    except CnnpipeError:  # only --init-from without --reset-head does without a head (it names one in errors)
+        if cfg.reset_head or cfg.freeze_backbone or cfg.starts_pretrained:
+            raise
+        head = None
+    done, pretrained = [], None
+    if cfg.starts_pretrained:
+        state, pretrained = load_pretrained(parse(cfg.arch), cfg.weights, example.shape[1], example.shape[-1])
+        apply_init(model, state, head, pretrained.name)
+        size = example.shape[-1]
+        done.append(f"started from {pretrained.library}'s {pretrained.name}, head {head!r} re-initialised" + (
+            f" (the weights were trained at {pretrained.size}x{pretrained.size}, this dataset is {size}x{size}: "
+            f"`cnnpipe download NAME --size {pretrained.size}` matches them)" if size < pretrained.size else ""))
+    if cfg.init_from:
+        apply_init(model, initial_state(cfg.init_from, root), head, cfg.init_from, cfg.reset_head)
+        done.append(f"started from {cfg.init_from}" + (f", head {head!r} re-initialised" if cfg.reset_head else ""))
+    if cfg.freeze_backbone and head is not None:
+        trainable = freeze_all_but(model, head)
+        done.append(f"backbone frozen, only {head!r} trains ({trainable:,} parameters)")
+    return "; ".join(done), pretrained

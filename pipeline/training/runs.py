@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, fields
@@ -37,6 +38,51 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any]) -> None:
         os.replace(tmp, run_dir / CHECKPOINT)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of a checkpoint's state that training can no longer change: tensors copied to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes a run's checkpoints in a background thread, one at a time, so the next epoch trains meanwhile.
+
+    ``write`` waits for the previous write; ``close`` waits for the last one. A write that failed raises
+    its error at the next ``write`` or at ``close``: a run never goes on as if a checkpoint existed.
+    """
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def write(self, state: dict[str, Any]) -> None:
+        """Start writing ``state`` (a ``snapshot``) once the previous checkpoint is on disk."""
+        self.close()
+        self._thread = threading.Thread(target=self._save, args=(state,), name="checkpoint", daemon=False)
+        self._thread.start()
+
+    def _save(self, state: dict[str, Any]) -> None:
+        try:
+            save_checkpoint(self.run_dir, state)
+        except BaseException as e:  # re-raised in the training thread
+            self._error = e
+
+    def close(self) -> None:
+        """Wait for the checkpoint being written; raise its error if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def find_run(root: Path, ref: str) -> Path:
