@@ -48,7 +48,7 @@ def test_compiled_bf16_training_on_cuda(cuda_root: Path, mode: str):
 
 
 def test_the_fast_recipe_validates_and_checkpoints_sparsely_on_cuda(cuda_root: Path):
-    result = cnnpipe_json(cuda_root, "train", "--recipe", "fast", "--epochs", "8", "--name", "fast")
+    result = cnnpipe_json(cuda_root, "train", "--model", "resnet18", "--recipe", "fast", "--epochs", "8", "--name", "fast")
     assert (result["device"], result["compiled"], result["precision"]) == ("cuda", True, "bf16")
     assert [h["epoch"] for h in result["history"] if "val_accuracy" in h] == [4, 8]
     assert result["val_accuracy"] > 0.85, result["history"]
