@@ -6,6 +6,7 @@ malformed or hostile ``model.json`` is one clear error instead of a ``KeyError``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,11 @@ class ModelDescription:
     def from_json(cls, data: Any, where: str = "model.json") -> ModelDescription:
         """The description in ``data`` (parsed ``model.json``; extra keys are ignored); a usage error if malformed."""
         try:
+            if not isinstance(data["classes"], list) or not all(isinstance(c, str) for c in data["classes"]):
+                raise TypeError("'classes' is not a list of names")
+            for key in ("input", "dataset"):
+                if not isinstance(data[key], dict):
+                    raise TypeError(f"{key!r} is not an object")
             inp = data["input"]
             spec = InputSpec(
                 channels=int(inp["channels"]), height=int(inp["height"]), width=int(inp["width"]),
@@ -91,6 +97,46 @@ class ModelDescription:
         if min(spec.channels, spec.height, spec.width) < 1 or not len(spec.mean) == len(spec.std) == spec.channels:
             raise CnnpipeError(f"{where}: its input shape and normalization do not agree")
         return desc
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _table_of(kind: type) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, dict) and all(isinstance(v, kind) for v in value.values())
+
+
+# The fields of an export's model.json beyond the description that stages read, with the shape each must have.
+BUNDLE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "formats": (_names, "a list of format names"),
+    "files": (_table_of(str), "a table of file names by format"),
+    "metadata": (_table_of(str), "a table of strings"),
+    "variants": (_table_of(dict), "a table of records by format"),
+    "triton": (lambda v: _names(v) and len(v) in (0, 2), "an empty list or [config, model] file names"),
+    "onnx_opset": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer"),
+}
+
+
+def bundle_problem(data: Any) -> str | None:
+    """What is wrong with the shape of an export's ``model.json`` (None: nothing), naming the field, never
+    quoting it; the description's own fields are ``ModelDescription.from_json``'s to check."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    for key, (fits, shape) in BUNDLE_FIELDS.items():
+        if key in data and not fits(data[key]):
+            return f"{key!r} is not {shape}"
+    return None
+
+
+def read_bundle_json(version: Version) -> dict[str, Any]:
+    """An export's ``model.json`` whose fields have the shapes stages read; a usage error naming the first that
+    does not."""
+    data = version.read_json(MODEL_JSON)
+    problem = bundle_problem(data)
+    if problem is not None:
+        raise CnnpipeError(f"{version.ref}: {MODEL_JSON}: {problem}; the bundle is damaged: export it again")
+    return data
 
 
 def read_description(version: Version) -> ModelDescription:

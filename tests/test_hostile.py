@@ -314,3 +314,46 @@ def test_root_messages_name_the_problem_and_escape_control_characters(tmp_path: 
     proc = cnnpipe_here(tmp_path, "ls", "--root", str(tmp_path / "a\nb"))
     assert_clean_error(proc, 2, "a\\nb: no such folder")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+_FIELDS = {  # model.json field -> a value of the wrong type, with the words the refusal names it by
+    "triton": (["QUOTED-config.pbtxt"], "'triton' is not an empty list or [config, model] file names"),
+    "variants": ([1], "'variants' is not a table of records by format"),
+    "formats": (5, "'formats' is not a list of format names"),
+    "classes": ("QUOTED-classes", "'classes' is not a list of names"),
+    "dataset": ([], "'dataset' is not an object"),
+}
+
+
+def test_model_json_fields_of_the_wrong_type_fail_verify_and_refuse_bench_naming_the_field(root_copy: Path):
+    bundle = root_copy / "exports/lenet5/v1"
+    good = (bundle / "model.json").read_text()
+    for key, (value, words) in _FIELDS.items():
+        (bundle / "model.json").write_text(json.dumps(json.loads(good) | {key: value}))
+        resign(bundle, "model.json")
+        proc = cnnpipe_here(root_copy, "verify", "lenet5", "--samples", "8")
+        assert_clean_error(proc, 1, "verify failed")
+        report = json.loads(Path(proc.stderr.split("report: ")[1].split(")")[0]).read_text())
+        assert not report["passed"] and words in report["integrity"] and not report["formats"], key
+        if key in ("triton", "variants", "formats"):  # the description's own fields: from_json's refusal
+            assert_clean_error(cnnpipe_here(root_copy, "bench", "lenet5", "--seconds", "0.1"), 2, words)
+        assert "QUOTED" not in proc.stderr + report["integrity"]
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda m: m["lineage"].__setitem__("parents", "lenet5@v1"), "lineage.parents is not a list"),
+    (lambda m: m["lineage"].__setitem__("parents", [{"ref": 5, "manifest_sha256": 3}]), "lineage.parents is not a list"),
+    (lambda m: m["lineage"].__setitem__("config", []), "lineage.config is not an object"),
+    (lambda m: m["lineage"]["config"].__setitem__("evaluation", {"split": 1}), "lineage.config.evaluation is not a"),
+    (lambda m: m["results"].__setitem__("formats", 7), "results.formats is not a list"),
+    (lambda m: m["files"][0].__setitem__("role", 4), "files[0] is not a {path, sha256, bytes, role} record"),
+])
+def test_manifest_records_of_the_wrong_shape_are_one_line(root_copy: Path, change, words: str):
+    path = root_copy / "exports/lenet5/v1/manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+    before = tree_state(root_copy)
+    for args in (("verify", "lenet5", "--samples", "8"), ("bench", "lenet5"), ("show", "lenet5", "--store", "exports")):
+        assert_clean_error(cnnpipe_here(root_copy, *args), 2, "corrupt manifest", words)
+    assert tree_state(root_copy) == before

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..description import MODEL_JSON, ModelDescription
+from ..description import MODEL_JSON, ModelDescription, read_bundle_json
 from ..errors import CnnpipeError, FormatTimeout, first_line
 from ..formats import FORMATS
 from ..formats.base import Format, LoadContext, Runner
@@ -156,7 +156,7 @@ def bench(
     bundle = ws.exports.resolve(bundle_ref)
     trust_native = (trust or Trust()).admit(bundle)  # before anything of the bundle is read
     bundle.rehash()
-    bundle_json = bundle.read_json(MODEL_JSON)
+    bundle_json = read_bundle_json(bundle)
     desc = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}")
     check_batch_memory(max(options.batch_size_list()), desc.input.shape, "--batch-sizes")
     result = BenchResult(bundle=bundle.ref, threads=threads, input_shape=desc.input.shape)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..description import MODEL_JSON
+from ..description import read_bundle_json
 from ..errors import CnnpipeError, NotVerified, first_line
 from ..formats import FORMATS
 from ..options.commands import PublishOptions
@@ -68,7 +68,7 @@ def proof(bundle: Version, options: PublishOptions, root: Path) -> dict[str, str
 
 
 def _tags(bundle: Version, report: dict[str, str]) -> dict[str, str]:
-    model = bundle.read_json(MODEL_JSON)
+    model = read_bundle_json(bundle)
     metrics = bundle.read_json("metrics.json") if bundle.lists("metrics.json") else {}
     git = bundle.manifest.get("lineage", {}).get("git") or {}
     tags = {
@@ -102,7 +102,7 @@ def _example(bundle: Version, meta: dict[str, str]) -> np.ndarray:
     """The first test images of the bundle's dataset, preprocessed as its metadata says."""
     from .predict import preprocess
 
-    model = bundle.read_json(MODEL_JSON)
+    model = read_bundle_json(bundle)
     channels, height, width = json.loads(meta["input_shape"])
     try:
         data = Workspace(bundle.path.parents[2]).data.resolve(model["dataset"]["ref"])

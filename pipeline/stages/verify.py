@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..data.loading import load_dataset, split_files
-from ..description import MODEL_JSON, ModelDescription, read_description
+from ..description import MODEL_JSON, ModelDescription, bundle_problem, read_description
 from ..errors import CnnpipeError, RollbackWarning, first_line
 from ..formats import FORMATS
 from ..formats.base import Format, LoadContext, Tolerance
@@ -169,7 +169,8 @@ def verify(
         source_desc = _described(source, options)
         dataset = load_dataset(ws.data.resolve(source_desc.dataset_ref))
         labels = dataset.arrays("test", mmap=True)[1][:samples]
-        bundle_json = bundle.read_json(MODEL_JSON) if integrity == "ok" else source_desc.to_json()
+        integrity, bundle_json = _bundle_json(bundle, source_desc) if integrity == "ok" else \
+            (integrity, source_desc.to_json())
         desc = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}")
         images = Images(dataset.version.file(split_files("test")[0]), len(labels), tuple(source_desc.input.mean),
                         tuple(source_desc.input.std))
@@ -199,6 +200,20 @@ def verify(
     if trust is not None and trust.public_key is not None:
         result.statements = check_statements(bundle, trust.public_key)
     return result
+
+
+def _bundle_json(bundle: Version, source_desc: ModelDescription) -> tuple[str, dict[str, Any]]:
+    """``("ok", model.json)`` when the intact bundle's ``model.json`` has the shapes verify reads, else what is
+    wrong with it and the source model's description in its place (the verdict then fails)."""
+    data = bundle.read_json(MODEL_JSON)
+    problem = bundle_problem(data)
+    if problem is None:
+        try:
+            ModelDescription.from_json(data, f"{bundle.ref}: {MODEL_JSON}")
+            return "ok", data
+        except CnnpipeError as e:
+            return str(e), source_desc.to_json()
+    return f"{bundle.ref}: {MODEL_JSON}: {problem}", source_desc.to_json()
 
 
 def _described(source: Version, options: VerifyOptions) -> ModelDescription:

@@ -124,8 +124,29 @@ def _check_manifest(manifest: Any) -> None:
     if manifest["schema"] != SCHEMA:
         raise ValueError(f"an unknown schema, expected {SCHEMA!r}")
     for i, entry in enumerate(manifest["files"]):
-        if not isinstance(entry, dict) or any(not isinstance(entry.get(k), t) for k, t in FILE_TYPES.items()):
-            raise ValueError(f"files[{i}] is not a {{path, sha256, bytes}} record")
+        if not isinstance(entry, dict) or any(not isinstance(entry.get(k), t) for k, t in FILE_TYPES.items()) \
+                or not isinstance(entry.get("role", ""), str):
+            raise ValueError(f"files[{i}] is not a {{path, sha256, bytes, role}} record")
+    _check_records(manifest.get("lineage", {}), manifest.get("results", {}))
+
+
+def _check_records(lineage: dict[str, Any], results: dict[str, Any]) -> None:
+    """The lineage and results fields stages read have their shapes (ValueError naming the first that has not)."""
+    parents = lineage.get("parents", [])
+    if not isinstance(parents, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("ref"), str) and isinstance(p.get("manifest_sha256"), str)
+            for p in parents):
+        raise ValueError("lineage.parents is not a list of {ref, manifest_sha256} records")
+    for key in ("config", "git"):
+        if not isinstance(lineage.get(key, {}), dict):
+            raise ValueError(f"lineage.{key} is not an object")
+    formats = results.get("formats", [])
+    if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
+        raise ValueError("results.formats is not a list of format names")
+    pinned = lineage.get("config", {}).get("evaluation")
+    if pinned is not None and not (isinstance(pinned, dict) and isinstance(pinned.get("split"), str)
+                                   and type(pinned.get("version")) is int and isinstance(pinned.get("manifest_sha256"), str)):
+        raise ValueError("lineage.config.evaluation is not a {split, version, manifest_sha256} record")
 
 
 def load_version(path: Path, stage: str | None = None) -> Version:
