@@ -357,3 +357,30 @@ def test_manifest_records_of_the_wrong_shape_are_one_line(root_copy: Path, chang
     for args in (("verify", "lenet5", "--samples", "8"), ("bench", "lenet5"), ("show", "lenet5", "--store", "exports")):
         assert_clean_error(cnnpipe_here(root_copy, *args), 2, "corrupt manifest", words)
     assert tree_state(root_copy) == before
+
+
+@pytest.mark.parametrize(("key", "value", "words"), [
+    ("input_shape", None, "its metadata 'input_shape' is missing or not [channels, height, width]"),
+    ("input_shape", "[28, 28]", "its metadata 'input_shape' is missing or not [channels, height, width]"),
+    ("classes", '["0", "1"]', "the graph answers 10 scores but its metadata names 2 classes"),
+    ("classes", '{"0": 0}', "its metadata 'classes' is missing or not a list of class names"),
+    ("mean", "[]", "its metadata 'mean' is missing or not 1 finite number"),
+    ("mean", "[NaN]", "its metadata 'mean' is missing or not 1 finite number"),
+    ("std", "[0]", "its metadata 'std' is missing or not 1 positive number"),
+    ("input_name", "QUOTED", "its metadata 'input_name' is missing or not the graph's input name"),
+])
+def test_predict_refuses_hostile_onnx_metadata_in_one_line(root_copy: Path, key: str, value: str | None, words: str):
+    bundle = root_copy / "exports/lenet5/v1"
+    proto = onnx.load(str(bundle / "model.onnx"))
+    kept = [p for p in proto.metadata_props if p.key != key]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    if value is not None:
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(bundle / "model.onnx"))
+    resign(bundle, "model.onnx")
+    digit = root_copy / "digit.png"
+    digit.write_bytes((bundle / "confusion.png").read_bytes())
+    proc = cnnpipe_here(root_copy, "predict", str(digit), "--bundle", "lenet5")
+    assert_clean_error(proc, 2, words)
+    assert "QUOTED" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
