@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import CnnpipeError, ExportFailed, LoadFailed, first_line
 from ..fs import write_through_memory
+from .archive import check_sizes
 from .base import META_FILE, ExportContext, Format, LoadContext, Runner, Tolerance, quiet, register, same_meta, torch_runner
 
 
@@ -57,6 +58,7 @@ def load_package(path: Path, compiled_for: dict[str, str]) -> tuple[Any, dict[st
     if isa and isa not in here:
         raise CnnpipeError(f"{path.name} was compiled for CPU instructions '{isa}', which this machine lacks; "
                            "export --aoti on the kind of machine that will run it")
+    check_sizes(path)
     try:
         with quiet():
             package = inductor.aoti_load_package(str(path))

@@ -1,4 +1,9 @@
-"""What a ``torch.export`` archive (``model.pt2``) may hold, checked before torch sees it.
+"""What a zip archive torch reads (``model.pt2``, an AOTInductor package, TorchScript) may hold,
+checked before torch sees it.
+
+Every such archive first passes ``check_sizes``: torch's reader allocates what a member
+declares, so members that declare more bytes than the archive could hold (a zip bomb) fail
+the format unread. Then, for a ``torch.export`` archive:
 
 ``torch.export.load`` unpickles members (weights or constants marked ``use_pickle``, custom
 and opaque objects, sample inputs: ``torch.load`` falling back from ``weights_only=True``)
@@ -21,6 +26,8 @@ from pathlib import Path
 from ..errors import LoadFailed
 
 MAX_MEMBERS = 100_000
+MAX_EXPANSION = 4  # declared bytes per byte on disk: torch writes its members stored, or deflated code (~1.04x)
+SLACK = 1 << 20  # bytes: small archives may hold a few deflated text members
 MAX_CONFIG = 64 << 20  # bytes of a weights or constants config
 MAX_PICKLE = 1 << 20  # bytes of the sample inputs' pickle
 MEMBER = re.compile(
@@ -35,14 +42,28 @@ SAMPLE_GLOBALS = {"torch._utils _rebuild_tensor_v2", "collections OrderedDict"}
 STORAGE = re.compile(r"torch (Float|Double|Half|BFloat16|Long|Int|Short|Char|Byte|Bool)Storage")
 
 
-def check_pt2(path: Path) -> None:
-    """``LoadFailed`` naming the member when ``path`` holds anything a program archive should not."""
+def check_sizes(path: Path) -> None:
+    """``LoadFailed`` when the zip at ``path`` has too many members or declares more bytes than
+    ``MAX_EXPANSION`` times its size on disk: read only from its directory, nothing decompressed."""
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-            if len(members) > MAX_MEMBERS:
-                raise LoadFailed(f"{path.name}: {len(members)} archive members; refused unread")
-            for member in members:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise LoadFailed(f"{path.name}: not a readable archive ({type(e).__name__})") from None
+    if len(members) > MAX_MEMBERS:
+        raise LoadFailed(f"{path.name}: {len(members):,} archive members; refused unread")
+    declared, size = sum(m.file_size for m in members), path.stat().st_size
+    if declared > MAX_EXPANSION * size + SLACK:
+        raise LoadFailed(f"{path.name}: its members declare {declared:,} bytes, more than {MAX_EXPANSION}x its "
+                         f"{size:,} bytes on disk (a zip bomb); refused unread")
+
+
+def check_pt2(path: Path) -> None:
+    """``LoadFailed`` naming the member when ``path`` holds anything a program archive should not."""
+    check_sizes(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
                 if not MEMBER.fullmatch(member.filename):
                     raise LoadFailed(f"{path.name}: member {member.filename!r} is not part of a torch.export program "
                                      "(native code, a pickle or a foreign file); refused unread")

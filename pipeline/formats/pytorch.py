@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 from ..fs import write_through_memory
-from .archive import check_pt2
+from .archive import check_pt2, check_sizes
 from .base import (
     FP32,
     META_FILE,
@@ -81,6 +81,7 @@ def load_torchscript(path: Path, device: str, ctx: LoadContext) -> Runner:
     import torch
 
     needs_device(device)
+    check_sizes(path)
     extra = {META_FILE: ""}
     with quiet():  # TorchScript is deprecated, still asked for
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
