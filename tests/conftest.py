@@ -42,6 +42,21 @@ def cnnpipe(root: Path, *args: str, timeout: float = 600, env: dict[str, str] | 
     return proc
 
 
+def cnnpipe_peak(root: Path, *args: str, timeout: float = 600) -> tuple[subprocess.CompletedProcess, int]:
+    """``cnnpipe(root, *args)`` and the peak resident memory, in bytes, of that process (its children not counted)."""
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "cnnpipe", "--root", str(root), *args], cwd=root, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    out = [proc.stdout.read(), proc.stderr.read()]  # the pipes close when it exits
+    _, status, usage = os.wait4(proc.pid, 0)
+    timer.cancel()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, *out), usage.ru_maxrss * 1024
+
+
 def _record(args: tuple[str, ...], start: float, code: int, here: bool = False) -> None:
     """With ``SUITE_TIMES=FILE``: one JSON line for a finished cnnpipe call (``here``: run in this process)."""
     if times := os.environ.get("SUITE_TIMES"):

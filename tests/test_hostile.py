@@ -418,3 +418,29 @@ def test_archives_whose_members_declare_more_than_they_could_hold_are_refused_un
     for name in ("model.pt2", "model.torchscript.pt"):
         fmt = "pt2" if name == "model.pt2" else "torchscript"
         assert f"{name}: its members declare 268," in reasons[fmt] and "(a zip bomb); refused unread" in reasons[fmt]
+
+
+def test_a_huge_file_named_like_an_image_is_refused_by_its_size_before_it_is_read(root_copy: Path, tmp_path: Path):
+    from conftest import cnnpipe_peak
+
+    huge = tmp_path / "huge.png"
+    with open(huge, "wb") as f:  # sparse: 3 GB that take no disk
+        f.truncate(3 << 30)
+    proc, peak = cnnpipe_peak(root_copy, "predict", str(huge), "--bundle", "lenet5")
+    assert_clean_error(proc, 2, "huge.png: ValueError: 3,221,225,472 bytes is over the limit of 401,048,576 bytes")
+    assert peak < 400 << 20, peak  # before: the whole file in memory (3.2 GB)
+
+    folder = tmp_path / "folder"
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        for i in range(4):
+            (folder / c / f"{i}.png").write_bytes((root_copy / "exports/lenet5/v1/confusion.png").read_bytes())
+    (folder / "a" / "huge.png").hardlink_to(huge)
+    before = tree_state(root_copy)
+    proc, peak = cnnpipe_peak(root_copy, "download", "imagefolder", str(folder), "--name", "bomb", "--skip-bad",
+                              "--no-plots", "--json")
+    assert proc.returncode == 0, proc.stderr
+    skipped = json.loads(proc.stdout)["skipped"]
+    assert len(skipped) == 1 and "huge.png" in skipped[0] and "over the limit" in skipped[0]
+    assert peak < 1 << 30, peak  # before: 2.2 GB
+    assert set(tree_state(root_copy)) - set(before)  # the import itself was written

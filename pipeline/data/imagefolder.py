@@ -18,6 +18,8 @@ from .resize import in_threads, resize_image
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}  # a GIF's first frame
 MAX_PIXELS = 50_000_000  # an image over this (e.g. 7072x7072) is a bad image: decoding it would take ~150 MB or more
+# The largest file such an image needs: 8 bytes a pixel (16-bit RGBA, uncompressed) and room for its headers.
+MAX_IMAGE_BYTES = 8 * MAX_PIXELS + (1 << 20)
 WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}  # more than 8 bits per sample
 # Pillow warns on stderr about corrupt EXIF or large images; a file is either decoded or listed as bad, with
 # the reason (set once for the process: warnings.catch_warnings is not thread-safe, and decoding runs in threads)
@@ -184,10 +186,15 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
 
 
 def _decode(item: tuple[Path, int, int]) -> tuple[np.ndarray | None, str | None, str]:
+    """One file's image, or why it is not one, and its sha256 (hashed as it streams: never held whole)."""
     path, size, channels = item
     try:
-        data = path.read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
+        nbytes = path.stat().st_size
+        if nbytes > MAX_IMAGE_BYTES:
+            raise ValueError(f"{nbytes:,} bytes is over the limit of {MAX_IMAGE_BYTES:,} bytes for an image file "
+                             f"(images are at most {MAX_PIXELS:,} pixels)")
+        with open(path, "rb") as f:
+            sha = hashlib.file_digest(f, "sha256").hexdigest()
         return load_image(path, size, channels), None, sha
     except Exception as e:  # noqa: BLE001 - a malformed file may make a decoder raise anything: an unreadable image
         return None, f"{path}: {type(e).__name__}: {e}", ""
