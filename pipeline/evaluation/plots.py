@@ -1,5 +1,9 @@
 """The plots that stages write into versions (matplotlib, headless): samples, class counts,
-training curves, confusion matrix, per-class scores and the most confident mistakes."""
+training curves, confusion matrix, per-class scores and the most confident mistakes.
+
+A plot shows at most ``MAX_CLASSES`` classes (the worst, or the largest and smallest, as each
+says in its title), so its size and drawing time stay bounded whatever the class count.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+MAX_CLASSES = 40  # classes one plot shows; with more, it picks and says which
+
+
+def _shown(picked: int, total: int, which: str) -> str:
+    """The title's note on the classes left out ("" when all are shown)."""
+    return f" ({picked} of {total:,} classes: {which})" if picked < total else ""
 
 
 def _pyplot() -> Any:
@@ -19,22 +30,26 @@ def _pyplot() -> Any:
 
 
 def plot_samples(split: tuple[Any, Any], classes: list[str], path: Path, title: str, per_class: int = 8) -> None:
-    """A grid with one row per class of its first training images, as the seeds' ``show_dataset``."""
+    """One row per class of its first training images, as the seeds' ``show_dataset``, drawn as one
+    mosaic; with over ``MAX_CLASSES`` classes, the largest ones."""
     plt = _pyplot()
     images, labels = split
-    fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * 0.9, len(classes) * 0.9 + 0.5), squeeze=False)
-    for row, name in enumerate(classes):
-        picks = np.flatnonzero(np.asarray(labels) == row)[:per_class]
-        for col in range(per_class):
-            ax = axes[row][col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if col < len(picks):
-                img = images[picks[col]]
-                ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=255)
-            if col == 0:
-                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle(f"{title}: training samples per class")
+    labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=len(classes))
+    rows = sorted(np.argsort(-counts, kind="stable")[:MAX_CLASSES].tolist())
+    c, h, w = images.shape[1:] if len(images) else (1, 28, 28)
+    pad = 2
+    mosaic = np.full((len(rows) * (h + pad), per_class * (w + pad), 3), 255, dtype=np.uint8)
+    for r, k in enumerate(rows):
+        for col, i in enumerate(np.flatnonzero(labels == k)[:per_class]):
+            tile = np.asarray(images[i])
+            top, left = r * (h + pad), col * (w + pad)
+            mosaic[top : top + h, left : left + w] = tile.transpose(1, 2, 0) if c == 3 else tile[0][..., None]
+    fig, ax = plt.subplots(figsize=(per_class * 0.9 + 1.5, len(rows) * 0.9 + 0.5))
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([r * (h + pad) + h / 2 for r in range(len(rows))], [classes[k] for k in rows], fontsize=8)
+    ax.set_title(f"{title}: training samples per class{_shown(len(rows), len(classes), 'the largest')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -44,7 +59,10 @@ def plot_class_counts(counts: dict[str, dict[str, int]], path: Path, title: str)
     """Images per class in each split, as grouped bars."""
     plt = _pyplot()
     splits = list(counts)
-    classes = list(next(iter(counts.values())))
+    every = list(next(iter(counts.values())))
+    by_size = sorted(every, key=lambda c: -sum(counts[s][c] for s in splits))
+    half = MAX_CLASSES // 2
+    classes = every if len(every) <= MAX_CLASSES else by_size[:half] + by_size[-half:]
     width = 0.8 / len(splits)
     fig, ax = plt.subplots(figsize=(max(6, len(classes) * 0.6), 4))
     for k, split in enumerate(splits):
@@ -52,7 +70,7 @@ def plot_class_counts(counts: dict[str, dict[str, int]], path: Path, title: str)
         ax.bar(xs, [counts[split][c] for c in classes], width, label=split)
     ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 10 else 0, ha="right")
     ax.set_ylabel("images")
-    ax.set_title(f"{title}: class distribution")
+    ax.set_title(f"{title}: class distribution{_shown(len(classes), len(every), 'the largest and smallest')}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -83,6 +101,10 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
     plt = _pyplot()
     counts = np.asarray(confusion, dtype=float)
     rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    total = len(classes)
+    if total > MAX_CLASSES:  # the classes recognised worst, rows and columns
+        keep = sorted(np.argsort(np.diag(rates), kind="stable")[:MAX_CLASSES].tolist())
+        counts, rates, classes = counts[np.ix_(keep, keep)], rates[np.ix_(keep, keep)], [classes[i] for i in keep]
     k = len(classes)
     size = min(4 + 0.45 * k, 14)
     fig, ax = plt.subplots(figsize=(size + 1, size))
@@ -98,7 +120,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
                     ax.text(j, i, f"{rates[i, j]:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if rates[i, j] > 0.5 else "black")
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ax.set_title(f"{title}: confusion matrix (rows normalized)")
+    ax.set_title(f"{title}: confusion matrix (rows normalized){_shown(k, total, 'the worst recognised')}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -107,7 +129,8 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path, t
 def plot_per_class(per_class: list[dict[str, Any]], path: Path, title: str) -> None:
     """Per-class accuracy, precision and recall as bars, worst accuracy first."""
     plt = _pyplot()
-    rows = sorted((c for c in per_class if c["support"]), key=lambda c: c["accuracy"])
+    supported = sorted((c for c in per_class if c["support"]), key=lambda c: c["accuracy"])
+    rows = supported[:MAX_CLASSES]
     ys = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(8, 1.5 + 0.35 * len(rows)))
     height = 0.27
@@ -119,7 +142,7 @@ def plot_per_class(per_class: list[dict[str, Any]], path: Path, title: str) -> N
     ax.set_xlabel("score")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
-    ax.set_title(f"{title}: per class, worst accuracy first")
+    ax.set_title(f"{title}: per class, worst accuracy first{_shown(len(rows), len(supported), 'the worst')}")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

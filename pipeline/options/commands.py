@@ -89,6 +89,7 @@ class EvaluateOptions(GateOptions):
     split: str = option("test", "Split to evaluate on.", choices=SPLITS)
     batch_size: int = option(256, "Inference batch size.", "--batch-size")
     device: str = option("auto", "auto: CUDA when present, else CPU.", choices=DEVICES)
+    plots: bool = option(True, "Draw confusion.png, per_class.png and misclassified.png into the evaluation.")
 
     def validate(self) -> None:
         """Every usage error these options can hold, before any work."""

@@ -92,6 +92,7 @@ class TrainConfig:
                               "classes, inputs normalized with the weights' mean and std.")
     weights: str | None = option(None, "Pretrained weights to start from (implies --pretrained): a torchvision weights "
                                  "name (IMAGENET1K_V1) or a timm tag (resnet10t.a1_in1k).")
+    plots: bool = option(True, "Draw curves.png into the version (with run: every stage's plots).")
     max_val_loss: float | None = option(None, "Gate: commit nothing (exit 1) when the best epoch's validation loss "
                                         "is above this.", "--max-val-loss")
     dataset_stats: bool = option(False, "With --pretrained: normalize with the dataset's mean and std instead of the "

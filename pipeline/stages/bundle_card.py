@@ -45,7 +45,7 @@ def card_files(version: Version, desc: ModelDescription, bundle: dict[str, Any],
     evaluation's metrics and plots (copied), and ``README.md`` (written from ``bundle``, the records)."""
     evaluation = _pinned(version, pinned)
     curves = {"curves.png": version} if version.lists("curves.png") else {}  # an imported model has none
-    sources = curves | ({p: evaluation for p in ("metrics.json", *PLOT_FILES)} if evaluation else {})
+    sources = curves | ({p: evaluation for p in ("metrics.json", *PLOT_FILES) if evaluation.lists(p)} if evaluation else {})
     files = {rel: source.file(rel).read_bytes() for rel, source in sources.items()}
     metrics = evaluation.read_json("metrics.json") if evaluation else None
     card = model_card(version.ref, desc, version.read_json("train.json"), metrics, SPLIT, list(sources), bundle, license)

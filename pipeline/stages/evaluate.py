@@ -149,15 +149,17 @@ def _write_evaluation(version: Version, desc: ModelDescription, dataset: Version
     """Commit the evaluation: metrics, confusion matrix (csv and plot), per-class and misclassified plots, card."""
     classes, split = list(desc.classes), options.split
     title = f"{version.ref} on {split}"
+    plots = PLOT_FILES if options.plots else ()
     with eval_store(version).draft(split) as draft:
-        plot_confusion(result["confusion"], classes, draft.path / "confusion.png", title)
-        plot_per_class(result["per_class"], draft.path / "per_class.png", title)
-        plot_misclassified(images, result["misclassified"], classes, draft.path / "misclassified.png", title)
+        if options.plots:
+            plot_confusion(result["confusion"], classes, draft.path / "confusion.png", title)
+            plot_per_class(result["per_class"], draft.path / "per_class.png", title)
+            plot_misclassified(images, result["misclassified"], classes, draft.path / "misclassified.png", title)
         rows = [",".join(["true\\pred", *classes])]
         rows += [",".join([c, *map(str, r)]) for c, r in zip(classes, result["confusion"])]
         (draft.path / "confusion.csv").write_text("\n".join(rows) + "\n")
         metrics = {k: v for k, v in result.items() if k not in ("misclassified", "comparison")}
-        card = model_card(version.ref, desc, version.read_json("train.json"), metrics, split, list(PLOT_FILES))
+        card = model_card(version.ref, desc, version.read_json("train.json"), metrics, split, list(plots))
         (draft.path / "README.md").write_text(card)
         write_json(draft.path / "metrics.json", {
             "schema": METRICS_SCHEMA, "model": version.ref, "dataset": dataset.ref, "split": split,
@@ -166,7 +168,7 @@ def _write_evaluation(version: Version, desc: ModelDescription, dataset: Version
         return draft.commit(
             stage="evaluate",
             roles={"metrics.json": "metrics", "confusion.csv": "metrics", "README.md": "model card"}
-            | {p: "plot" for p in PLOT_FILES},
+            | {p: "plot" for p in plots},
             lineage=lineage(parents, {"split": split, "batch_size": options.batch_size, "against": options.against,
                                       "min_accuracy": options.min_accuracy, "max_regression": options.max_regression}),
             results={"accuracy": result["accuracy"], "loss": result["loss"], "images": result["images"],

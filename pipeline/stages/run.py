@@ -79,11 +79,12 @@ def run(
         model_ref = models.latest(resolved.name).ref
     else:
         if config.dataset in CATALOG:
-            done("download", download(config.dataset, DownloadOptions(mirror=options.mirror, size=options.size), root))
+            done("download", download(config.dataset, DownloadOptions(mirror=options.mirror, size=options.size,
+                                                                              plots=config.plots), root))
         model_ref = done("train", train(config, root, progress)).ref
     evaluation = done("evaluate", evaluate(model_ref, EvaluateOptions(
         split="test", device=config.device, against=against, min_accuracy=gates.min_accuracy,
-        max_regression=gates.max_regression), root, trust_code=trusted))
+        max_regression=gates.max_regression, plots=config.plots), root, trust_code=trusted))
     if not evaluation.passed:
         result.failed = "evaluate"
         return result

@@ -362,14 +362,14 @@ def _commit(
             "timings": timings, "environment": environment(),
         })
         (draft.path / "history.jsonl").write_text("".join(dumps(r) + "\n" for r in history))
-        plot_curves(history, draft.path / "curves.png", title=f"{name} on {dataset.version.ref}")
+        if cfg.plots:
+            plot_curves(history, draft.path / "curves.png", title=f"{name} on {dataset.version.ref}")
         code = store_code(cfg.arch, run.arch_source, draft.path)
         return draft.commit(
             stage="train",
             roles={
-                WEIGHTS: "weights", MODEL_JSON: "description", "train.json": "config",
-                "history.jsonl": "history", "curves.png": "plot",
-            } | code,
+                WEIGHTS: "weights", MODEL_JSON: "description", "train.json": "config", "history.jsonl": "history",
+            } | ({"curves.png": "plot"} if cfg.plots else {}) | code,
             lineage=lineage([dataset.version], resolved, seed=cfg.seed, dataset_hash=dataset.dataset_hash),
             results={
                 "best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
