@@ -128,3 +128,22 @@ def sample_root_cli(tmp_path: Path) -> Path:
     root.mkdir()
     assert cnnpipe(root, "download", "mnist-sample", "--no-plots").returncode == 0
     return root
+
+
+def test_gc_sweeps_dead_drafts_of_the_evaluation_stores_nested_in_model_versions(root_copy: Path):
+    import json
+
+    evals = root_copy / "models/lenet5/v1/eval"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER.replace('"net"', '"test"'), str(evals)],
+                              env=cli_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        draft = Path(writer.stdout.readline().strip())
+        assert draft.parent == evals / "test" and draft.name.startswith(".tmp-")
+        kept = cnnpipe(root_copy, "gc", "--json")
+        assert kept.returncode == 0 and json.loads(kept.stdout)["removed"] == [] and draft.exists()  # live: kept
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+        swept = cnnpipe(root_copy, "gc", "--json")
+        assert json.loads(swept.stdout)["removed"] == [str(draft)] and not draft.exists()
+    finally:
+        writer.kill()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from .version import Version
-from .workspace import Store
+from .workspace import Store, evaluation_store
 
 
 def eval_store(version: Version) -> Store:
     """The store of a model version's evaluations, one name per split."""
-    return Store(version.path / "eval", "evaluate", "evaluation", "run `cnnpipe evaluate`")
+    return evaluation_store(version.path)
 
 
 def latest_evaluation(version: Version, split: str = "test") -> Version | None:

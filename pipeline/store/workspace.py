@@ -340,6 +340,11 @@ class Store:
         return self.get(name, version)
 
 
+def evaluation_store(version: Path) -> Store:
+    """The store of the model version at ``version``'s evaluations (``eval/``), one name per split."""
+    return Store(version / "eval", "evaluate", "evaluation", "run `cnnpipe evaluate`")
+
+
 @dataclass(frozen=True)
 class Workspace:
     """The three stores under one root folder: ``data/``, ``models/`` and ``exports/``."""
@@ -360,13 +365,25 @@ class Workspace:
         if not stores:
             raise CnnpipeError(f"--root {self.root}: holds no data/, models/ or exports/; give the root the stages wrote")
         removed = []
-        for store in stores:
+        for store in stores + self._evaluation_stores():
             for name in store.names():
                 before = set(store._name_dir(name).glob(".tmp-*"))
                 with store.lock(name):
                     _remove_abandoned_drafts(store._name_dir(name))
                 removed += [str(p) for p in sorted(before) if not p.exists()]
         return removed
+
+    def _evaluation_stores(self) -> list[Store]:
+        """The evaluation stores nested in model versions (``models/NAME/vN/eval/``); none reached through a link."""
+        models = self.models
+        found = []
+        for name in models.names() if models.root.is_dir() else []:
+            for version in sorted(models._name_dir(name).glob("v*")):
+                folder = version / "eval"
+                if VERSION_RE.fullmatch(version.name) and not version.is_symlink() and folder.is_dir() \
+                        and not folder.is_symlink():
+                    found.append(evaluation_store(version))
+        return found
 
     @property
     def data(self) -> Store:
