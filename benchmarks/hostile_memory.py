@@ -31,7 +31,6 @@ import numpy as np
 from PIL import Image
 
 
-
 def run(root: Path, *args: str) -> tuple[int, float, float, str]:
     """Exit code, peak RSS in MiB (the largest process of the command's tree), seconds and the last
     stderr line of one cnnpipe command."""
