@@ -140,6 +140,19 @@ def test_a_writer_killed_mid_upload_leaves_no_version_and_gc_removes_it(released
     assert s3json(released, tmp_path / "fresh", "verify", exported["ref"])["passed"]
 
 
+
+def test_gc_on_object_storage_removes_an_abandoned_evaluation_nested_in_a_model_version(released: dict[str, str],
+                                                                                       tmp_path: Path):
+    """A claimed evaluation whose writer died before its manifest (``models/NAME/vN/eval/SPLIT/vK/``)."""
+    s3 = client(released)
+    store = "ci/models/lenet5/v1/eval/test/"
+    s3.put_object(Bucket=BUCKET, Key=f"{store}.claims/v90", Body=b"")
+    s3.put_object(Bucket=BUCKET, Key=f"{store}v90/metrics.json", Body=b"{}")
+    removed = s3json(released, tmp_path / "reader", "gc", "--older-than", "0")["removed"]
+    assert f"{URL}/models/lenet5/v1/eval/test/v90/" in removed
+    assert not any(k.startswith(f"{store}v90/") for k in keys(released, store))
+    assert any(k.startswith(f"{store}v1/manifest.json") for k in keys(released, store))  # the finished one stays
+
 def test_bad_roots_are_one_line_and_write_nothing(aws: dict[str, str], tmp_path: Path):
     shim = tmp_path / "no-s3fs"
     shim.mkdir()
