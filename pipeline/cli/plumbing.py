@@ -110,13 +110,20 @@ def options_command(fn: Callable[..., None]) -> Callable[..., None]:
     return command
 
 
+MAX_CONFIG = 1 << 20  # bytes of a --config file: a few dozen options need a few KB
+
+
 def config_defaults(path: Path, params: list[Any]) -> dict[str, Any]:
     """Read a TOML file of a command's options (``epochs = 8``, ``min-accuracy = 0.97``, ...) as
     Click defaults; an unknown key or unreadable file is a usage error naming it."""
     import tomllib
 
     try:
-        data = tomllib.loads(path.read_text())
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG + 1)
+        if len(raw) > MAX_CONFIG:
+            raise typer.BadParameter(f"{path}: over {MAX_CONFIG:,} bytes, not an options file")
+        data = tomllib.loads(raw.decode())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise typer.BadParameter(f"{path}: not a readable TOML file ({e})") from None
     by_flag = {opt.lstrip("-").replace("-", "_"): p.name for p in params for opt in p.opts if opt.startswith("--")}

@@ -53,7 +53,7 @@ class Dataset:
         try:
             images = np.load(images_path, mmap_mode="r" if mmap else None, allow_pickle=False)
             labels = np.load(labels_path, allow_pickle=False)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError) as e:  # EOFError: an empty or cut file
             raise CnnpipeError(f"{self.version.path}: unreadable split {name!r} ({e})") from None
         if images.dtype != np.uint8 or images.ndim != 4 or labels.dtype != np.int64 or len(images) != len(labels):
             raise CnnpipeError(f"{self.version.path}: split {name!r} has malformed arrays")

@@ -107,7 +107,7 @@ def _example(bundle: Version, meta: dict[str, str]) -> np.ndarray:
     try:
         data = Workspace(bundle.path.parents[2]).data.resolve(model["dataset"]["ref"])
         images = np.load(data.file("splits/test-images.npy"), mmap_mode="r")[:EXAMPLE_IMAGES]
-    except (CnnpipeError, KeyError, OSError, ValueError):  # the dataset is elsewhere: a blank image stands in
+    except (CnnpipeError, KeyError, OSError, ValueError, EOFError):  # the dataset is elsewhere: a blank image stands in
         images = np.zeros((1, channels, height, width), dtype=np.uint8)
     return preprocess(np.ascontiguousarray(images), meta)
 
