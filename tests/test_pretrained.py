@@ -115,6 +115,7 @@ def test_weights_missing_from_an_empty_cache_are_one_line_naming_the_file_and_wh
     (("--model", "torchvision:resnet18", "--weights", "IMAGENET9K"), "use one of IMAGENET1K_V1"),
     (("--model", "torchvision:resnet18", "--pretrained", "--init-from", "x.safetensors"), "use one"),
     (("--model", "torchvision:resnet18", "--dataset-stats"), "add --pretrained"),
+    (("--model", "torchvision:resnet18", "--weights", ""), "--weights must name the weights"),
 ])
 def test_pretrained_usage_errors_are_one_line(rgb_root: Path, args: tuple[str, ...], needle: str):
     assert_clean_error(cnnpipe_here(rgb_root, "train", *args, "--dataset", "tiny"), 2, needle)

@@ -156,6 +156,8 @@ class TrainConfig:
              "use one"),
             (not self.starts_pretrained or self.arch.startswith(("torchvision:", "timm:")),
              f"--pretrained and --weights take torchvision:NAME or timm:NAME, not --model {self.arch}"),
+            (self.weights is None or self.weights.strip() != "", "--weights must name the weights (a torchvision "
+             "weights name such as IMAGENET1K_V1, or a timm tag), not an empty string"),
             (not self.dataset_stats or self.starts_pretrained, "--dataset-stats chooses the normalization of "
              "--pretrained weights: add --pretrained"),
         ]
