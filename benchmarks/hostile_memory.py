@@ -17,18 +17,18 @@ Usage: python benchmarks/hostile_memory.py [--classes 3000]
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import resign, zip_bomb  # noqa: E402  (the tests' hostile writer: a zip bomb, a re-hashed manifest)
 
 
 def run(root: Path, *args: str) -> tuple[int, float, float, str]:
@@ -44,28 +44,6 @@ def run(root: Path, *args: str) -> tuple[int, float, float, str]:
     return proc.returncode, peak, seconds, last[:110]
 
 
-def bomb(bundle: Path, name: str, suffix: str, mib: int) -> None:
-    """Replace the member ending in ``suffix`` by ``mib`` MiB of deflated zeros and re-hash the manifest."""
-    path, new = bundle / name, bundle / (name + ".new")
-    with zipfile.ZipFile(path) as a, zipfile.ZipFile(new, "w") as b:
-        target = next(m.filename for m in a.infolist() if m.filename.endswith(suffix))
-        for m in a.infolist():
-            if m.filename != target:
-                b.writestr(m, a.read(m.filename))
-        info = zipfile.ZipInfo(target)
-        info.compress_type = zipfile.ZIP_DEFLATED
-        with b.open(info, "w", force_zip64=True) as f:
-            for _ in range(mib):
-                f.write(bytes(1 << 20))
-    new.replace(path)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    data = path.read_bytes()
-    for entry in manifest["files"]:
-        if entry["path"] == name:
-            entry["sha256"], entry["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", type=int, default=3000)
@@ -79,8 +57,9 @@ def main() -> None:
         if code:
             sys.exit("cnnpipe run failed")
         bundle = root / "exports/lenet5/v1"
-        bomb(bundle, "model.pt2", "/data/weights/weight_0", 1024)
-        bomb(bundle, "model.torchscript.pt", "/data/0", 1024)
+        for name, member in (("model.pt2", "/data/weights/weight_0"), ("model.torchscript.pt", "/data/0")):
+            zip_bomb(bundle / name, member, 1024)
+            resign(bundle, name)
         rows.append(("verify --trust-native, 1 GiB zip bombs in pt2 and TorchScript",
                      *run(root, "verify", "lenet5", "--samples", "64", "--trust-native")))
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,22 @@ def resign(version: Path, rel: str) -> None:
         if entry["path"] == rel:
             entry["sha256"], entry["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
     manifest_path.write_text(json.dumps(manifest, indent=2))
+
+
+def zip_bomb(archive: Path, member_suffix: str, mib: int) -> None:
+    """Replace the archive member ending in ``member_suffix`` by ``mib`` MiB of deflated zeros (a few KB on disk)."""
+    new = archive.with_name(archive.name + ".new")
+    with zipfile.ZipFile(archive) as a, zipfile.ZipFile(new, "w") as b:
+        target = next(m.filename for m in a.infolist() if m.filename.endswith(member_suffix))
+        for m in a.infolist():
+            if m.filename != target:
+                b.writestr(m, a.read(m.filename))
+        info = zipfile.ZipInfo(target)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        with b.open(info, "w", force_zip64=True) as f:
+            for _ in range(mib):
+                f.write(bytes(1 << 20))
+    new.replace(archive)
 
 
 def tree_state(root: Path) -> dict[str, bytes]:

@@ -19,7 +19,7 @@ import onnx
 import pytest
 from onnx.external_data_helper import set_external_data
 
-from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_here, resign, tree_state
+from conftest import assert_clean_error, cli_env, cnnpipe, cnnpipe_here, resign, tree_state, zip_bomb
 
 
 class RunsCode:
@@ -386,29 +386,11 @@ def test_predict_refuses_hostile_onnx_metadata_in_one_line(root_copy: Path, key:
     assert "QUOTED" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
-def _bomb(archive: Path, member_suffix: str, mib: int) -> None:
-    """Replace the archive member ending in ``member_suffix`` by ``mib`` MiB of deflated zeros (a few KB on disk)."""
-    import zipfile
-
-    new = archive.with_name(archive.name + ".new")
-    with zipfile.ZipFile(archive) as a, zipfile.ZipFile(new, "w") as b:
-        target = next(m.filename for m in a.infolist() if m.filename.endswith(member_suffix))
-        for m in a.infolist():
-            if m.filename != target:
-                b.writestr(m, a.read(m.filename))
-        info = zipfile.ZipInfo(target)
-        info.compress_type = zipfile.ZIP_DEFLATED
-        with b.open(info, "w", force_zip64=True) as f:
-            for _ in range(mib):
-                f.write(bytes(1 << 20))
-    new.replace(archive)
-
-
 def test_archives_whose_members_declare_more_than_they_could_hold_are_refused_unread(root_copy: Path):
     """A zip bomb in place of a referenced weight: torch's reader would allocate what the member declares."""
     bundle = root_copy / "exports/lenet5/v1"
     for name, member in (("model.pt2", "/data/weights/weight_0"), ("model.torchscript.pt", "/data/0")):
-        _bomb(bundle / name, member, 256)
+        zip_bomb(bundle / name, member, 256)
         resign(bundle, name)
     proc = cnnpipe_here(root_copy, "verify", "lenet5", "--samples", "8", "--trust-native")
     assert_clean_error(proc, 1, "verify failed")
