@@ -43,19 +43,23 @@ def cnnpipe(root: Path, *args: str, timeout: float = 600, env: dict[str, str] | 
     return proc
 
 
-def cnnpipe_peak(root: Path, *args: str, timeout: float = 600) -> tuple[subprocess.CompletedProcess, int]:
-    """``cnnpipe(root, *args)`` and the peak resident memory, in bytes, of that process (its children not counted)."""
-    import threading
+LAUNCHER = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[1:])
+print("PEAK", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
+sys.exit(code)
+"""
 
-    proc = subprocess.Popen([sys.executable, "-m", "cnnpipe", "--root", str(root), *args], cwd=root, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    timer = threading.Timer(timeout, proc.kill)
-    timer.start()
-    out = [proc.stdout.read(), proc.stderr.read()]  # the pipes close when it exits
-    _, status, usage = os.wait4(proc.pid, 0)
-    timer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, *out), usage.ru_maxrss * 1024
+
+def cnnpipe_peak(root: Path, *args: str, timeout: float = 600) -> tuple[subprocess.CompletedProcess, int]:
+    """``cnnpipe(root, *args)`` and the peak resident memory, in bytes, of its largest process (the command or a
+    worker it waited for). A small launcher starts it: a child forked from this process (torch loaded) would
+    count this process's pages."""
+    proc = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, "-m", "cnnpipe", "--root", str(root), *args],
+                          cwd=root, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+    lines = proc.stderr.splitlines()
+    peak = int(lines[-1].split()[1]) * 1024
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout, "\n".join(lines[:-1]) + "\n"), peak
 
 
 def _record(args: tuple[str, ...], start: float, code: int, here: bool = False) -> None:

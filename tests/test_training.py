@@ -159,7 +159,7 @@ class _StopAtEpoch:
 def test_sparse_validation_and_checkpoints_resume_exactly(sample_root: Path):
     """--val-every and --checkpoint-every: validated epochs only are candidates, and a run cut after its
     last checkpoint resumes from it (the epoch after lost, trained again) to the uninterrupted weights."""
-    config = TrainConfig(arch="dropout-cnn", epochs=3, batch_size=128, deterministic=True, device="cpu",
+    config = TrainConfig(arch="fc2", epochs=3, batch_size=128, deterministic=True, device="cpu",
                          val_every=2, checkpoint_every=2, cutout=6)
     whole = train(TrainConfig(**{**config.__dict__, "name": "sparse-whole"}), sample_root)
     assert [("val_accuracy" in h) for h in whole.history] == [False, True, True]

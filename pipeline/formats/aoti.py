@@ -58,7 +58,7 @@ def load_package(path: Path, compiled_for: dict[str, str]) -> tuple[Any, dict[st
     if isa and isa not in here:
         raise CnnpipeError(f"{path.name} was compiled for CPU instructions '{isa}', which this machine lacks; "
                            "export --aoti on the kind of machine that will run it")
-    check_sizes(path)
+    check_sizes(path, "AOTInductor package")
     try:
         with quiet():
             package = inductor.aoti_load_package(str(path))

@@ -42,14 +42,14 @@ SAMPLE_GLOBALS = {"torch._utils _rebuild_tensor_v2", "collections OrderedDict"}
 STORAGE = re.compile(r"torch (Float|Double|Half|BFloat16|Long|Int|Short|Char|Byte|Bool)Storage")
 
 
-def check_sizes(path: Path) -> None:
-    """``LoadFailed`` when the zip at ``path`` has too many members or declares more bytes than
-    ``MAX_EXPANSION`` times its size on disk: read only from its directory, nothing decompressed."""
+def check_sizes(path: Path, kind: str) -> None:
+    """``LoadFailed`` when the zip at ``path`` (a ``kind``, named in the error) has too many members or
+    declares more bytes than ``MAX_EXPANSION`` times its size on disk: read only from its directory."""
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise LoadFailed(f"{path.name}: not a readable archive ({type(e).__name__})") from None
+        raise LoadFailed(f"{path.name}: not a readable {kind} ({type(e).__name__})") from None
     if len(members) > MAX_MEMBERS:
         raise LoadFailed(f"{path.name}: {len(members):,} archive members; refused unread")
     declared, size = sum(m.file_size for m in members), path.stat().st_size
@@ -60,7 +60,7 @@ def check_sizes(path: Path) -> None:
 
 def check_pt2(path: Path) -> None:
     """``LoadFailed`` naming the member when ``path`` holds anything a program archive should not."""
-    check_sizes(path)
+    check_sizes(path, "torch.export archive")
     try:
         with zipfile.ZipFile(path) as archive:
             for member in archive.infolist():

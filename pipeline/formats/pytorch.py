@@ -81,7 +81,7 @@ def load_torchscript(path: Path, device: str, ctx: LoadContext) -> Runner:
     import torch
 
     needs_device(device)
-    check_sizes(path)
+    check_sizes(path, "TorchScript archive")
     extra = {META_FILE: ""}
     with quiet():  # TorchScript is deprecated, still asked for
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()

@@ -66,7 +66,7 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     fine_tune: str | None = None  # what --init-from, --reset-head and --freeze-backbone did
     warnings: list[str] = field(default_factory=list)  # an exploded run, committed all the same (training/health)
-    parts: dict[str, float] = field(default_factory=dict)  # seconds outside the training steps, by part (--profile)
+    parts: dict[str, float] = field(default_factory=dict)  # seconds outside the training steps: setup, val, checkpoint, commit
 
 
 def train(

@@ -159,18 +159,13 @@ def verify(
     bundle = _resolve(ws, bundle_ref, trust or Trust())
     with Workers() as workers:  # its fork server starts now, alongside the checks below
         trust_native = (trust or Trust()).admit(bundle)  # before anything of the bundle is read
-        try:
-            bundle.rehash()
-            integrity = "ok"
-        except CnnpipeError as e:
-            integrity = str(e)
+        integrity = _intact(bundle)
         source = source_model(ws, bundle)
         source.rehash()
         source_desc = _described(source, options)
         dataset = load_dataset(ws.data.resolve(source_desc.dataset_ref))
         labels = dataset.arrays("test", mmap=True)[1][:samples]
-        integrity, bundle_json = _bundle_json(bundle, source_desc) if integrity == "ok" else \
-            (integrity, source_desc.to_json())
+        integrity, bundle_json = _bundle_json(bundle, source_desc, integrity)
         desc = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}")
         images = Images(dataset.version.file(split_files("test")[0]), len(labels), tuple(source_desc.input.mean),
                         tuple(source_desc.input.std))
@@ -202,9 +197,20 @@ def verify(
     return result
 
 
-def _bundle_json(bundle: Version, source_desc: ModelDescription) -> tuple[str, dict[str, Any]]:
-    """``("ok", model.json)`` when the intact bundle's ``model.json`` has the shapes verify reads, else what is
-    wrong with it and the source model's description in its place (the verdict then fails)."""
+def _intact(bundle: Version) -> str:
+    """``"ok"`` when every file of the bundle matches its manifest, else what does not."""
+    try:
+        bundle.rehash()
+        return "ok"
+    except CnnpipeError as e:
+        return str(e)
+
+
+def _bundle_json(bundle: Version, source_desc: ModelDescription, integrity: str) -> tuple[str, dict[str, Any]]:
+    """``("ok", model.json)`` when the bundle is intact and its ``model.json`` has the shapes verify reads, else
+    what is wrong and the source model's description in its place (the verdict then fails)."""
+    if integrity != "ok":
+        return integrity, source_desc.to_json()
     data = bundle.read_json(MODEL_JSON)
     problem = bundle_problem(data)
     if problem is None:
