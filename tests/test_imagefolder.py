@@ -224,13 +224,13 @@ def test_partial_layouts_empty_classes_and_symlinks_out_are_refused(tmp_path: Pa
 
 
 def test_plots_of_many_classes_stay_bounded_and_every_stage_draws_none_on_request(tmp_path: Path):
-    """300 classes: each plot shows at most 40 of them (so its size is bounded); train and evaluate take
+    """120 classes: each plot shows at most 40 of them (so its size is bounded); train and evaluate take
     --no-plots, and a bundle exported from an evaluation without plots still verifies."""
     from cnnpipe.evaluation.plots import MAX_CLASSES
 
     folder = tmp_path / "many"
     rng = np.random.default_rng(0)
-    for c in range(300):
+    for c in range(120):
         (folder / f"class{c:03d}").mkdir(parents=True)
         for i in range(4):
             Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / f"class{c:03d}" / f"{i}.png")
@@ -246,10 +246,10 @@ def test_plots_of_many_classes_stay_bounded_and_every_stage_draws_none_on_reques
     assert not (Path(train["path"]) / "curves.png").exists()
     drawn = cnnpipe_json(root, "evaluate", "fc2")
     with Image.open(Path(drawn["path"]) / "confusion.png") as img:
-        assert max(img.size) <= 1400, img.size  # 40 of 300 classes
+        assert max(img.size) <= 1400, img.size  # 40 of 120 classes
     bare = cnnpipe_json(root, "evaluate", "fc2", "--no-plots")
     assert not list(Path(bare["path"]).glob("*.png")) and "](confusion.png)" not in (Path(bare["path"]) / "README.md").read_text()
-    assert MAX_CLASSES < 300
+    assert MAX_CLASSES < 120
     assert cnnpipe(root, "export", "fc2", "--format", "onnx").returncode == 0
     verified = cnnpipe(root, "verify", "fc2", "--samples", "8", "--batch-sizes", "1,8")
     assert verified.returncode == 0, verified.stderr
