@@ -111,7 +111,7 @@ def _contents(bundle: Version) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((f["path"], f["sha256"]) for f in bundle.manifest["files"]))
 
 
-MOMENTS = int(os.environ.get("CNNPIPE_FAULT_MOMENTS", "40"))  # 100 passed in the clean-clone runs before this trim
+MOMENTS = int(os.environ.get("CNNPIPE_FAULT_MOMENTS", "30"))  # 100 and 40 passed in the clean-clone runs before the trims
 
 
 def test_random_kills_and_interrupts_of_concurrent_writers(root_copy: Path):
