@@ -72,7 +72,7 @@ class ModelDescription:
     def from_json(cls, data: Any, where: str = "model.json") -> ModelDescription:
         """The description in ``data`` (parsed ``model.json``; extra keys are ignored); a usage error if malformed."""
         try:
-            if not isinstance(data["classes"], list) or not all(isinstance(c, str) for c in data["classes"]):
+            if not _names(data["classes"]):
                 raise TypeError("'classes' is not a list of names")
             for key in ("input", "dataset"):
                 if not isinstance(data[key], dict):

@@ -207,8 +207,8 @@ def _checkpoint(run: _Run, state: _State, writer: CheckpointWriter) -> None:
         "optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
         "generator": run.generator.get_state(), "torch_rng": torch.get_rng_state(),
         **({"cuda_rng": torch.cuda.get_rng_state(run.device)} if run.device.type == "cuda" else {}),
-        "history": state.history, "best": state.best, "timings": state.timings, "stale": state.stale,
-    }))
+        "history": state.history, "timings": state.timings, "stale": state.stale,
+    }) | {"best": state.best})  # already a CPU copy, replaced (never changed) when a better epoch comes
     state.timings["checkpoint_s"] = state.timings.get("checkpoint_s", 0.0) + time.perf_counter() - t0
 
 

@@ -165,8 +165,7 @@ def verify(
         source_desc = _described(source, options)
         dataset = load_dataset(ws.data.resolve(source_desc.dataset_ref))
         labels = dataset.arrays("test", mmap=True)[1][:samples]
-        integrity, bundle_json = _bundle_json(bundle, source_desc, integrity)
-        desc = ModelDescription.from_json(bundle_json, f"{bundle.ref}: {MODEL_JSON}")
+        integrity, bundle_json, desc = _bundle_json(bundle, source_desc, integrity)
         images = Images(dataset.version.file(split_files("test")[0]), len(labels), tuple(source_desc.input.mean),
                         tuple(source_desc.input.std))
         formats, problems = _records(bundle, bundle_json, desc, source, source_desc) if integrity == "ok" else ([], [])
@@ -206,20 +205,20 @@ def _intact(bundle: Version) -> str:
         return str(e)
 
 
-def _bundle_json(bundle: Version, source_desc: ModelDescription, integrity: str) -> tuple[str, dict[str, Any]]:
-    """``("ok", model.json)`` when the bundle is intact and its ``model.json`` has the shapes verify reads, else
-    what is wrong and the source model's description in its place (the verdict then fails)."""
+def _bundle_json(bundle: Version, source_desc: ModelDescription,
+                 integrity: str) -> tuple[str, dict[str, Any], ModelDescription]:
+    """``("ok", model.json, its description)`` when the bundle is intact and its ``model.json`` has the shapes
+    verify reads, else what is wrong and the source model's description in its place (the verdict then fails)."""
     if integrity != "ok":
-        return integrity, source_desc.to_json()
+        return integrity, source_desc.to_json(), source_desc
     data = bundle.read_json(MODEL_JSON)
     problem = bundle_problem(data)
     if problem is None:
         try:
-            ModelDescription.from_json(data, f"{bundle.ref}: {MODEL_JSON}")
-            return "ok", data
+            return "ok", data, ModelDescription.from_json(data, f"{bundle.ref}: {MODEL_JSON}")
         except CnnpipeError as e:
-            return str(e), source_desc.to_json()
-    return f"{bundle.ref}: {MODEL_JSON}: {problem}", source_desc.to_json()
+            return str(e), source_desc.to_json(), source_desc
+    return f"{bundle.ref}: {MODEL_JSON}: {problem}", source_desc.to_json(), source_desc
 
 
 def _described(source: Version, options: VerifyOptions) -> ModelDescription:
