@@ -113,6 +113,7 @@ BUNDLE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "files": (_table_of(str), "a table of file names by format"),
     "metadata": (_table_of(str), "a table of strings"),
     "variants": (_table_of(dict), "a table of records by format"),
+    "quantization": (_table_of(dict), "a table of the int8 ladder's reports by format"),
     "triton": (lambda v: _names(v) and len(v) in (0, 2), "an empty list or [config, model] file names"),
     "onnx_opset": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer"),
 }

@@ -80,13 +80,14 @@ def plain_value(value: Any) -> Any:
 
 def options_command(fn: Callable[..., None]) -> Callable[..., None]:
     """Expand every parameter annotated with an options dataclass into that dataclass's options,
-    add ``--root`` and ``--config FILE``, and hand the function the dataclass instances back."""
+    add ``--root`` and ``--config FILE``, and hand the function the dataclass instances back. A field
+    that several of the dataclasses declare (``--gate-on``) is one option, given to each of them."""
     sig = inspect.signature(fn, eval_str=True)
     groups = {name: p.annotation for name, p in sig.parameters.items() if dataclasses.is_dataclass(p.annotation)}
     params: list[inspect.Parameter] = []
     for name, p in sig.parameters.items():
         if name in groups:
-            params += _option_params(groups[name])
+            params += [q for q in _option_params(groups[name]) if q.name not in {have.name for have in params}]
         elif params and params[-1].kind == inspect.Parameter.KEYWORD_ONLY:
             params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
         else:
@@ -99,9 +100,11 @@ def options_command(fn: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(fn)
     def command(**kwargs: Any) -> None:
         kwargs.pop("root"), kwargs.pop("config")  # applied by their callbacks; NaN and Infinity: each record's validate()
+        given = {f.name: kwargs.pop(f.name) for cls in groups.values() for f in dataclasses.fields(cls)
+                 if "cli" in f.metadata and f.name in kwargs}
         for name, cls in groups.items():
             keys = [f.name for f in dataclasses.fields(cls) if "cli" in f.metadata]
-            kwargs[name] = cls(**{k: plain_value(kwargs.pop(k)) for k in keys})
+            kwargs[name] = cls(**{k: plain_value(given[k]) for k in keys})
             call(kwargs[name].validate)  # a usage error in one line, before a stage (and torch) is imported
         fn(**kwargs)
 

@@ -129,6 +129,8 @@ def export(
     with steps(as_json, progress):
         result = call(lambda: run_export(ref, options, root_of(ctx), trust_code=trust_code))
     emit(as_json, result, lambda r: render_export(out, r))
+    if not result.passed:
+        gate_failed("export refused", "; ".join(result.refused.values()))
 
 
 @options_command
@@ -179,5 +181,7 @@ def run(
                     indent=2, default=str))
     if result.failed == "evaluate":
         gate_exit(result.evaluate)
+    if result.failed == "export":
+        gate_failed("export refused", "; ".join(result.export.refused.values()))
     if result.failed == "verify":
         gate_failed("verify failed", result.verify.bundle)

@@ -233,6 +233,12 @@ def render_export(console: Console, r: Any) -> None:
     console.print(f"export: wrote [bold]{r.ref}[/] from {r.model} at {r.path}: {', '.join(r.formats)}{opset}{triton}")
     for fmt, extra in r.not_installed.items():
         console.print(f"  left out {fmt}: its runtime is not installed (pip install \"cnnpipe\\[{extra}]\")")
+    for fmt, report in r.quantization.items():
+        if report.get("chosen"):
+            test = report["test"]
+            console.print(f"  {fmt}: recipe {report['chosen']} ({report['calibration_images']} calibration images, "
+                          f"{len(report['float_nodes'])} layer(s) kept in float): test accuracy {test['accuracy']:.4f}, "
+                          f"drop {test['point']:.2f} points (95% bound {test['high']:.2f}, limit {report['limit_points']:g})")
 
 
 def _bound(tol: dict[str, Any]) -> str:

@@ -158,6 +158,25 @@ def _bundle_files(bundle: dict[str, Any]) -> list[str]:
     return [*rows, ""]
 
 
+def _quantization(reports: dict[str, Any]) -> list[str]:
+    """What the int8 ladder chose (or why it wrote nothing), with the drop and its 95% bound."""
+    rows = ["## Quantization", ""]
+    for fmt, r in reports.items():
+        tried = ", ".join(f"{t['rung']} ({t['drop']['point']:+.2f}, bound {t['drop']['high']:.2f})"
+                          for t in r.get("tried", []) if "drop" in t)
+        if r.get("chosen"):
+            t, kept = r["test"], ", ".join(f"`{md_text(n)}`" for n in r["float_nodes"]) or "none"
+            rows.append(f"- {fmt}: recipe **{md_text(r['chosen'])}**, calibrated on {r['calibration_images']} training "
+                        f"images (sha256 `{r['calibration_sha256'][:16]}…`); layers kept in float: {kept}. On the test "
+                        f"split: accuracy {t['accuracy']:.4f} against fp32's {t['fp32_accuracy']:.4f}, a drop of "
+                        f"{t['point']:.2f} points (95% interval {t['low']:.2f} to {t['high']:.2f}; limit "
+                        f"{r['limit_points']:g}, judged on its {r['gate_on']}).")
+        else:
+            rows.append(f"- {fmt}: not shipped: no recipe kept the accuracy within {r['limit_points']:g} points.")
+        rows.append(f"  Recipes tried on the validation split (drop in points, 95% bound): {tried}.")
+    return [*rows, ""]
+
+
 def md_text(text: str) -> str:
     """``text`` safe inside a Markdown table cell or sentence: control characters shown escaped
     (a newline would end the row), ``|`` and Markdown's punctuation escaped."""
@@ -284,7 +303,7 @@ def model_card(
     export's ``model.json`` records: formats, files, variants, Triton files) adds a table of its files."""
     lines = [front_matter(desc, metrics, split, license), *_model_and_training(ref, desc, train)]
     if bundle is not None:
-        lines += _bundle_files(bundle)
+        lines += _bundle_files(bundle) + (_quantization(bundle["quantization"]) if bundle.get("quantization") else [])
     if metrics is None:
         lines += ["## Evaluation", "", "Not evaluated yet: evaluate the model to fill this in.", ""]
     else:

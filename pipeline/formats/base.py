@@ -54,8 +54,15 @@ class ExportContext:
     example: Any  # a float32 batch of 2 (a batch of 1 would fix the batch axis)
     meta: dict[str, str]  # the str→str metadata every file embeds
     opset: int | None  # the ONNX opset asked for (None: the exporter's default)
-    calibration: Callable[[], np.ndarray]  # normalized training images for int8
+    calibration: Callable[[int], np.ndarray]  # the first n normalized training images (int8)
     dataset: str  # the reference of the dataset the model was trained on
+    split_batches: Callable[[str], Iterator[tuple[np.ndarray, np.ndarray]]]  # a split's (normalized images, labels)
+    split_size: Callable[[str], int]  # the number of images of a split
+    calibration_count: int = 256
+    int8_limit: float = 1.0  # points of accuracy int8 may lose (formats.int8)
+    gate_on: str = "bound"  # how that limit is judged (evaluation.bounds)
+    recipes: dict[str, str] = field(default_factory=dict)  # a variant's recorded recipe: made again, not searched for
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # what a writer's search found, for model.json
     opset_used: int | None = None
     program: Any = None  # the torch.export program, made once by ``exported()``
     files: dict[str, Path] = field(default_factory=dict)  # the file each format saved so far, by format name
@@ -142,6 +149,7 @@ class Format:
     needs: str | None = None  # a base format this one is converted from, exported in the same bundle
     companions: tuple[str, ...] = ()  # further files of the format (OpenVINO's weights beside its graph)
     extra: tuple[str, str] | None = None  # (module, pip extra) of an optional runtime
+    writer_extra: tuple[str, str] | None = None  # (module, pip extra) the writer alone needs (int8's ladder: nncf)
     onnx_graph: bool = False  # an ONNX protobuf: verify can compare its intermediate tensors layer by layer
     native: bool = False  # holds machine code that runs when loaded
     legacy: bool = False
@@ -172,11 +180,14 @@ class Format:
         """Whether the format's optional package (if any) can be imported here."""
         return not self.extra or importlib.util.find_spec(self.extra[0]) is not None
 
-    def require(self) -> None:
-        """A usage error naming the pip extra when the format's optional package is not installed."""
-        if self.extra and not self.installed:
-            raise MissingExtra(f"the {self.name} format needs the {self.extra[0]} package, which is not installed: "
-                               f'pip install "cnnpipe[{self.extra[1]}]" (from a checkout: pip install -e ".[{self.extra[1]}]")')
+    def require(self, writing: bool = False) -> None:
+        """A usage error naming the pip extra when the format's optional package (``writing``: or its
+        writer's) is not installed."""
+        for need in (self.extra, self.writer_extra if writing else None):
+            if need and importlib.util.find_spec(need[0]) is None:
+                what = f"--{self.flag}" if writing and self.flag else f"the {self.name} format"
+                raise MissingExtra(f"{what} needs the {need[0]} package, which is not installed: "
+                                   f'pip install "cnnpipe[{need[1]}]" (from a checkout: pip install -e ".[{need[1]}]")')
 
     def save(self, ctx: ExportContext, path: Path) -> dict[str, Any] | None:
         """Write the file; whatever the exporter raises becomes one ``ExportFailed`` naming the format

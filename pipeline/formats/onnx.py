@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from ..errors import CnnpipeError, ExportFailed, LoadFailed, first_line
 from .base import (
@@ -141,37 +138,6 @@ def to_fp16(source: Path, target: Path, meta: dict[str, str]) -> None:
     onnx.save(proto, str(target))
 
 
-class _Calibration:
-    """onnxruntime's CalibrationDataReader protocol over batches of normalized images."""
-
-    def __init__(self, input_name: str, images: np.ndarray, batch: int = 32):
-        self.batches = iter([{input_name: images[i : i + batch]} for i in range(0, len(images), batch)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self.batches, None)
-
-
-def to_int8(source: Path, target: Path, meta: dict[str, str], input_name: str, calibration: np.ndarray) -> None:
-    """Static int8 quantization (QDQ, per-channel weights) calibrated on real normalized images."""
-    import onnx
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    if len(calibration) == 0:
-        raise CnnpipeError("--int8 needs calibration images, and the training split is empty")
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared), str(target), _Calibration(input_name, calibration),
-            quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        )
-    proto = onnx.load(str(target))
-    set_metadata(proto, meta)
-    onnx.save(proto, str(target))
-
-
 STACK_TRACE = "pkg.torch.onnx.stack_trace"
 
 
@@ -214,10 +180,25 @@ def write_onnx_fp16(ctx: ExportContext, path: Path) -> dict[str, Any]:
 
 
 def write_onnx_int8(ctx: ExportContext, path: Path) -> dict[str, Any]:
-    """Static int8 QDQ quantization of ``model.onnx``, calibrated on real training images."""
-    images = ctx.calibration()
-    variant = {"precision": "int8", "calibration": f"{len(images)} training images of {ctx.dataset}"}
-    to_int8(ctx.parent_file("onnx"), path, ctx.meta | variant, INPUT_NAME, images)
+    """Static int8 QDQ quantization of ``model.onnx`` by the int8 ladder (``formats.int8``): the first recipe
+    within ``ctx.int8_limit`` on the validation split, certified on test; with a recorded recipe (verify's
+    re-export), that recipe alone."""
+    import onnx
+
+    from .int8 import BY_NAME, climb, parse_recipe, quantize, recipe
+
+    source = ctx.parent_file("onnx")
+    if "onnx-int8" in ctx.recipes:
+        rung, count, keep = parse_recipe(ctx.recipes["onnx-int8"])
+        quantize(rung, source, path, ctx.calibration(count), keep)
+    else:
+        report = ctx.reports["onnx-int8"] = climb(ctx, source, path, ctx.int8_limit, ctx.gate_on)
+        rung, count, keep = BY_NAME[report["chosen"]], report["calibration_images"], report["float_nodes"]
+    variant = {"precision": "int8", "calibration": f"{count} training images of {ctx.dataset}",
+               "recipe": recipe(rung, count, keep)}
+    proto = onnx.load(str(path))
+    set_metadata(proto, ctx.meta | variant)
+    onnx.save(proto, str(path))
     check_onnx_graph(path)
     return variant
 
@@ -275,7 +256,7 @@ runs float32 convolutions in TF32, which verify does not cover.""",
     Format(
         "onnx-int8", "model.int8.onnx", "onnxruntime", "onnxruntime int8", write_onnx_int8, load_onnx,
         {"cpu": Tolerance(None, 0.0, 0.95, 2.0)}, devices=("cpu", "cuda"), parent="onnx", flag="int8", onnx_graph=True,
-        reexported=True,
-        packages=ONNX_PACKAGES, flag_help="model.int8.onnx (static quantization calibrated on training images)",
+        reexported=True, packages=(*ONNX_PACKAGES, "nncf"), writer_extra=("nncf", "int8"),
+        flag_help="model.int8.onnx (static quantization: the first recipe of the int8 ladder within --max-int8-drop)",
     ),
 )

@@ -27,6 +27,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "step", "cosine", "onecycle")
 SPLITS = ("test", "val")
 LAYOUTS = ("flat", "triton")
+GATE_ON = ("bound", "point")
+GATE_ON_HELP = ("How an accuracy-type gate is decided: bound (its 95% interval must be within the limit; a sample "
+                "too small to decide fails and says how many images would) or point (the estimate alone).")
 @dataclass(frozen=True)
 class Cli:
     """How a field appears on the command line."""
@@ -45,6 +48,11 @@ def option(default: Any, help: str, *flags: str, choices: tuple[str, ...] | None
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: tuple(default), metadata={"cli": cli})
     return field(default=default, metadata={"cli": cli})
+
+
+def gate_on_option() -> Any:
+    """The ``--gate-on`` field: one flag where a command takes several records that declare it."""
+    return option("bound", GATE_ON_HELP, "--gate-on", choices=GATE_ON)
 
 
 MAX_BATCH = 1 << 20  # a batch of over a million images is a typo whatever the input; memory bounds it further

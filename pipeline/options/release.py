@@ -13,7 +13,7 @@ from ..formats import BASE_FORMATS, FORMATS, VARIANT_FLAGS, flag_help
 from ..formats.base import Format
 from ..verification.signing import Trust, check_key
 from ..verification.timelimit import DEFAULT_TIMEOUT, TIMEOUT_HELP, check_timeout
-from .fields import DEVICES_HERE, LAYOUTS, check_choice, check_finite, option, parse_batch_sizes
+from .fields import DEVICES_HERE, GATE_ON, LAYOUTS, check_choice, check_finite, gate_on_option, option, parse_batch_sizes
 
 FORMAT_CHOICES = (*BASE_FORMATS, "all")
 _SPDX = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]{0,63}")  # one SPDX license id (LicenseRef-… included)
@@ -31,6 +31,10 @@ class _ExportChoices:
     opset: int | None = option(None, "ONNX opset (default: the exporter's).")
     layout: str = option("flat", "triton: also write a Triton model repository under triton/.", choices=LAYOUTS)
     calibration: int = option(256, "Training images that calibrate --int8.", "--calibration-images")
+    max_int8_drop: float = option(1.0, "Points of top-1 accuracy --int8 may lose against the fp32 network (0-100): the "
+                                  "quantization ladder stops at the first recipe within it on the validation split and "
+                                  "certifies it on the test split; none within it: no int8 file, exit 1.", "--max-int8-drop")
+    gate_on: str = gate_on_option()
     license: str | None = option(None, "License of the model, an SPDX id (MIT, Apache-2.0, CC-BY-4.0...), written "
                                  "into the model card's metadata.", "--license")
     sign_key: str | None = option(None, "Sign the bundle with this private key (PEM, see cnnpipe keygen): it gets "
@@ -56,6 +60,9 @@ class _ExportChoices:
     def validate(self) -> None:
         """Every usage error these options can hold, before any work."""
         check_finite(self)
+        check_choice(self.gate_on, GATE_ON, "--gate-on")
+        if not 0 <= self.max_int8_drop <= 100:
+            raise CnnpipeError(f"--max-int8-drop is a number of accuracy points from 0 to 100, not {self.max_int8_drop}")
         self.chosen()
 
     def chosen(self) -> list[Format]:
@@ -81,7 +88,7 @@ class _ExportChoices:
         for spec in chosen:
             if spec.needs and spec.needs not in asked:
                 raise CnnpipeError(f"--format {spec.name} is converted from the {spec.needs} file: add --format {spec.needs}")
-            spec.require()
+            spec.require(writing=True)
         if self.sign_key is not None:
             check_key(Path(self.sign_key), "--sign-key")
         if self.license is not None and not _SPDX.fullmatch(self.license):
@@ -148,10 +155,12 @@ class VerifyOptions:
         "cpu", "Devices to verify on: cpu, cuda or cpu,cuda (onnxruntime's provider, and the network rebuilt from safetensors)."
     )
     timeout: float = option(DEFAULT_TIMEOUT, TIMEOUT_HELP)
+    gate_on: str = gate_on_option()
 
     def validate(self) -> None:
         """Every usage error these options can hold, before any work."""
         check_finite(self)
+        check_choice(self.gate_on, GATE_ON, "--gate-on")
         self.batch_size_list(), self.provider_list(), self.agreement_by_format()
         check_timeout(self.timeout)
         if not self.full and self.samples < 1:
@@ -206,10 +215,12 @@ class GateOptions:
         None, "Gate with --against: exit 1 when accuracy drops by more than this many points, overall or for any class.",
         "--max-regression",
     )
+    gate_on: str = gate_on_option()
 
     def validate(self) -> None:
         """Refuse gate options that make no sense, before any work is done."""
         check_finite(self)
+        check_choice(self.gate_on, GATE_ON, "--gate-on")
         if self.min_accuracy is not None and not 0.0 <= self.min_accuracy <= 1.0:
             raise CnnpipeError(f"--min-accuracy is a fraction between 0 and 1, not {self.min_accuracy}")
         if self.max_regression is not None and (self.against is None or self.max_regression < 0):

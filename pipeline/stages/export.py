@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..description import MODEL_JSON, ModelDescription
 from ..errors import CnnpipeError
 from ..formats import FORMATS
 from ..formats.base import INPUT_NAME, OUTPUT_NAME, ExportContext, Format
+from ..formats.int8 import Int8Refused
 from ..formats.triton import triton_config, triton_repository
 from ..fs import write_json
 from ..nets.modelfile import WEIGHTS, load_model
@@ -46,6 +48,13 @@ class ExportResult:
     triton: list[str]
     not_installed: dict[str, str] = field(default_factory=dict)  # formats "all" left out: their pip extra
     signature: str | None = None  # bundle.sig, with --sign-key
+    refused: dict[str, str] = field(default_factory=dict)  # variants their gate refused (not written), with the reason
+    quantization: dict[str, Any] = field(default_factory=dict)  # the int8 ladder's report, by variant
+
+    @property
+    def passed(self) -> bool:
+        """False when a variant's gate refused it (exit 1; the rest of the bundle is written)."""
+        return not self.refused
 
 
 def metadata(desc: ModelDescription, model_ref: str, weights_sha256: str) -> dict[str, str]:
@@ -71,12 +80,35 @@ def metadata(desc: ModelDescription, model_ref: str, weights_sha256: str) -> dic
     }
 
 
-def calibration_images(ws: Workspace, desc: ModelDescription, count: int) -> np.ndarray:
-    """The first ``count`` training images of the model's own dataset, normalized, as float32 NCHW."""
-    dataset = load_dataset(ws.data.resolve(desc.dataset_ref))
-    images, _ = dataset.arrays("train", mmap=True)
-    batch = torch.from_numpy(np.array(images[:count]))
-    return normalize(batch, list(desc.input.mean), list(desc.input.std)).numpy()
+@dataclass
+class _Splits:
+    """The model's own dataset, read lazily: calibration images and normalized batches of a split (int8)."""
+
+    ws: Workspace
+    desc: ModelDescription
+    _arrays: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        if split not in self._arrays:
+            self._arrays[split] = load_dataset(self.ws.data.resolve(self.desc.dataset_ref)).arrays(split, mmap=True)
+        return self._arrays[split]
+
+    def normalized(self, images: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.array(images))
+        return normalize(batch, list(self.desc.input.mean), list(self.desc.input.std)).numpy()
+
+    def calibration(self, count: int) -> np.ndarray:
+        """The first ``count`` training images, normalized, as float32 NCHW."""
+        return self.normalized(self.arrays("train")[0][:count])
+
+    def batches(self, split: str, batch: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(normalized images, labels) of ``split`` in batches, read from the memory map one batch at a time."""
+        images, labels = self.arrays(split)
+        for i in range(0, len(labels), batch):
+            yield self.normalized(images[i : i + batch]), np.asarray(labels[i : i + batch])
+
+    def size(self, split: str) -> int:
+        return len(self.arrays(split)[1])
 
 
 def _copy_code(version: Version, desc: ModelDescription, folder: Path) -> dict[str, str]:
@@ -90,15 +122,18 @@ def _copy_code(version: Version, desc: ModelDescription, folder: Path) -> dict[s
 
 
 def export_context(
-    ws: Workspace, version: Version, model: torch.nn.Module, desc: ModelDescription, opset: int | None, calibration: int
+    ws: Workspace, version: Version, model: torch.nn.Module, desc: ModelDescription, opset: int | None, calibration: int,
+    recipes: dict[str, str] | None = None,
 ) -> ExportContext:
     """What every format is written from: the eval-mode network, its metadata and a fixed example
-    input, the same for an export and for verify's re-export of it."""
+    input, the same for an export and for verify's re-export of it (which passes the bundle's ``recipes``)."""
     weights_sha256 = next(f["sha256"] for f in version.manifest["files"] if f["path"] == WEIGHTS)
+    splits = _Splits(ws, desc)
     return ExportContext(
         model=model, meta=metadata(desc, version.ref, weights_sha256), opset=opset,
         example=torch.randn(2, *desc.input.shape, generator=torch.Generator().manual_seed(0)),
-        calibration=lambda: calibration_images(ws, desc, calibration), dataset=desc.dataset_ref,
+        calibration=splits.calibration, dataset=desc.dataset_ref, split_batches=splits.batches, split_size=splits.size,
+        calibration_count=calibration, recipes=dict(recipes or {}),
     )
 
 
@@ -111,10 +146,11 @@ def write_fresh(root: Path, version: Version, meta: dict[str, str], name: str, f
 
 
 def _write_formats(chosen: list[Format], ctx: ExportContext, root: Path, version: Version, folder: Path,
-                   trust_code: bool) -> dict[str, Any]:
+                   trust_code: bool) -> tuple[dict[str, Any], dict[str, str]]:
     """Write each chosen format into ``folder`` in order (a ``fresh`` one in a fresh worker); the
-    variants' records for ``model.json``."""
-    variants = {}
+    variants' records for ``model.json``, and the variants refused by their gate (int8 beyond its
+    limit: not written, the others are) with the reason."""
+    variants, refused = {}, {}
     with Workers() if any(spec.fresh for spec in chosen) else nullcontext() as workers:  # a fork server costs seconds
         for i, spec in enumerate(chosen, 1):
             step(f"export: {spec.name} ({i}/{len(chosen)})")
@@ -122,10 +158,14 @@ def _write_formats(chosen: list[Format], ctx: ExportContext, root: Path, version
                 record = workers.run(write_fresh, (root, version, dict(ctx.meta), spec.name, folder, trust_code),
                                      DEFAULT_TIMEOUT, f"{spec.name} export", None)
             else:
-                record = spec.save(ctx, folder / spec.file)
+                try:
+                    record = spec.save(ctx, folder / spec.file)
+                except Int8Refused as e:
+                    ctx.reports[spec.name], refused[spec.name] = e.report, str(e)
+                    continue
             if record is not None:
                 variants[spec.name] = record
-    return variants
+    return variants, refused
 
 
 def export(
@@ -146,13 +186,14 @@ def export(
     model, desc = load_model(version, trust_code=trust_code)
     if any(m.training for m in model.modules()):
         raise CnnpipeError("refusing to export: a module is still in training mode")
-    ctx = export_context(ws, version, model, desc, opset, calibration)
+    ctx = replace(export_context(ws, version, model, desc, opset, calibration), int8_limit=options.max_int8_drop,
+                  gate_on=options.gate_on)
     evaluation = pin(version)  # the card shows this evaluation; verify makes the card again from it
     weights_sha256 = ctx.meta["weights_sha256"]
     triton: list[str] = []
     with ws.exports.draft(version.name) as draft:
-        variants = _write_formats(chosen, ctx, root, version, draft.path, trust_code)
-        written = [spec.name for spec in chosen]
+        variants, refused = _write_formats(chosen, ctx, root, version, draft.path, trust_code)
+        written = [spec.name for spec in chosen if spec.name not in refused]
         if options.layout == "triton":
             config = triton_config(desc.name, INPUT_NAME, OUTPUT_NAME, desc.input.shape, len(desc.classes), max_batch=256)
             triton = triton_repository(draft.path, desc.name, version.number, draft.path / FORMATS["onnx"].file, config)
@@ -161,7 +202,7 @@ def export(
         bundle_json = desc.to_json() | {
             "metadata": ctx.meta, "variants": variants, "formats": written, "files": files,
             "onnx_opset": ctx.opset_used, "triton": triton,
-        }
+        } | ({"quantization": ctx.reports} if ctx.reports else {})
         write_json(draft.path / MODEL_JSON, bundle_json)
         card_roles = write_card(draft.path, card_files(version, desc, bundle_json, options.license, evaluation)) \
             | _copy_code(version, desc, draft.path)
@@ -172,13 +213,16 @@ def export(
             | {rel: "triton" for rel in triton},
             lineage=lineage([version], {"formats": base, "opset": opset, **options.flags, "layout": options.layout,
                                         "calibration": calibration if options.int8 else None, "evaluation": evaluation,
+                                        "max_int8_drop": options.max_int8_drop if options.int8 else None,
+                                        "gate_on": options.gate_on,
                                         "license": options.license}),
             results={"formats": written, "onnx_opset": ctx.opset_used, "weights_sha256": weights_sha256,
-                     "triton": triton},
+                     "triton": triton, "refused": refused},
             packages=tuple(dict.fromkeys(p for f in written for p in FORMATS[f].packages)),
         )
     signature = str(sign(bundle, Path(options.sign_key))) if options.sign_key else None
     return ExportResult(
         ref=bundle.ref, path=str(bundle.path), model=version.ref, formats=written,
         files=files, opset=ctx.opset_used, triton=triton, not_installed=options.not_installed, signature=signature,
+        refused=refused, quantization=ctx.reports,
     )

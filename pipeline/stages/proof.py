@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..description import MODEL_JSON, ModelDescription
+from ..description import MODEL_JSON, ModelDescription, read_bundle_json
 from ..errors import CnnpipeError
 from ..formats import FORMATS, REEXPORTED
 from ..progress import step
@@ -93,8 +93,8 @@ def rederive(ws: Workspace, bundle: Version, source: Version, formats: list[str]
     are made too."""
     step(f"re-deriving from {source.ref}: the reference network, and {len(formats)} format(s) exported again")
     config = bundle.manifest.get("lineage", {}).get("config", {})
-    settings = tuple(value if isinstance(value, int) else default
-                     for value, default in ((config.get("opset"), None), (config.get("calibration"), 1)))
+    settings = (*(value if isinstance(value, int) else default
+                  for value, default in ((config.get("opset"), None), (config.get("calibration"), 1))), _recipes(bundle))
     fresh = [f for f in REEXPORTED if f in formats and FORMATS[f].fresh]
     started = {fmt: workers.start(compare_fresh, (ws.root, source, fmt, bundle.path, trust_code), timeout,
                                   f"{fmt} re-export", (bundle.path, source.path)) for fmt in fresh}  # alongside
@@ -111,8 +111,17 @@ def rederive(ws: Workspace, bundle: Version, source: Version, formats: list[str]
     return rebuilt
 
 
+def _recipes(bundle: Version) -> dict[str, str]:
+    """The recipes the bundle's variants record (the int8 ladder's choice): re-exported as recorded, not searched for."""
+    try:
+        variants = read_bundle_json(bundle).get("variants", {})
+    except CnnpipeError:  # verify's verdict already says so
+        return {}
+    return {f: v["recipe"] for f, v in variants.items() if isinstance(v, dict) and isinstance(v.get("recipe"), str)}
+
+
 def _reference(root: Path, source: Version, bundle: Path, formats: list[str], images: Images | None,
-               settings: tuple[int | None, int], trust_code: bool,
+               settings: tuple[int | None, int, dict[str, str]], trust_code: bool,
                card: tuple[ModelDescription, dict[str, Any], dict[str, Any]] | None) -> Rebuilt:
     """In a worker: rebuild the source network, run it on the images, export the formats again (with the
     bundle's opset and number of calibration images) and compare; with the metadata the exports embedded,

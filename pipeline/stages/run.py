@@ -84,11 +84,14 @@ def run(
         model_ref = done("train", train(config, root, progress)).ref
     evaluation = done("evaluate", evaluate(model_ref, EvaluateOptions(
         split="test", device=config.device, against=against, min_accuracy=gates.min_accuracy,
-        max_regression=gates.max_regression, plots=config.plots), root, trust_code=trusted))
+        max_regression=gates.max_regression, gate_on=gates.gate_on, plots=config.plots), root, trust_code=trusted))
     if not evaluation.passed:
         result.failed = "evaluate"
         return result
     bundle = done("export", export(model_ref, options.export, root, trust_code=trusted))
+    if not bundle.passed:  # int8 beyond its limit: the bundle is written without it, and the release stops
+        result.failed = "export"
+        return result
     # the bundle this process just built: its native code (--aoti) is its own
     verdict = done("verify", verify(bundle.ref, options.verify, root, trust_code=trusted, trust=Trust(native=True)))
     if not verdict.passed:

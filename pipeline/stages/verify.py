@@ -59,6 +59,7 @@ class VerifyResult:
     formats: list[FormatReport] = field(default_factory=list)
     reexport: dict[str, list[str]] = field(default_factory=dict)  # format -> how it differs from a re-export
     dataset_hash: str = ""
+    quantization: dict[str, Any] = field(default_factory=dict)  # what export's int8 ladder says it chose (model.json)
     statement: str | None = None  # the signed statement written (with a signing key)
     statements: list[dict[str, Any]] = field(default_factory=list)  # with --public-key: each statement found, checked
 
@@ -77,7 +78,7 @@ def _verify_format(
         job = Job(spec.name, path, device, ctx, images, tuple(judge["batch_sizes"]))
         answers = workers.run(run_format, (job,), timeout, what, (bundle.path, images.path))
         report = check_format(spec.name, runtime, answers.logits, judge["ref"], judge["labels"], judge["classes"], tol,
-                              answers.problems)
+                              answers.problems, judge["gate_on"])
     except (CnnpipeError, OSError) as e:
         return FormatReport(spec.name, runtime, False, [str(e)], asdict(tol))
     report.providers, report.sandbox = answers.providers, workers.confinement
@@ -184,7 +185,9 @@ def verify(
         if integrity == "ok":
             ctx = LoadContext(meta=bundle_json.get("metadata", {}), variant={}, desc=desc, trust_code=trust_code,
                               trust_native=trust_native)
-            judge = dict(images=images, ref=ref, labels=labels, classes=classes, batch_sizes=result.batch_sizes)
+            judge = dict(images=images, ref=ref, labels=labels, classes=classes, batch_sizes=result.batch_sizes,
+                         gate_on=options.gate_on)
+            result.quantization = bundle_json.get("quantization", {})
             _judge_formats(bundle, bundle_json, formats, source, judge, options, result, ctx, workers)
         result.reexport = rebuilt.settle()  # the slow re-exports ran alongside the formats' workers
         _mark_differences(result)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CnnpipeError
+from ..evaluation.bounds import judge_drop, judge_proportion, paired_drop, proportion
 from ..formats.base import Tolerance
 
 
@@ -40,6 +41,7 @@ class FormatReport:
     by_batch_size: dict[str, dict[str, float | None]] = field(default_factory=dict)
     providers: list[str] | None = None
     localization: dict[str, Any] | None = None  # for a failed ONNX file: the first layer that departs
+    bounds: dict[str, Any] = field(default_factory=dict)  # 95% intervals and verdicts of the accuracy-type gates
     sandbox: str | None = None  # how the worker that ran it was confined (verification.sandbox)
 
 
@@ -83,12 +85,15 @@ def per_class(pred: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[
 
 def check_format(
     name: str, runtime: str, outputs: dict[int, np.ndarray], ref: np.ndarray, labels: np.ndarray,
-    classes: list[str], tol: Tolerance, problems: list[str],
+    classes: list[str], tol: Tolerance, problems: list[str], gate_on: str = "bound",
 ) -> FormatReport:
-    """Judge a format's logits at every batch size (``outputs``) against the reference logits."""
+    """Judge a format's logits at every batch size (``outputs``) against the reference logits; the agreement
+    floor and the accuracy-drop limit are judged with their 95% bounds (``gate_on``: see ``evaluation.bounds``)."""
     by_batch, reasons = {}, list(problems)
-    ref_accuracy = float((ref.argmax(1) == labels).mean())
+    ref_pred = ref.argmax(1)
+    ref_accuracy = float((ref_pred == labels).mean())
     bound = None if tol.atol is None else tol.atol + tol.rtol * np.abs(ref.astype(np.float64))
+    agreements = {}
     for b, out in outputs.items():
         if out.shape != ref.shape:
             raise CnnpipeError(f"{name}: output shape {out.shape} at batch {b}, expected {ref.shape}")
@@ -102,18 +107,30 @@ def check_format(
                 f"logits beyond atol {tol.atol:g} + rtol {tol.rtol:g}·|ref| at batch {b}: image {where[0]} "
                 f"differs by {abs(out[where] - ref[where]):.3g} on a logit of {ref[where]:.3g}"
             )
-        if d["top1_agreement"] < tol.min_agreement:
-            reasons.append(f"top-1 agreement {d['top1_agreement']:.4f} < {tol.min_agreement} at batch {b}")
+        agreements[b] = judge_proportion("top-1 agreement", int((out.argmax(1) == ref_pred).sum()), len(ref),
+                                         tol.min_agreement, gate_on)
+        if (why := agreements[b].reason()) is not None:
+            reasons.append(f"{why} at batch {b}")
     worst = max(outputs, key=lambda b: (by_batch[str(b)]["nonfinite"], by_batch[str(b)]["max_abs_diff"] or np.inf))
     pred = outputs[worst].argmax(1)
-    accuracy = float((pred == labels).mean())
+    right, ref_right = pred == labels, ref_pred == labels
+    accuracy = float(right.mean())
     delta = round(100 * (accuracy - ref_accuracy), 4)
-    if tol.max_accuracy_drop is not None and -delta > tol.max_accuracy_drop:
-        reasons.append(f"accuracy {accuracy:.4f} is {-delta:.2f} points below PyTorch's (limit {tol.max_accuracy_drop:g})")
+    worse, better = int((ref_right & ~right).sum()), int((right & ~ref_right).sum())
+    drop = paired_drop(worse, better, len(labels)).as_dict()
+    if tol.max_accuracy_drop is not None:
+        judged = judge_drop("accuracy drop", worse, better, len(labels), tol.max_accuracy_drop, gate_on)
+        drop = judged.as_dict()
+        if (why := judged.reason(" points")) is not None:
+            reasons.append(f"accuracy {accuracy:.4f} against PyTorch's {ref_accuracy:.4f}: {why}")
     flipped = sorted({int(i) for out in outputs.values() for i in np.flatnonzero(out.argmax(1) != ref.argmax(1))})
+    least = min(agreements, key=lambda b: agreements[b].estimate.point)
+    bounds = {"top1_agreement": agreements[least].as_dict() | {"batch_size": least},
+              "accuracy": proportion(int(right.sum()), len(labels)).as_dict(),
+              "accuracy_drop_points": drop}
     return FormatReport(
         format=name, runtime=runtime, passed=not reasons, reasons=reasons, tolerance=asdict(tol),
         flipped=flipped[:100], accuracy=accuracy, accuracy_delta_points=delta,
         per_class_accuracy=per_class(pred, labels, classes), by_batch_size=by_batch, **by_batch[str(worst)],
-        max_abs_diff_by_class=_by_class(outputs[worst], ref, classes),
+        max_abs_diff_by_class=_by_class(outputs[worst], ref, classes), bounds=bounds,
     )
