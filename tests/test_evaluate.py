@@ -13,6 +13,7 @@ from conftest import assert_clean_error, cnnpipe, cnnpipe_json
 METRICS_KEYS = {
     "schema", "model", "dataset", "split", "images", "accuracy", "top5_accuracy", "loss", "ece",
     "mean_confidence", "macro", "weighted", "per_class", "confusion", "misclassified", "comparison", "gates",
+    "accuracy_interval",
 }
 PLOTS = ("confusion.png", "per_class.png", "misclassified.png")
 
@@ -79,6 +80,8 @@ def test_accuracy_floor_is_a_gate_and_the_evaluation_is_kept(root_copy: Path):
     assert_clean_error(proc, 1, "gate failed: min_accuracy")
     result = json.loads(proc.stdout)
     assert result["passed"] is False and result["gates"][0]["limit"] == 0.9999
+    low, high = result["accuracy_interval"]  # 95% Wilson: the gate fails on the whole interval, not by chance
+    assert low < result["accuracy"] < high < 0.9999 and result["gates"][0]["bound"]["verdict"] == "fail"
     kept = json.loads((Path(result["path"]) / "metrics.json").read_text())
     assert kept["gates"] == result["gates"]
     assert cnnpipe_json(root_copy, "evaluate", "lenet5", "--min-accuracy", "0.5")["passed"] is True
@@ -92,7 +95,8 @@ def test_comparison_gate_fails_a_model_that_got_worse(root_copy: Path):
     comparison = json.loads(proc.stdout)["comparison"]
     assert comparison["against"] == "lenet5@v1" and comparison["delta_points"] < -5
     assert len(comparison["per_class"]) == 10
-    same = cnnpipe_json(root_copy, "evaluate", "lenet5@v1", "--against", "lenet5@v1", "--max-regression", "0")
+    same = cnnpipe_json(root_copy, "evaluate", "lenet5@v1", "--against", "lenet5@v1", "--max-regression", "0",
+                        "--gate-on", "point")
     assert same["passed"] and all(r["delta_points"] == 0 for r in same["comparison"]["per_class"])
     human = cnnpipe(root_copy, "evaluate", "lenet5@v2", "--against", "lenet5@v1")
     assert human.returncode == 0 and "Δ points" in human.stdout  # no limit given: report only

@@ -90,14 +90,20 @@ def test_regression_gate_names_the_class_that_got_worse():
     labels = torch.tensor(LABELS)
     old = classification_metrics(logits_for(LABELS, 4, [1.0] * 8), labels, CLASSES)  # all right
     new = classification_metrics(logits_for(PREDS, 4, [1.0] * 8), labels, CLASSES)
-    comparison = {"against": "m@v1"} | compare(new, old)
+    right_old, right_new = torch.ones(8, dtype=torch.bool), torch.tensor(PREDS) == labels
+    comparison = {"against": "m@v1"} | compare(new, old, right_new, right_old, labels)
+    assert comparison["worse"] == 5 and comparison["better"] == 0 and comparison["n"] == 8
     assert comparison["delta_points"] == pytest.approx(-62.5)
     by_class = {r["class"]: r["delta_points"] for r in comparison["per_class"]}
     assert by_class["c"] == pytest.approx(-100.0) and by_class["d"] is None
-    (gate,) = gates(new, comparison, None, 70.0)
+    (gate,) = gates(new, comparison, None, 70.0, "point")
     assert not gate.passed and gate.value == pytest.approx(100.0) and "class c" in gate.detail
-    same = {"against": "m@v1"} | compare(old, old)
-    floor, regression = gates(old, same, 0.99, 0.0)
+    same = {"against": "m@v1"} | compare(old, old, right_old, right_old, labels)
+    floor, regression = gates(old, same, 0.99, 0.0, "point")
     assert floor.passed and regression.passed and regression.value == 0.0
+    # on its 95% bound, 8 images right of 8 cannot show an accuracy of 0.99: undecided, so the gate fails
+    floor, regression = gates(old, same, 0.99, 0.0, "bound")
+    assert not floor.passed and floor.bound["verdict"] == "undecided" and "would decide it" in floor.detail
+    assert floor.bound["images_needed"] > 300
     (floor,) = gates(new, None, 0.5, None)
     assert not floor.passed

@@ -92,7 +92,10 @@ def test_root_after_the_command_and_config_files_for_train_export_and_verify(tmp
 
 def test_run_passes_every_option_through(tmp_path: Path):
     result = cnnpipe_json(tmp_path, "run", "--epochs", "1", "--format", "onnx", "--int8", "--calibration-images", "24",
-                          "--batch-sizes", "1,5", "--samples", "20")
+                          "--batch-sizes", "1,5", "--samples", "20", "--gate-on", "point")
     assert result["verify"]["batch_sizes"] == [1, 5] and result["verify"]["images"] == 20
+    # one --gate-on, given to export's int8 limit and verify's gates (20 images could not decide a bound)
+    assert result["export"]["quantization"]["onnx-int8"]["gate_on"] == "point"
+    assert {f["bounds"]["top1_agreement"]["gate_on"] for f in result["verify"]["formats"]} == {"point"}
     variants = (tmp_path / "exports/lenet5/v1/model.json").read_text()
     assert "24 training images" in variants

@@ -217,8 +217,9 @@ def render_evaluate(console: Console, r: Any) -> None:
     ])
     top5 = f", top-5 {r.top5_accuracy:.4f}" if r.top5_accuracy is not None else ""
     change = f" ({r.comparison['delta_points']:+.2f} points)" if r.comparison else ""
+    interval = f" (95% {r.accuracy_interval[0]:.4f} to {r.accuracy_interval[1]:.4f})" if r.accuracy_interval else ""
     console.print(
-        f"evaluate: accuracy [bold]{r.accuracy:.4f}[/]{change}{top5}, macro F1 {r.macro['f1']:.4f}, "
+        f"evaluate: accuracy [bold]{r.accuracy:.4f}[/]{interval}{change}{top5}, macro F1 {r.macro['f1']:.4f}, "
         f"loss {r.loss:.4f}, ECE {r.ece:.4f}; {r.seconds['inference']:.2f} s inference; wrote {r.path}",
         highlight=False,
     )

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .bounds import wilson
+
 TOP_K = 5
 ECE_BINS = 15
 
@@ -49,6 +51,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: 
             "predicted": p,
             "correct": t,
             "accuracy": _ratio(t, s),
+            "accuracy_interval": list(wilson(t, s)) if s else None,
             "precision": _ratio(t, p),
             "recall": _ratio(t, s),
             "f1": _ratio(2 * t, s + p),
@@ -67,6 +70,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, classes: 
     return {
         "images": n,
         "accuracy": float(tp.sum()) / n if n else None,
+        "accuracy_interval": list(wilson(int(tp.sum()), n)) if n else None,  # 95%, Wilson (evaluation.bounds)
         "top5_accuracy": top5,
         "loss": float(F.cross_entropy(logits.float(), labels)) if n else None,
         "ece": expected_calibration_error(confidence, pred == labels) if n else None,
@@ -89,19 +93,27 @@ def confident_errors(logits: torch.Tensor, labels: torch.Tensor, limit: int = 32
     ]
 
 
-def compare(current: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
-    """Accuracy differences, in points (percent), overall and per class present in both."""
+def compare(current: dict[str, Any], baseline: dict[str, Any], right: torch.Tensor, base_right: torch.Tensor,
+            labels: torch.Tensor) -> dict[str, Any]:
+    """Accuracy differences, in points (percent), overall and per class present in both, with the paired
+    counts a drop's bound needs (``right``, ``base_right``: which images each model got right): ``worse``
+    images the baseline got right and this model wrong, ``better`` the reverse."""
     def points(new: float | None, old: float | None) -> float | None:
         return None if new is None or old is None else round(100 * (new - old), 4)
 
+    def paired(mask: torch.Tensor) -> dict[str, int]:
+        return {"worse": int((base_right & ~right & mask).sum()), "better": int((right & ~base_right & mask).sum()),
+                "n": int(mask.sum())}
+
     rows = [
         {"class": c["class"], "accuracy": c["accuracy"], "baseline": b["accuracy"],
-         "delta_points": points(c["accuracy"], b["accuracy"])}
-        for c, b in zip(current["per_class"], baseline["per_class"])
+         "delta_points": points(c["accuracy"], b["accuracy"])} | paired(labels == i)
+        for i, (c, b) in enumerate(zip(current["per_class"], baseline["per_class"]))
     ]
     return {
         "accuracy": current["accuracy"],
         "baseline": baseline["accuracy"],
         "delta_points": points(current["accuracy"], baseline["accuracy"]),
+        **paired(torch.ones_like(labels, dtype=torch.bool)),
         "per_class": sorted(rows, key=lambda r: (r["delta_points"] is None, r["delta_points"] or 0.0)),
     }

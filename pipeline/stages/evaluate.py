@@ -17,6 +17,7 @@ import torch
 from ..data.loading import load_dataset
 from ..description import ModelDescription
 from ..errors import CnnpipeError
+from ..evaluation.bounds import judge_drop, judge_proportion
 from ..evaluation.card import PLOT_FILES, model_card
 from ..evaluation.metrics import classification_metrics, compare, confident_errors
 from ..evaluation.plots import plot_confusion, plot_misclassified, plot_per_class
@@ -52,46 +53,53 @@ class EvalResult:
     confusion: list[list[int]]
     seconds: dict[str, float]
     comparison: dict[str, Any] | None = None
+    accuracy_interval: list[float] | None = None  # 95%, Wilson
     gates: list[Gate] = field(default_factory=list)
     passed: bool = True
 
 
 @dataclass(frozen=True)
 class Gate:
-    """One release gate's verdict (``metrics.json`` holds the same fields)."""
+    """One release gate's verdict (``metrics.json`` holds the same fields); ``bound``: the figure's 95%
+    interval and three-way verdict (``evaluation.bounds.Judgement``)."""
 
     gate: str
     limit: float
     value: float | None
     passed: bool
     detail: str
+    bound: dict[str, Any] | None = None
 
 
-def gates(
-    metrics: dict[str, Any], comparison: dict[str, Any] | None, min_accuracy: float | None, max_regression: float | None
-) -> list[Gate]:
-    """The accuracy floor and the regression limit (in points, overall or any class) as pass/fail records."""
+def gates(metrics: dict[str, Any], comparison: dict[str, Any] | None, min_accuracy: float | None,
+          max_regression: float | None, gate_on: str = "bound") -> list[Gate]:
+    """The accuracy floor and the regression limit (in points, overall or any class) as pass/fail records,
+    each judged with its 95% bound or its point estimate (``gate_on``)."""
     found = []
     if min_accuracy is not None:
-        found.append(Gate(
-            "min_accuracy", min_accuracy, metrics["accuracy"],
-            metrics["accuracy"] is not None and metrics["accuracy"] >= min_accuracy,
-            f"accuracy {metrics['accuracy']:.4f}, floor {min_accuracy:.4f}",
-        ))
+        correct = sum(c["correct"] for c in metrics["per_class"])
+        judged = judge_proportion("accuracy", correct, metrics["images"], min_accuracy, gate_on)
+        found.append(Gate("min_accuracy", min_accuracy, metrics["accuracy"], judged.passed,
+                          judged.reason() or f"accuracy {metrics['accuracy']:.4f}, floor {min_accuracy:.4f}",
+                          judged.as_dict()))
     if comparison is not None and max_regression is not None:
-        drops = [("overall", comparison["delta_points"])]
-        drops += [(f"class {r['class']}", r["delta_points"]) for r in comparison["per_class"]]
-        where, delta = min(((w, d) for w, d in drops if d is not None), key=lambda x: x[1], default=("overall", 0.0))
+        rows = [("overall", comparison)] + [(f"class {r['class']}", r) for r in comparison["per_class"] if r["n"]]
+        judged = {where: judge_drop(f"accuracy drop ({where})", r["worse"], r["better"], r["n"], max_regression, gate_on)
+                  for where, r in rows}
+        failing = [w for w, j in judged.items() if not j.passed]
+        where = failing[0] if failing else max(judged, key=lambda w: judged[w].estimate.point)
+        worst = judged[where]
         found.append(Gate(
-            "max_regression", max_regression, -delta, -delta <= max_regression,
-            f"largest drop {-delta:.2f} points ({where}) against {comparison['against']}, limit {max_regression:.2f}",
+            "max_regression", max_regression, worst.estimate.point, not failing,
+            f"{worst.reason(' points') or f'largest drop {worst.estimate.point:.2f} points ({where})'} "
+            f"against {comparison['against']}", worst.as_dict(),
         ))
     return found
 
 
 def _baseline(ws: Workspace, ref: str, desc: ModelDescription, images: torch.Tensor, labels: torch.Tensor,
-              batch_size: int, dev: torch.device, trust_code: bool) -> tuple[Version, dict[str, Any]]:
-    """Evaluate model ``ref`` on the same images, in memory: the comparison's other side."""
+              batch_size: int, dev: torch.device, trust_code: bool) -> tuple[Version, dict[str, Any], torch.Tensor]:
+    """Evaluate model ``ref`` on the same images, in memory: the comparison's other side, and which images it got right."""
     version = ws.models.resolve(ref)
     model, base = load_model(version, trust_code=trust_code)
     if base.classes != desc.classes or base.input != desc.input:
@@ -100,7 +108,7 @@ def _baseline(ws: Workspace, ref: str, desc: ModelDescription, images: torch.Ten
             f"({'x'.join(map(str, base.input.shape))}, {len(base.classes)} classes) differ"
         )
     logits = batched_logits(model.to(dev), images, list(base.input.mean), list(base.input.std), batch_size, dev)
-    return version, classification_metrics(logits, labels, list(base.classes))
+    return version, classification_metrics(logits, labels, list(base.classes)), logits.argmax(1) == labels
 
 
 def evaluate(
@@ -130,10 +138,12 @@ def evaluate(
     parents = [version, dataset.version]
     comparison = None
     if options.against is not None:
-        baseline, base_metrics = _baseline(ws, options.against, desc, images, labels, options.batch_size, dev, trust_code)
-        comparison = {"against": baseline.ref} | compare(result, base_metrics)
+        baseline, base_metrics, base_right = _baseline(ws, options.against, desc, images, labels, options.batch_size, dev,
+                                                       trust_code)
+        comparison = {"against": baseline.ref} | compare(result, base_metrics, logits.argmax(1) == labels,
+                                                         base_right, labels)
         parents.append(baseline)
-    checks = gates(result, comparison, options.min_accuracy, options.max_regression)
+    checks = gates(result, comparison, options.min_accuracy, options.max_regression, options.gate_on)
     errors = confident_errors(logits, labels)
     written = _write_evaluation(version, desc, dataset.version, options, parents, images,
                                 {**result, "misclassified": errors, "comparison": comparison}, checks)
@@ -170,7 +180,8 @@ def _write_evaluation(version: Version, desc: ModelDescription, dataset: Version
             roles={"metrics.json": "metrics", "confusion.csv": "metrics", "README.md": "model card"}
             | {p: "plot" for p in plots},
             lineage=lineage(parents, {"split": split, "batch_size": options.batch_size, "against": options.against,
-                                      "min_accuracy": options.min_accuracy, "max_regression": options.max_regression}),
+                                      "min_accuracy": options.min_accuracy, "max_regression": options.max_regression,
+                                      "gate_on": options.gate_on}),
             results={"accuracy": result["accuracy"], "loss": result["loss"], "images": result["images"],
                      "passed": all(g.passed for g in checks)},
         )
