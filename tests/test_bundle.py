@@ -156,6 +156,8 @@ def test_variants_and_triton_layout_are_exported_and_verified(root_copy: Path):
 
     timed = cnnpipe_json(root_copy, "bench", "lenet5", "--seconds", "0.05", "--batch-sizes", "2", "--threads", "1")
     assert {r["runtime"] for r in timed["rows"]} >= {"onnxruntime fp16 (cpu)", "onnxruntime int8 (cpu)"}
+    fastest = max(timed["rows"], key=lambda r: r["images_per_s"])  # int8 kept its limit: it may be recommended
+    assert timed["recommended"] == {"2": fastest["runtime"]} and timed["not_recommended"] == {}
 
 
 def test_a_perturbed_weight_fails_verify_even_with_a_consistent_manifest(root_copy: Path):

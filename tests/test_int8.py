@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from cnnpipe.formats import FORMATS
-from cnnpipe.formats.int8 import BY_NAME, climb, quantize
+from cnnpipe.formats.int8 import climb
+from cnnpipe.formats.onnx import ORT_INT8
 from cnnpipe.nets.modelfile import load_model
+from cnnpipe.stages.bench import BenchRow, recommend, unqualified
 from cnnpipe.stages.export import export_context
 from cnnpipe.store.workspace import Workspace
 
@@ -38,7 +40,7 @@ def test_the_ladder_passes_by_recipes_an_outlier_channel_breaks(pipeline_root: P
     model, desc = load_model(version)
     ctx = export_context(ws, version, with_outlier_channel(model, 1e5), desc, None, 256)
     FORMATS["onnx"].save(ctx, tmp_path / "model.onnx")
-    report = climb(ctx, tmp_path / "model.onnx", tmp_path / "model.int8.onnx", 1.0, "bound")
+    report = climb(ORT_INT8, ctx, tmp_path / "model.onnx", tmp_path / "model.int8.onnx")  # 1 point, on the bound
     tried = {t["rung"]: t for t in report["tried"]}
     assert not tried["minmax"]["drop"]["passed"] and tried["minmax"]["drop"]["point"] > 10  # the plain recipe collapses
     chosen = tried[report["chosen"]]
@@ -46,8 +48,8 @@ def test_the_ladder_passes_by_recipes_an_outlier_channel_breaks(pipeline_root: P
     assert chosen["accuracy"] > tried["minmax"]["accuracy"] + 0.1
     assert report["test"]["passed"] and report["test"]["high"] <= 1.0 and report["test"]["n"] == 2000
     # the recipe recorded makes the same bytes again (verify's re-export), without searching
-    quantize(BY_NAME[report["chosen"]], tmp_path / "model.onnx", tmp_path / "again.onnx",
-             ctx.calibration(report["calibration_images"]), report["float_nodes"])
+    ORT_INT8.quantize(ORT_INT8.rung(report["chosen"]), tmp_path / "model.onnx", tmp_path / "again.onnx",
+                      ctx.calibration(report["calibration_images"]), report["float_nodes"])
     assert (tmp_path / "again.onnx").read_bytes() == (tmp_path / "model.int8.onnx").read_bytes()
 
 
@@ -65,6 +67,18 @@ def test_a_limit_no_recipe_keeps_writes_no_int8_file_and_exits_1(root_copy: Path
     assert "nncf-accuracy-control" in {t["rung"] for t in report["tried"]}
     assert "## Quantization" in (bundle / "README.md").read_text()
     assert cnnpipe_json(root_copy, "verify", result["ref"], "--samples", "64")["passed"]  # the rest of the bundle stands
+
+
+def test_bench_recommends_an_int8_file_only_with_a_record_that_it_kept_its_limit():
+    rows = [BenchRow("onnxruntime (cpu)", 1, 20, 1.0, 1.2, 1000.0, "onnx"),
+            BenchRow("onnxruntime int8 (cpu)", 1, 20, 0.5, 0.6, 2000.0, "onnx-int8")]
+    bundle = {"variants": {"onnx-int8": {"precision": "int8"}}}
+    excluded = unqualified(bundle)
+    assert set(excluded) == {"onnx-int8"} and recommend(rows, excluded) == {"1": "onnxruntime (cpu)"}
+    bundle["quantization"] = {"onnx-int8": {"chosen": "entropy", "test": {"passed": True}}}
+    assert unqualified(bundle) == {} and recommend(rows, {}) == {"1": "onnxruntime int8 (cpu)"}
+    bundle["quantization"]["onnx-int8"]["test"]["passed"] = False
+    assert set(unqualified(bundle)) == {"onnx-int8"}
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "100.5"])

@@ -304,6 +304,11 @@ def render_bench(console: Console, r: Any) -> None:
     )
     for runtime, reason in r.failed.items():
         console.print(f"[red]{plain(runtime)}: FAIL[/] {plain(reason)}", highlight=False)
+    if r.recommended:
+        console.print("recommended: " + "; ".join(f"batch {b}: {plain(label)}" for b, label in r.recommended.items()),
+                      highlight=False)
+    for fmt, reason in r.not_recommended.items():
+        console.print(f"  not considered: {fmt}: {plain(reason)}", highlight=False)
 
 
 def render_ls(console: Console, listing: dict[str, Any]) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import CnnpipeError, ExportFailed, LoadFailed, first_line
 from .base import (
@@ -23,6 +26,7 @@ from .base import (
     quiet,
     register,
 )
+from .int8 import Backend, Rung, nncf_data, recipe, write_int8
 
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
@@ -32,8 +36,9 @@ ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 PROVIDER_OPTIONS: dict[str, dict[str, str]] = {"cpu": {}, "cuda": {"use_tf32": "0"}}
 
 
-def onnx_session(path: Path, provider: str, threads: int = 0) -> Any:
-    """A session on ``provider`` only; callers compare ``get_providers()`` to refuse a silent fallback.
+def onnx_session(path: Path | bytes, provider: str, threads: int = 0) -> Any:
+    """A session on ``provider`` only (of a file, or of a serialized model); callers compare ``get_providers()``
+    to refuse a silent fallback.
 
     ``threads`` sets intra-op threads (0: onnxruntime's default).
     """
@@ -45,7 +50,8 @@ def onnx_session(path: Path, provider: str, threads: int = 0) -> Any:
     options.intra_op_num_threads = threads
     if provider == "cuda":
         _preload_cuda_libraries(ort)
-    return ort.InferenceSession(str(path), options, providers=[(ORT_PROVIDERS[provider], PROVIDER_OPTIONS[provider])])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=[(ORT_PROVIDERS[provider], PROVIDER_OPTIONS[provider])])
 
 
 def stoppable_runs() -> tuple[Any, Callable[[], None]]:
@@ -179,26 +185,98 @@ def write_onnx_fp16(ctx: ExportContext, path: Path) -> dict[str, Any]:
     return variant
 
 
-def write_onnx_int8(ctx: ExportContext, path: Path) -> dict[str, Any]:
-    """Static int8 QDQ quantization of ``model.onnx`` by the int8 ladder (``formats.int8``): the first recipe
-    within ``ctx.int8_limit`` on the validation split, certified on test; with a recorded recipe (verify's
-    re-export), that recipe alone."""
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over batches of normalized images."""
+
+    def __init__(self, images: np.ndarray, batch: int = 32):
+        self.batches = iter([{INPUT_NAME: images[i : i + batch]} for i in range(0, len(images), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.batches, None)
+
+
+def _quantize(rung: Rung, source: Path, target: Path, images: np.ndarray, keep_float: list[str]) -> None:
+    """``source`` quantized by ``rung`` on ``images`` into ``target``, the ``keep_float`` nodes left in float:
+    onnxruntime's static QDQ (uint8 activations, int8 weights), or NNCF's."""
+    if rung.accuracy_control:
+        import nncf
+        import onnx
+
+        with quiet():
+            model = nncf.quantize(onnx.load(str(source)), nncf_data(images, _feed), subset_size=len(images),
+                                  ignored_scope=nncf.IgnoredScope(names=keep_float) if keep_float else None)
+        onnx.save(model, str(target))
+        return
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        with quiet():
+            quantize_static(
+                str(prepared), str(target), _Reader(images), quant_format=QuantFormat.QDQ,
+                per_channel=rung.option("per_channel", True), reduce_range=rung.option("reduce_range", False),
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, rung.option("method", "MinMax")), nodes_to_exclude=keep_float,
+            )
+
+
+def _right(model: Any, batches: Any) -> np.ndarray:
+    """Which images an ONNX model (a ModelProto) classifies right, on onnxruntime's CPU provider."""
+    session = onnx_session(model.SerializeToString(), "cpu", 0)
+    found = [session.run(None, {INPUT_NAME: x})[0].argmax(1) == y for x, y in batches]
+    return np.concatenate(found) if found else np.zeros(0, bool)
+
+
+def _float_nodes(source: Any, quantized: Any) -> list[str]:
+    """The nodes of ``source`` that ``quantized`` left in float: a convolution or matrix product none of whose
+    inputs comes from a DequantizeLinear."""
+    dequantized = {o for n in quantized.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    by_name = {n.name: n for n in quantized.graph.node}
+    return sorted(n.name for n in source.graph.node if n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")
+                  and n.name in by_name and not any(i in dequantized for i in by_name[n.name].input))
+
+
+def _feed(x: np.ndarray) -> dict[str, np.ndarray]:
+    return {INPUT_NAME: x}
+
+
+def _load_proto(path: Path) -> Any:
     import onnx
 
-    from .int8 import BY_NAME, climb, parse_recipe, quantize, recipe
+    return onnx.load(str(path))
 
-    source = ctx.parent_file("onnx")
-    if "onnx-int8" in ctx.recipes:
-        rung, count, keep = parse_recipe(ctx.recipes["onnx-int8"])
-        quantize(rung, source, path, ctx.calibration(count), keep)
-    else:
-        report = ctx.reports["onnx-int8"] = climb(ctx, source, path, ctx.int8_limit, ctx.gate_on)
-        rung, count, keep = BY_NAME[report["chosen"]], report["calibration_images"], report["float_nodes"]
+
+def _save_proto(model: Any, path: Path) -> None:
+    import onnx
+
+    onnx.save(model, str(path))
+
+
+ORT_INT8 = Backend(
+    rungs=(
+        Rung("minmax"),  # cnnpipe's recipe before the ladder: MinMax, per-channel weights
+        Rung("entropy", (("method", "Entropy"),)),
+        Rung("percentile", (("method", "Percentile"),)),
+        Rung("minmax-per-tensor", (("per_channel", False),)),
+        Rung("minmax-reduce-range", (("reduce_range", True),), needs_no_vnni=True),
+        Rung("minmax-4x-images", images_factor=4),
+        Rung("nncf-accuracy-control", accuracy_control=True),
+    ),
+    quantize=_quantize, load=_load_proto, save=_save_proto, right=_right, float_nodes=_float_nodes, feed=_feed,
+    suffix=".onnx",
+)
+
+
+def write_onnx_int8(ctx: ExportContext, path: Path) -> dict[str, Any]:
+    """Static int8 QDQ quantization of ``model.onnx`` by the int8 ladder (``formats.int8``)."""
+    rung, count, keep = write_int8("onnx-int8", ORT_INT8, ctx, ctx.parent_file("onnx"), path)
     variant = {"precision": "int8", "calibration": f"{count} training images of {ctx.dataset}",
                "recipe": recipe(rung, count, keep)}
-    proto = onnx.load(str(path))
+    proto = _load_proto(path)
     set_metadata(proto, ctx.meta | variant)
-    onnx.save(proto, str(path))
+    _save_proto(proto, path)
     check_onnx_graph(path)
     return variant
 

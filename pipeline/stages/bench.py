@@ -39,17 +39,21 @@ class BenchRow:
     p50_ms: float
     p99_ms: float
     images_per_s: float
+    format: str = ""
 
 
 @dataclass
 class BenchResult:
-    """One row per runtime and batch size: p50/p99 latency of a call and images/s."""
+    """One row per runtime and batch size: p50/p99 latency of a call and images/s; by batch size, the
+    fastest runtime among the formats fit to ship (``recommended``), and why a format is not (``not_recommended``)."""
 
     bundle: str
     threads: int
     input_shape: list[int]
     rows: list[BenchRow] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # runtime label -> why it could not be loaded or run
+    recommended: dict[str, str] = field(default_factory=dict)  # batch size -> runtime label
+    not_recommended: dict[str, str] = field(default_factory=dict)  # format -> why it is not considered
 
     @property
     def passed(self) -> bool:
@@ -123,9 +127,31 @@ def time_format(job: BenchJob, label: str) -> Timed:
             break
         timed.rows.append(BenchRow(
             runtime=label, batch=batch, calls=len(times), p50_ms=float(np.percentile(times, 50) * 1e3),
-            p99_ms=float(np.percentile(times, 99) * 1e3), images_per_s=float(batch / times.mean()),
+            p99_ms=float(np.percentile(times, 99) * 1e3), images_per_s=float(batch / times.mean()), format=job.format,
         ))
     return timed
+
+
+def unqualified(bundle_json: dict[str, Any]) -> dict[str, str]:
+    """The int8 formats of a bundle that are not shown to keep their accuracy limit: no record of the int8
+    ladder choosing them and certifying them on the test split (a bundle exported before the ladder)."""
+    found = {}
+    for fmt, variant in bundle_json.get("variants", {}).items():
+        report = bundle_json.get("quantization", {}).get(fmt)
+        if variant.get("precision") == "int8" and not (isinstance(report, dict) and report.get("chosen")
+                                                        and isinstance(report.get("test"), dict)
+                                                        and report["test"].get("passed") is True):
+            found[fmt] = "int8 without a record that it kept its accuracy limit on the test split (export it again)"
+    return found
+
+
+def recommend(rows: list[BenchRow], excluded: dict[str, str]) -> dict[str, str]:
+    """By batch size, the runtime with the most images/s among the formats not ``excluded``."""
+    best: dict[int, BenchRow] = {}
+    for row in rows:
+        if row.format not in excluded and (row.batch not in best or row.images_per_s > best[row.batch].images_per_s):
+            best[row.batch] = row
+    return {str(b): best[b].runtime for b in sorted(best)}
 
 
 def _unproven(ws: Workspace, bundle: Any, formats: list[str], trust_code: bool, workers: Workers) -> dict[str, str]:
@@ -189,4 +215,6 @@ def bench(
                 if timed.failure:
                     result.failed[label] = timed.failure
     result.rows.sort(key=lambda row: row.batch)
+    result.not_recommended = unqualified(bundle_json)
+    result.recommended = recommend(result.rows, result.not_recommended)
     return result
