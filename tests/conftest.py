@@ -14,6 +14,7 @@ import sys
 import time
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -164,23 +165,28 @@ def tree_state(root: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != ".lock"}
 
 
-@pytest.fixture(scope="session")
-def pipeline_root(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
-    """A root that holds mnist-sample@v1, lenet5@v1 and its export bundle lenet5@v1, made by a plain
-    ``cnnpipe run`` (its ``--json`` answer is ``pipeline_run``): built once per test session, by the
-    first xdist worker that needs it (the others wait and share it)."""
+def _shared(tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str, build: Callable[[Path], Path]) -> Path:
+    """A root made by ``build`` once per test session: by the first xdist worker that needs it (the others
+    wait and share it)."""
     from filelock import FileLock
 
     if worker_id == "master":  # not under xdist
-        return _build_pipeline(tmp_path_factory.mktemp("pipeline"))
-    shared = tmp_path_factory.getbasetemp().parent / "pipeline"
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent / name
     with FileLock(f"{shared}.lock"):
         if not Path(f"{shared}.built").is_file():
             shutil.rmtree(shared, ignore_errors=True)
             shared.mkdir()
-            _build_pipeline(shared)
+            build(shared)
             Path(f"{shared}.built").touch()
     return shared
+
+
+@pytest.fixture(scope="session")
+def pipeline_root(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A root that holds mnist-sample@v1, lenet5@v1 and its export bundle lenet5@v1, made by a plain
+    ``cnnpipe run`` (its ``--json`` answer is ``pipeline_run``), built once per test session."""
+    return _shared(tmp_path_factory, worker_id, "pipeline", _build_pipeline)
 
 
 def _build_pipeline(root: Path) -> Path:
@@ -188,6 +194,27 @@ def _build_pipeline(root: Path) -> Path:
     assert proc.returncode == 0, proc.stderr
     Path(f"{root}.run.json").write_text(proc.stdout)  # beside the root: not in a test's copy of it
     return root
+
+
+@pytest.fixture(scope="session")
+def aoti_root(pipeline_root: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """``pipeline_root`` and an unsigned bundle lenet5@v2 of pt2 and its AOTInductor package (compiling it
+    takes most of a minute: once per session)."""
+    def build(root: Path) -> Path:
+        shutil.copytree(pipeline_root, root, symlinks=True, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".*.tmp"))
+        proc = cnnpipe(root, "export", "lenet5", "--format", "pt2", "--aoti", "--json")
+        assert proc.returncode == 0, proc.stderr
+        return root
+
+    return _shared(tmp_path_factory, worker_id, "aoti", build)
+
+
+@pytest.fixture
+def aoti_copy(aoti_root: Path, tmp_path: Path) -> Path:
+    """A private copy of ``aoti_root`` that a test may damage."""
+    copy = tmp_path / "root"
+    shutil.copytree(aoti_root, copy, symlinks=True, ignore=shutil.ignore_patterns(".*.tmp"))
+    return copy
 
 
 @pytest.fixture

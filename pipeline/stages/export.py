@@ -81,8 +81,8 @@ def metadata(desc: ModelDescription, model_ref: str, weights_sha256: str) -> dic
 
 
 @dataclass
-class _Splits:
-    """The model's own dataset, read lazily: calibration images and normalized batches of a split (int8)."""
+class DatasetSplits:
+    """The model's own dataset, read lazily: calibration images and normalized batches of a split (int8's ladder)."""
 
     ws: Workspace
     desc: ModelDescription
@@ -128,7 +128,7 @@ def export_context(
     """What every format is written from: the eval-mode network, its metadata and a fixed example
     input, the same for an export and for verify's re-export of it (which passes the bundle's ``recipes``)."""
     weights_sha256 = next(f["sha256"] for f in version.manifest["files"] if f["path"] == WEIGHTS)
-    splits = _Splits(ws, desc)
+    splits = DatasetSplits(ws, desc)
     return ExportContext(
         model=model, meta=metadata(desc, version.ref, weights_sha256), opset=opset,
         example=torch.randn(2, *desc.input.shape, generator=torch.Generator().manual_seed(0)),
