@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from cnnpipe.errors import CnnpipeError
 from cnnpipe.formats import FORMATS
-from cnnpipe.formats.int8 import climb
+from cnnpipe.formats.int8 import climb, parse_recipe
 from cnnpipe.formats.onnx import ORT_INT8
 from cnnpipe.nets.modelfile import load_model
 from cnnpipe.stages.bench import BenchRow, recommend, unqualified
@@ -79,6 +80,16 @@ def test_bench_recommends_an_int8_file_only_with_a_record_that_it_kept_its_limit
     assert unqualified(bundle) == {} and recommend(rows, {}) == {"1": "onnxruntime int8 (cpu)"}
     bundle["quantization"]["onnx-int8"]["test"]["passed"] = False
     assert set(unqualified(bundle)) == {"onnx-int8"}
+
+
+@pytest.mark.parametrize("text", ['{"rung": "evil", "images": 256, "float_nodes": []}',
+                                  '{"rung": "minmax", "images": 1e12, "float_nodes": []}',
+                                  '{"rung": "minmax", "images": 256, "float_nodes": [1]}', "not json", "[]"])
+def test_a_recipe_cnnpipe_does_not_make_is_refused_before_quantizing(text: str):
+    """verify's re-export reads the recipe from model.json, which anyone who can write the store can change."""
+    with pytest.raises(CnnpipeError, match="not one cnnpipe makes"):
+        parse_recipe(ORT_INT8, text)
+    assert parse_recipe(ORT_INT8, '{"rung": "entropy", "images": 64, "float_nodes": ["n"]}')[1:] == (64, ["n"])
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "100.5"])

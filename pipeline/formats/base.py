@@ -61,7 +61,7 @@ class ExportContext:
     calibration_count: int = 256
     int8_limit: float = 1.0  # points of accuracy int8 may lose (formats.int8)
     gate_on: str = "bound"  # how that limit is judged (evaluation.bounds)
-    recipes: dict[str, str] = field(default_factory=dict)  # a variant's recorded recipe: made again, not searched for
+    recipes: dict[str, str] | None = None  # verify's re-export: each variant's recorded recipe, made again, not searched for
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)  # what a writer's search found, for model.json
     opset_used: int | None = None
     program: Any = None  # the torch.export program, made once by ``exported()``

@@ -120,7 +120,9 @@ def parse_recipe(backend: Backend, text: str) -> tuple[Rung, int, list[str]]:
 def write_int8(name: str, backend: Backend, ctx: ExportContext, source: Path, path: Path) -> tuple[Rung, int, list[str]]:
     """Write variant ``name`` at ``path`` from the fp32 file ``source``: the recipe ``ctx`` records for it
     (verify's re-export), else the ladder's choice (its report goes into ``ctx.reports``)."""
-    if name in ctx.recipes:
+    if ctx.recipes is not None:  # verify's re-export: only what the bundle records
+        if name not in ctx.recipes:
+            raise CnnpipeError(f"model.json records no int8 recipe for {name}: export it again")
         rung, count, keep = parse_recipe(backend, ctx.recipes[name])
         backend.quantize(rung, source, path, ctx.calibration(count), keep)
         return rung, count, keep

@@ -133,7 +133,7 @@ def export_context(
         model=model, meta=metadata(desc, version.ref, weights_sha256), opset=opset,
         example=torch.randn(2, *desc.input.shape, generator=torch.Generator().manual_seed(0)),
         calibration=splits.calibration, dataset=desc.dataset_ref, split_batches=splits.batches, split_size=splits.size,
-        calibration_count=calibration, recipes=dict(recipes or {}),
+        calibration_count=calibration, recipes=recipes,
     )
 
 
