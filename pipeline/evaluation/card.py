@@ -241,6 +241,12 @@ def _training(desc: ModelDescription, train: dict[str, Any]) -> list[str]:
     ] + [f"**Warning:** {md_text(w)}." for w in train.get("warnings", [])] + ([""] if train.get("warnings") else [])
 
 
+def _interval(bounds: Any) -> str:
+    if isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds):
+        return f"{_fmt(bounds[0])} – {_fmt(bounds[1])}"
+    return "n/a"
+
+
 def _evaluation(metrics: dict[str, Any], split: str, plots: list[str]) -> list[str]:
     lines = [
         f"## Evaluation ({split} split, {metrics['images']:,} images)",
@@ -248,6 +254,7 @@ def _evaluation(metrics: dict[str, Any], split: str, plots: list[str]) -> list[s
         "| metric | value |",
         "| --- | ---: |",
         f"| accuracy | {_fmt(metrics['accuracy'])} |",
+        f"| accuracy, 95% interval (Wilson) | {_interval(metrics.get('accuracy_interval'))} |",
         f"| top-5 accuracy | {_fmt(metrics['top5_accuracy'])} |",
         f"| macro precision / recall / F1 | {_fmt(metrics['macro']['precision'])} / "
         f"{_fmt(metrics['macro']['recall'])} / {_fmt(metrics['macro']['f1'])} |",
@@ -257,11 +264,12 @@ def _evaluation(metrics: dict[str, Any], split: str, plots: list[str]) -> list[s
         "",
         "Per class, worst accuracy first:",
         "",
-        "| class | support | accuracy | precision | recall | F1 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| class | support | accuracy | 95% interval | precision | recall | F1 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [
-        f"| {md_text(c['class'])} | {c['support']} | {_fmt(c['accuracy'])} | {_fmt(c['precision'])} | "
+        f"| {md_text(c['class'])} | {c['support']} | {_fmt(c['accuracy'])} | {_interval(c.get('accuracy_interval'))} | "
+        f"{_fmt(c['precision'])} | "
         f"{_fmt(c['recall'])} | {_fmt(c['f1'])} |"
         for c in sorted(metrics["per_class"], key=lambda c: (c["accuracy"] is None, c["accuracy"] or 0.0))
     ]
