@@ -193,9 +193,14 @@ def climb(backend: Backend, ctx: ExportContext, source: Path, target: Path) -> d
                 return _certify(ladder, rung, path, target, images, keep, tried, fp32["test"])
     best = min((t for t in tried if "drop" in t), key=lambda t: t["drop"]["high"])
     report = {"limit_points": ctx.int8_limit, "gate_on": ctx.gate_on, "tried": tried, "chosen": None}
+    drop = best["drop"]
+    small = "" if drop["verdict"] != "undecided" else (
+        f"; {drop['n']:,} validation images cannot show it within the limit" +
+        (f" (about {drop['images_needed']:,} would, at the same rates)" if drop["images_needed"] else "") +
+        ", or --gate-on point judges the estimate alone")
     raise Int8Refused(f"int8: no quantization recipe keeps the accuracy within {ctx.int8_limit:g} points on the "
-                      f"validation split (best: {best['rung']}, a drop of {best['drop']['point']:.2f} points, 95% bound "
-                      f"{best['drop']['high']:.2f}); no int8 file was written", report)
+                      f"validation split (best: {best['rung']}, a drop of {drop['point']:.2f} points, 95% bound "
+                      f"{drop['high']:.2f}{small}); no int8 file was written", report)
 
 
 def _certify(ladder: Ladder, rung: Rung, path: Path, target: Path, images: np.ndarray, keep: list[str],
