@@ -47,7 +47,7 @@ def test_the_ladder_passes_by_recipes_an_outlier_channel_breaks(pipeline_root: P
     chosen = tried[report["chosen"]]
     assert report["chosen"] != "minmax" and chosen["drop"]["passed"] and chosen["drop"]["high"] <= 1.0
     assert chosen["accuracy"] > tried["minmax"]["accuracy"] + 0.1
-    assert report["test"]["passed"] and report["test"]["high"] <= 1.0 and report["test"]["n"] == 2000
+    assert report["certified"] and report["test"]["passed"] and report["test"]["high"] <= 1.0 and report["test"]["n"] == 2000
     # the recipe recorded makes the same bytes again (verify's re-export), without searching
     ORT_INT8.quantize(ORT_INT8.rung(report["chosen"]), tmp_path / "model.onnx", tmp_path / "again.onnx",
                       ctx.calibration(report["calibration_images"]), report["float_nodes"])
@@ -64,7 +64,7 @@ def test_a_limit_no_recipe_keeps_writes_no_int8_file_and_exits_1(root_copy: Path
     assert result["formats"] == ["onnx"] and not (bundle / "model.int8.onnx").exists()
     assert (bundle / "model.onnx").is_file() and {p for p in before} <= set(tree_state(root_copy / "exports"))
     report = json.loads((bundle / "model.json").read_text())["quantization"]["onnx-int8"]
-    assert report["chosen"] is None and [t["rung"] for t in report["tried"]][0] == "minmax"
+    assert report["chosen"] is None and not report["certified"] and [t["rung"] for t in report["tried"]][0] == "minmax"
     assert "nncf-accuracy-control" in {t["rung"] for t in report["tried"]}
     assert "## Quantization" in (bundle / "README.md").read_text()
     assert cnnpipe_json(root_copy, "verify", result["ref"], "--samples", "64")["passed"]  # the rest of the bundle stands
@@ -76,9 +76,9 @@ def test_bench_recommends_an_int8_file_only_with_a_record_that_it_kept_its_limit
     bundle = {"variants": {"onnx-int8": {"precision": "int8"}}}
     excluded = unqualified(bundle)
     assert set(excluded) == {"onnx-int8"} and recommend(rows, excluded) == {"1": "onnxruntime (cpu)"}
-    bundle["quantization"] = {"onnx-int8": {"chosen": "entropy", "test": {"passed": True}}}
+    bundle["quantization"] = {"onnx-int8": {"chosen": "entropy", "certified": True, "test": {"passed": True}}}
     assert unqualified(bundle) == {} and recommend(rows, {}) == {"1": "onnxruntime int8 (cpu)"}
-    bundle["quantization"]["onnx-int8"]["test"]["passed"] = False
+    bundle["quantization"]["onnx-int8"]["certified"] = False
     assert set(unqualified(bundle)) == {"onnx-int8"}
 
 

@@ -235,7 +235,7 @@ def render_export(console: Console, r: Any) -> None:
     for fmt, extra in r.not_installed.items():
         console.print(f"  left out {fmt}: its runtime is not installed (pip install \"cnnpipe\\[{extra}]\")")
     for fmt, report in r.quantization.items():
-        if report.get("chosen"):
+        if report.get("certified"):
             test = report["test"]
             console.print(f"  {fmt}: recipe {report['chosen']} ({report['calibration_images']} calibration images, "
                           f"{len(report['float_nodes'])} layer(s) kept in float): test accuracy {test['accuracy']:.4f}, "

@@ -164,13 +164,17 @@ def _quantization(reports: dict[str, Any]) -> list[str]:
     for fmt, r in reports.items():
         tried = ", ".join(f"{t['rung']} ({t['drop']['point']:+.2f}, bound {t['drop']['high']:.2f})"
                           for t in r.get("tried", []) if "drop" in t)
-        if r.get("chosen"):
+        if r.get("chosen") and r.get("certified"):
             t, kept = r["test"], ", ".join(f"`{md_text(n)}`" for n in r["float_nodes"]) or "none"
             rows.append(f"- {fmt}: recipe **{md_text(r['chosen'])}**, calibrated on {r['calibration_images']} training "
                         f"images (sha256 `{r['calibration_sha256'][:16]}…`); layers kept in float: {kept}. On the test "
                         f"split: accuracy {t['accuracy']:.4f} against fp32's {t['fp32_accuracy']:.4f}, a drop of "
                         f"{t['point']:.2f} points (95% interval {t['low']:.2f} to {t['high']:.2f}; limit "
                         f"{r['limit_points']:g}, judged on its {r['gate_on']}).")
+        elif r.get("chosen"):
+            rows.append(f"- {fmt}: not shipped: recipe {md_text(r['chosen'])} kept the accuracy within "
+                        f"{r['limit_points']:g} points on the validation split but not on the test split (drop "
+                        f"{r['test']['point']:.2f} points, 95% bound {r['test']['high']:.2f}).")
         else:
             rows.append(f"- {fmt}: not shipped: no recipe kept the accuracy within {r['limit_points']:g} points.")
         rows.append(f"  Recipes tried on the validation split (drop in points, 95% bound): {tried}.")

@@ -192,7 +192,7 @@ def climb(backend: Backend, ctx: ExportContext, source: Path, target: Path) -> d
             if judged.passed:
                 return _certify(ladder, rung, path, target, images, keep, tried, fp32["test"])
     best = min((t for t in tried if "drop" in t), key=lambda t: t["drop"]["high"])
-    report = {"limit_points": ctx.int8_limit, "gate_on": ctx.gate_on, "tried": tried, "chosen": None}
+    report = {"limit_points": ctx.int8_limit, "gate_on": ctx.gate_on, "tried": tried, "chosen": None, "certified": False}
     drop = best["drop"]
     small = "" if drop["verdict"] != "undecided" else (
         f"; {drop['n']:,} validation images cannot show it within the limit" +
@@ -210,6 +210,7 @@ def _certify(ladder: Ladder, rung: Rung, path: Path, target: Path, images: np.nd
     judged, accuracy = ladder.judge(path, "test", fp32_test)
     ctx = ladder.ctx
     report = {"limit_points": ctx.int8_limit, "gate_on": ctx.gate_on, "tried": tried, "chosen": rung.name,
+              "certified": judged.passed,  # False: it kept the limit on validation only, and was not written
               "calibration_images": len(images), "calibration_sha256": hashlib.sha256(images.tobytes()).hexdigest(),
               "float_nodes": keep, "test": judged.as_dict() | {"accuracy": accuracy,
                                                                "fp32_accuracy": float(fp32_test.mean())}}

@@ -138,7 +138,7 @@ def unqualified(bundle_json: dict[str, Any]) -> dict[str, str]:
     found = {}
     for fmt, variant in bundle_json.get("variants", {}).items():
         report = bundle_json.get("quantization", {}).get(fmt)
-        if variant.get("precision") == "int8" and not (isinstance(report, dict) and report.get("chosen")
+        if variant.get("precision") == "int8" and not (isinstance(report, dict) and report.get("certified") is True
                                                         and isinstance(report.get("test"), dict)
                                                         and report["test"].get("passed") is True):
             found[fmt] = "int8 without a record that it kept its accuracy limit on the test split (export it again)"
