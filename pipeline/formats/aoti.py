@@ -88,5 +88,16 @@ register(
         "pt2-aoti", "model.aoti.pt2", "AOTInductor", "aoti", write_aoti, load_aoti,
         {"cpu": Tolerance(1e-4, 1e-4, 1.0, None)}, parent="pt2", flag="aoti", native=True, packages=("torch",),
         flag_help="model.aoti.pt2 (the pt2 program compiled by AOTInductor; needs a C++ compiler)",
+        snippet="""AOTInductor package (`model.aoti.pt2`: native code for this bundle's platform and CPU, see `model.json`):
+
+```python
+import torch
+package = torch._inductor.aoti_load_package("model.aoti.pt2")  # runs native code: load only a bundle you trust
+logits = package(torch.from_numpy(x)).numpy()
+```
+
+Worth shipping for a consumer with PyTorch or C++ but no ONNX runtime, or on CUDA. On a CPU it
+runs at about eager PyTorch's speed (its convolutions are the same oneDNN kernels): prefer
+`model.onnx` or the OpenVINO IR there.""",
     ),
 )
