@@ -1,7 +1,7 @@
 """Every export format in one table: how it is written, loaded, judged, timed and described.
 
 Each runtime has its module here (``onnx``, ``pytorch``, ``openvino``, ``executorch``, ``ort``,
-``aoti``), which registers one ``Format`` record (``base``) per format or variant. ``export``,
+``litert``, ``ncnn``, ``mnn``, ``aoti``), which registers one ``Format`` record (``base``) per format or variant. ``export``,
 ``verify``, ``bench``, ``predict``, the model card, ``model.json`` and the CLI's choices and
 variant flags all read ``FORMATS``: adding a format is one module plus its place in ``RUNTIMES``.
 
@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..description import ModelDescription
-from . import aoti, executorch, onnx, openvino, ort, pytorch
+from . import aoti, executorch, litert, mnn, ncnn, onnx, openvino, ort, pytorch
 from .base import REGISTRY, Format
 
 # The runtimes in export order: ONNX first (its opset goes into every later format's metadata).
-RUNTIMES = (onnx, pytorch, openvino, executorch, ort, aoti)
+RUNTIMES = (onnx, pytorch, openvino, executorch, ort, litert, ncnn, mnn, aoti)
 _RANK = {module.__name__: i for i, module in enumerate(RUNTIMES)}
 
 FORMATS: dict[str, Format] = {f.name: f for f in sorted(

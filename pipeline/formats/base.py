@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -247,16 +248,22 @@ def quiet() -> Iterator[None]:
 
 
 @contextmanager
-def native_quiet() -> Iterator[None]:
-    """Silence what a native runtime prints on the process's stderr (ExecuTorch logs CPU probing)."""
-    saved = os.dup(2)
+def native_quiet(stdout: bool = False) -> Iterator[None]:
+    """Silence what a native runtime prints on the process's stderr (ExecuTorch logs CPU probing), and with
+    ``stdout`` on its stdout too (MNN prints there, where ``--json`` output goes: Python's is flushed first)."""
+    fds = (1, 2) if stdout else (2,)
+    if stdout:
+        sys.stdout.flush()
+    saved = [os.dup(fd) for fd in fds]
     try:
         with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
+            for fd in fds:
+                os.dup2(null.fileno(), fd)
             yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy in zip(fds, saved):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def batch_axis() -> tuple[dict[int, Any]]:
