@@ -3,7 +3,7 @@
 For each architecture (``torchvision.models.list_models(module=torchvision.models)``): build
 it at the smallest input side it takes (the first of SIZES that ``cnnpipe models --model``
 accepts), train one short epoch (two steps of 8 RGB images) on a tiny real image folder,
-export each of FORMATS as its own bundle, and verify each bundle in its own runtime on the
+export each of FORMATS as its own bundle (a format converted from ONNX with model.onnx beside it), and verify each bundle in its own runtime on the
 folder's test images. Every architecture runs in its own process with a time limit; one
 over ``--max-params`` is listed as not run. Prints a Markdown table: per architecture and
 format, pass or the one-line reason it failed.
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-FORMATS = ("onnx", "pt2", "safetensors", "torchscript")
+FORMATS = ("onnx", "pt2", "safetensors", "torchscript", "litert", "ncnn", "mnn")
 SIZES = (32, 56, 64, 96, 128, 224, 256)  # 56: a multiple of 14 and 8, for ViT-H/14
 CLASSES, TRAIN, HELD_OUT = 2, 8, 2  # per class: 16 training images make two steps of 8
 
@@ -56,6 +56,7 @@ def tiny_folder(path: Path) -> Path:
 def run_one(name: str, root: Path, folder: Path, max_params: float) -> dict[str, Any]:
     """Build, train, export and verify ``torchvision:NAME`` in this process; the row of the table."""
     from cnnpipe.errors import CnnpipeError, first_line
+    from cnnpipe.formats import FORMATS as FORMAT_TABLE
     from cnnpipe.nets.registry import param_count
     from cnnpipe.nets.sources import build_arch
     from cnnpipe.options import DownloadOptions, ExportOptions, TrainConfig, VerifyOptions
@@ -93,7 +94,8 @@ def run_one(name: str, root: Path, folder: Path, max_params: float) -> dict[str,
     for fmt in FORMATS:
         start = time.perf_counter()
         try:
-            bundle = export(model.ref, ExportOptions(formats=(fmt,)), root)
+            needs = FORMAT_TABLE[fmt].needs
+            bundle = export(model.ref, ExportOptions(formats=(needs, fmt) if needs else (fmt,)), root)
             verdict = verify(bundle.ref, VerifyOptions(batch_sizes="1,2", samples=CLASSES * HELD_OUT), root)
             reports = [r for r in verdict.formats if r.format == fmt]
             failed = [reason for r in reports for reason in r.reasons if not r.passed]

@@ -23,7 +23,7 @@ PLACEHOLDERS = {
     "download": ["nosuch"], "import": ["nosuch.pt"], "evaluate": ["nosuch"], "export": ["nosuch"],
     "verify": ["nosuch"], "bench": ["nosuch"], "show": ["nosuch"], "predict": ["nosuch.png", "--bundle", "nosuch"],
     "run": ["--dataset", "nosuch"], "train": [], "models": ["--model", "nosuch"], "ls": [],
-    "sign": ["nosuch", "--key", "nosuch.key"], "keygen": [], "gc": [],
+    "sign": ["nosuch", "--key", "nosuch.key"], "keygen": [], "gc": [], "kit": ["nosuch", "--out", "kitdir"],
     "publish": ["nosuch", "--mlflow", "http://127.0.0.1:9"],
 }
 # options for which every value of the table is a valid one: a folder's name

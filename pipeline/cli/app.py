@@ -33,7 +33,7 @@ def _main(
 COMMANDS = {
     "download": release.download, "train": release.train, "import": release.import_model,
     "evaluate": release.evaluate, "export": release.export, "verify": release.verify, "run": release.run,
-    "predict": bundles.predict, "bench": bundles.bench, "keygen": bundles.keygen, "publish": bundles.publish,
+    "predict": bundles.predict, "bench": bundles.bench, "kit": bundles.kit, "keygen": bundles.keygen, "publish": bundles.publish,
     "sign": bundles.sign, "models": stores.models, "gc": stores.collect_garbage, "ls": stores.list_stores,
     "show": stores.show,
 }

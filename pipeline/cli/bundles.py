@@ -1,4 +1,4 @@
-"""Commands that use a bundle: predict, bench, keygen, publish, sign."""
+"""Commands that use a bundle: predict, bench, kit, keygen, publish, sign."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ..options.commands import BenchOptions, PredictOptions, PublishOptions
+from ..options.commands import BenchOptions, KitOptions, PredictOptions, PublishOptions
 from ..options.release import SignatureOptions
 from .plumbing import (
     BundleRef,
@@ -60,6 +60,22 @@ def bench(
     emit(as_json, result, lambda r: render_bench(out, r))
     if not result.passed:
         gate_failed("bench", f"{len(result.failed)} runtime(s) failed: {', '.join(result.failed)}")
+
+
+@options_command
+def kit(
+    ctx: typer.Context, ref: BundleRef, options: KitOptions, signature: SignatureOptions, trust_code: TrustOpt = False,
+    as_json: JsonOpt = False, progress: ProgressOpt = None,
+) -> None:
+    """Write a verification kit: the bundle's torch-free model files, real test images and the input tensors cnnpipe
+    makes from them, PyTorch's logits, tolerances and check.py, which re-verifies the files on the device."""
+    from ..stages.kit import kit as make_kit
+
+    with steps(as_json, progress):
+        result = call(lambda: make_kit(ref, options, root_of(ctx), trust=signature.trust(), trust_code=trust_code))
+    emit(as_json, result, lambda r: out.print(
+        f"kit of {escape(r.bundle)} at {escape(r.path)}: {', '.join(r.formats)}, {r.images} test images"
+        f"{', signed' if r.signed else ''}; on the device: python check.py", highlight=False))
 
 
 def keygen(

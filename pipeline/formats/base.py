@@ -159,6 +159,7 @@ class Format:
     same: Callable[[Path, Path], bool] | None = None  # a writer whose bytes vary: whether two files hold the same content
     runs_code: bool = False  # loading it can run code from the file: loaded only when signed or identical to a re-export
     packages: tuple[str, ...] = ()  # distributions whose versions an export bundle records (provenance)
+    kit: str = ""  # the runner of a verification kit's torch-free check.py that runs it (verification/kitcheck.py)
     flag_help: str = ""  # a variant: what its flag adds, in the export command's help
     snippet: str = ""  # the model card's "how to load"; {arch}, {channels}, {height}, {classes} are filled in
 

@@ -62,7 +62,7 @@ register(
     Format(
         "litert", "model.tflite", "litert", "litert (xnnpack)", write_litert, load_litert,
         {"cpu": Tolerance(1e-4, 1e-4, 1.0, None)}, needs="onnx", extra=("ai_edge_litert", "litert"),
-        packages=("ai-edge-litert",), reexported=True,
+        packages=("ai-edge-litert",), reexported=True, kit="litert",
         snippet="""LiteRT / TFLite (`model.tflite`; NCHW input like ONNX, dynamic batch; no torch needed):
 
 ```python

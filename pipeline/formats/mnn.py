@@ -85,7 +85,7 @@ register(
         # MNN's CPU backend at "high" precision is float32 with its own convolution algorithms (Winograd, Strassen):
         # lenet5's logits 2.2e-4 from PyTorch's, past the 1e-4 the other float32 runtimes keep
         {"cpu": Tolerance(1e-3, 1e-3, 1.0, None)},
-        needs="onnx", extra=("MNN", "mnn"), packages=("mnn",),
+        needs="onnx", extra=("MNN", "mnn"), packages=("mnn",), kit="mnn",
         snippet="""MNN (`model.mnn`, converted from `model.onnx`; dynamic batch; no torch needed):
 
 ```python

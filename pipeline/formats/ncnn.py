@@ -92,7 +92,7 @@ register(
     Format(
         "ncnn", "model.ncnn.param", "ncnn", "ncnn", write_ncnn, load_ncnn, {"cpu": Tolerance(1e-4, 1e-4, 1.0, None)},
         needs="onnx", companions=("model.ncnn.bin",), extra=("ncnn", "ncnn"), writer_extra=("pnnx", "ncnn"),
-        packages=("ncnn", "pnnx"), reexported=True,
+        packages=("ncnn", "pnnx"), reexported=True, kit="ncnn",
         snippet="""NCNN (`model.ncnn.param` + `model.ncnn.bin`, converted by pnnx; one image per extraction):
 
 ```python

@@ -312,7 +312,7 @@ register(
         "onnx", "model.onnx", "onnxruntime", "onnxruntime", write_onnx, load_onnx,
         # the cuda sessions run in float32 (use_tf32=0, see PROVIDER_OPTIONS)
         {"cpu": Tolerance(1e-4, 1e-4, 1.0, None), "cuda": Tolerance(1e-3, 1e-3, 1.0, None)},
-        devices=("cpu", "cuda"), onnx_graph=True, reexported=True, packages=ONNX_PACKAGES,
+        devices=("cpu", "cuda"), onnx_graph=True, reexported=True, packages=ONNX_PACKAGES, kit="onnxruntime",
         snippet="""ONNX (onnxruntime only, no torch needed):
 
 ```python
@@ -329,12 +329,12 @@ runs float32 convolutions in TF32, which verify does not cover.""",
     Format(
         "onnx-fp16", "model.fp16.onnx", "onnxruntime", "onnxruntime fp16", write_onnx_fp16, load_onnx,
         {"cpu": FP16}, devices=("cpu", "cuda"), parent="onnx", flag="fp16", onnx_graph=True, reexported=True,
-        packages=ONNX_PACKAGES, flag_help="model.fp16.onnx (fp16 weights, float32 inputs and outputs)",
+        packages=ONNX_PACKAGES, kit="onnxruntime", flag_help="model.fp16.onnx (fp16 weights, float32 inputs and outputs)",
     ),
     Format(
         "onnx-int8", "model.int8.onnx", "onnxruntime", "onnxruntime int8", write_onnx_int8, load_onnx,
         {"cpu": Tolerance(None, 0.0, 0.95, 2.0)}, devices=("cpu", "cuda"), parent="onnx", flag="int8", onnx_graph=True,
-        reexported=True, packages=(*ONNX_PACKAGES, "nncf"), writer_extra=("nncf", "int8"),
+        reexported=True, packages=(*ONNX_PACKAGES, "nncf"), writer_extra=("nncf", "int8"), kit="onnxruntime",
         flag_help="model.int8.onnx (static quantization: the first recipe of the int8 ladder within --max-int8-drop)",
     ),
 )

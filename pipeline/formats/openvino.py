@@ -165,6 +165,7 @@ register(
     Format(
         "openvino", "model.openvino.xml", "openvino", "openvino", write_openvino, load_openvino, {"cpu": FP32},
         companions=("model.openvino.bin",), extra=("openvino", "openvino"), packages=("openvino",), reexported=True,
+        kit="openvino",
         snippet="""OpenVINO IR (`model.openvino.xml` with its weights `model.openvino.bin`):
 
 ```python
@@ -178,19 +179,19 @@ The f32 hint keeps the CPU plugin in float32; on CPUs with bf16 it would otherwi
     Format(
         "openvino-fp16", "model.openvino.fp16.xml", "openvino", "openvino fp16", write_openvino_fp16, load_openvino,
         {"cpu": FP16}, parent="openvino", flag="fp16", companions=("model.openvino.fp16.bin",), reexported=True,
-        extra=("openvino", "openvino"), packages=("openvino",),
+        extra=("openvino", "openvino"), packages=("openvino",), kit="openvino",
         flag_help="model.openvino.fp16.xml (OpenVINO IR with fp16 weights)",
     ),
     Format(
         "openvino-int8", "model.openvino.int8.xml", "openvino", "openvino int8", write_openvino_int8, load_openvino,
         {"cpu": Tolerance(None, 0.0, 0.95, 2.0)}, parent="openvino", flag="int8", companions=("model.openvino.int8.bin",),
-        reexported=True, same=same_ir, extra=("openvino", "openvino"), writer_extra=("nncf", "int8"),
+        reexported=True, same=same_ir, extra=("openvino", "openvino"), writer_extra=("nncf", "int8"), kit="openvino",
         packages=("openvino", "nncf"), flag_help="model.openvino.int8.xml (NNCF int8, by the same ladder and limit)",
     ),
     Format(
         "openvino-bf16", "model.openvino.bf16.xml", "openvino", "openvino bf16", write_openvino_bf16, load_openvino,
         {"cpu": BF16}, parent="openvino", flag="bf16", companions=("model.openvino.bf16.bin",), reexported=True,
-        extra=("openvino", "openvino"), packages=("openvino",),
+        extra=("openvino", "openvino"), packages=("openvino",), kit="openvino",
         flag_help="model.openvino.bf16.xml (the float32 IR, run by the CPU plugin in bfloat16; verify needs a CPU "
                   "with AVX512-BF16 or AMX)",
     ),

@@ -74,7 +74,7 @@ def _content(table: Any, budget: list[int]) -> Any:
 register(
     Format(
         "ort", "model.ort", "onnxruntime (ORT format)", "onnxruntime .ort", write_ort, load_ort,
-        {"cpu": Tolerance(1e-4, 1e-4, 1.0, None)}, needs="onnx", packages=("onnxruntime",), reexported=True,
+        {"cpu": Tolerance(1e-4, 1e-4, 1.0, None)}, needs="onnx", packages=("onnxruntime",), reexported=True, kit="onnxruntime",
         same=same_ort,
         snippet="""ORT format (ONNX Runtime Mobile; the same session API as ONNX):
 

@@ -212,14 +212,21 @@ def _padded(t: Translation, node: Any, pads: list[int], fill: float) -> int:
     return padded
 
 
-def _window(node: Any, a: dict[str, Any]) -> tuple[list[int], list[int], list[int]]:
-    """A convolution's or pool's kernel, strides and pads (top, left, bottom, right), refusing what TFLite lacks."""
+def _window(t: Translation, node: Any, a: dict[str, Any]) -> tuple[list[int], list[int], list[int]]:
+    """A convolution's or pool's kernel, strides and pads (top, left, bottom, right), refusing what TFLite lacks
+    (``ceil_mode`` is taken where rounding up gives the same output size, as for 2x2 pools on even sides)."""
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise ExportFailed(f"litert export failed: {node.op_type} {node.name} uses auto_pad, which the translation does not take")
-    if a.get("ceil_mode", 0):
-        raise ExportFailed(f"litert export failed: {node.op_type} {node.name} uses ceil_mode, which TFLite's pools lack")
+    kernel, strides = list(a["kernel_shape"]), list(a.get("strides", [1, 1]))
     pads = list(a.get("pads", [0, 0, 0, 0]))
-    return list(a["kernel_shape"]), list(a.get("strides", [1, 1])), [pads[0], pads[1], pads[2], pads[3]]
+    pads = [pads[0], pads[1], pads[2], pads[3]]
+    if a.get("ceil_mode", 0):
+        _, h, w, _ = t.shape[node.input[0]]
+        spans = [(h + pads[0] + pads[2] - kernel[0], strides[0]), (w + pads[1] + pads[3] - kernel[1], strides[1])]
+        if any(span % stride for span, stride in spans):
+            raise ExportFailed(f"litert export failed: {node.op_type} {node.name} rounds its output size up (ceil_mode), "
+                               "which TFLite's pools cannot")
+    return kernel, strides, pads
 
 
 def conv(t: Translation, node: Any, a: dict[str, Any]) -> None:
@@ -227,7 +234,7 @@ def conv(t: Translation, node: Any, a: dict[str, Any]) -> None:
     weight = t.consts.get(node.input[1])
     if weight is None or weight.ndim != 4:
         raise ExportFailed(f"litert export failed: Conv {node.name} is not a 2-D convolution with constant weights")
-    _, strides, pads = _window(node, a)
+    _, strides, pads = _window(t, node, a)
     dilation = list(a.get("dilations", [1, 1]))
     groups, channels = int(a.get("group", 1)), t.shape[node.input[0]][3]
     bias = t.consts[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(weight.shape[0], np.float32)
@@ -253,7 +260,7 @@ def pool(code: str, fill: float) -> Callable[[Translation, Any, dict[str, Any]],
     """MaxPool / AveragePool: explicit padding (max: -inf; average: zeros, only when the padding is counted)."""
 
     def rule(t: Translation, node: Any, a: dict[str, Any]) -> None:
-        kernel, strides, pads = _window(node, a)
+        kernel, strides, pads = _window(t, node, a)
         if any(d != 1 for d in a.get("dilations", [1, 1])):
             raise ExportFailed(f"litert export failed: {node.op_type} {node.name} is dilated, which TFLite's pools lack")
         if code == "AVERAGE_POOL_2D" and any(pads) and not a.get("count_include_pad", 0):

@@ -1,5 +1,5 @@
 """The options of the commands that read or fill the stores around the release stages:
-``download``, ``evaluate``, ``bench``, ``predict``, ``publish`` and ``gc``."""
+``download``, ``evaluate``, ``bench``, ``predict``, ``kit``, ``publish`` and ``gc``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from ..data.catalog import CATALOG
 from ..data.resize import FOLDER_SIZE, MAX_SIZE, MIN_SIZE, check_size
 from ..errors import CnnpipeError
+from ..formats import FORMATS
 from ..store.version import check_name
 from ..verification.signing import check_key
 from ..verification.timelimit import DEFAULT_TIMEOUT, TIMEOUT_HELP, check_timeout
@@ -140,6 +141,37 @@ class PredictOptions:
         check_batch_size(self.batch_size, "--batch-size")
         if self.provider not in DEVICES_HERE:
             raise CnnpipeError(f"unknown provider {self.provider!r}; use {', '.join(DEVICES_HERE)}")
+        check_timeout(self.timeout)
+
+
+KIT_FORMATS = tuple(name for name, f in FORMATS.items() if f.kit)  # the formats check.py runs without torch
+MAX_KIT_IMAGES = 10_000
+
+
+@dataclass(frozen=True)
+class KitOptions:
+    """What ``kit`` writes for a deployer to re-verify a bundle on their device."""
+
+    out: str = option("", "Folder to write the kit into; it must not exist.", "--out")
+    formats: tuple[str, ...] = option(
+        (), "Format to put in the kit (repeatable; default: every format of the bundle that check.py runs without "
+        "torch: " + ", ".join(KIT_FORMATS) + ").", "--format", "-f", choices=KIT_FORMATS, multiple=True)
+    images: int = option(32, f"Real test images in the kit, as image files and as input tensors (1 to {MAX_KIT_IMAGES:,}).")
+    sign_key: str | None = option(None, "Sign the kit with this private key (PEM): required when the bundle is signed, "
+                                  "and then it must be the bundle's key; check.py --public-key checks it.", "--sign-key")
+    timeout: float = option(DEFAULT_TIMEOUT, TIMEOUT_HELP)
+
+    def validate(self) -> None:
+        """Every usage error these options can hold, before any work."""
+        check_finite(self)
+        if not self.out:
+            raise CnnpipeError("--out DIR is required: the folder to write the kit into")
+        if not 1 <= self.images <= MAX_KIT_IMAGES:
+            raise CnnpipeError(f"--images must be from 1 to {MAX_KIT_IMAGES:,}, not {self.images}")
+        if Path(self.out).exists() or Path(self.out).is_symlink():
+            raise CnnpipeError(f"--out {self.out}: already exists; a kit is never written over anything (choose another --out)")
+        if self.sign_key is not None:
+            check_key(Path(self.sign_key), "--sign-key")
         check_timeout(self.timeout)
 
 

@@ -92,17 +92,37 @@ def keygen(folder: Path) -> KeyPair:
     return KeyPair(str(private), str(public))
 
 
-def _hashing() -> Any:
+def _hashing(unsigned: tuple[str, ...] = UNSIGNED) -> Any:
     import model_signing
 
-    return model_signing.hashing.Config().set_ignored_paths(paths=list(UNSIGNED), ignore_git_paths=False)
+    return model_signing.hashing.Config().set_ignored_paths(paths=list(unsigned), ignore_git_paths=False)
+
+
+def sign_tree(folder: Path, private_key: Path, signature: Path, unsigned: tuple[str, ...]) -> None:
+    """Sign every file under ``folder`` but ``unsigned`` (names relative to it) with ``private_key``, into ``signature``."""
+    import model_signing
+
+    try:
+        config = model_signing.signing.Config().use_elliptic_key_signer(private_key=private_key)
+        config.set_hashing_config(_hashing(unsigned)).sign(folder, signature)
+    except Exception as e:  # noqa: BLE001 - a key that is not an EC private key, a password-protected one...
+        raise CnnpipeError(f"{private_key}: cannot sign with it ({type(e).__name__}: {first_line(e)})") from None
+
+
+def public_half(private_key: Path) -> bytes:
+    """The PEM public key of a private key file (a usage error when it is not one)."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        key = serialization.load_pem_private_key(private_key.read_bytes(), password=None)
+    except Exception as e:  # noqa: BLE001 - not PEM, encrypted, another kind of key
+        raise CnnpipeError(f"{private_key}: not a usable private key ({type(e).__name__}: {first_line(e)})") from None
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def sign(bundle: Version, private_key: Path) -> Path:
     """Sign every file of ``bundle`` with ``private_key``; writes ``bundle.sig`` into it atomically."""
     check_key(private_key, "--key")
-    import model_signing
-
     target = bundle.path / SIGNATURE
     if target.exists():
         raise CnnpipeError(f"{bundle.ref}: is already signed ({target}); a signed bundle is never signed again")
@@ -110,11 +130,7 @@ def sign(bundle: Version, private_key: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".sig-", dir=bundle.path.parent)  # outside the version: it never sees it
     os.close(fd)
     try:
-        try:
-            config = model_signing.signing.Config().use_elliptic_key_signer(private_key=private_key)
-            config.set_hashing_config(_hashing()).sign(bundle.path, Path(tmp))
-        except Exception as e:  # noqa: BLE001 - a key that is not an EC private key, a password-protected one...
-            raise CnnpipeError(f"{private_key}: cannot sign with it ({type(e).__name__}: {first_line(e)})") from None
+        sign_tree(bundle.path, private_key, Path(tmp), UNSIGNED)
         os.chmod(tmp, 0o644)
         os.link(tmp, target)  # fails if a signature appeared meanwhile: never replaced
         try:
