@@ -4,8 +4,9 @@ For each architecture (``torchvision.models.list_models(module=torchvision.model
 it at the smallest input side it takes (the first of SIZES that ``cnnpipe models --model``
 accepts), train one short epoch (two steps of 8 RGB images) on a tiny real image folder,
 export each of FORMATS as its own bundle (a format converted from ONNX with model.onnx beside
-it), and verify each bundle in its own runtime on the folder's test images. Every architecture runs in its own process with a time limit; one
-over ``--max-params`` is listed as not run. Prints a Markdown table: per architecture and
+it), and verify each bundle in its own runtime on the folder's test images. Every
+architecture runs in its own process with a time limit; one over ``--max-params`` is listed
+as not run. Prints a Markdown table: per architecture and
 format, pass or the one-line reason it failed.
 
 ``--models`` also takes any other ``--model`` reference (``timm:resnet10t``).
