@@ -54,7 +54,11 @@ def test_garbage_hostile_or_foreign_files_fail_their_row_and_verify_goes_on(root
     (bundle / "model.ort").write_bytes(b"\x00\x00\x00\x00ORTM" * 8)
     weights = (bundle / "model.openvino.bin").read_bytes()
     (bundle / "model.openvino.bin").write_bytes(weights[: len(weights) // 2])  # truncated
-    for rel in ("model.torchscript.pt", "model.pt2", "model.safetensors", "model.pte", "model.ort", "model.openvino.bin"):
+    (bundle / "model.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3" + b"\x00" * 56)  # a flatbuffer header, nothing after
+    (bundle / "model.ncnn.param").write_text("7767517\n2 2\nInput in0 0 1 in0\nNoSuchLayer l 1 1 in0 out0\n")
+    (bundle / "model.mnn").write_bytes((bundle / "model.onnx").read_bytes()[:4096])  # another format's bytes
+    for rel in ("model.torchscript.pt", "model.pt2", "model.safetensors", "model.pte", "model.ort", "model.openvino.bin",
+                "model.tflite", "model.ncnn.param", "model.mnn"):
         resign(bundle, rel)
 
     proc = cnnpipe(root_copy, "verify", "lenet5", "--samples", "32", "--json")
@@ -69,6 +73,8 @@ def test_garbage_hostile_or_foreign_files_fail_their_row_and_verify_goes_on(root
     assert not rows["executorch"]["passed"] and "executorch (xnnpack) cannot load it" in rows["executorch"]["reasons"][0]
     assert not rows["ort"]["passed"] and "onnxruntime cannot load it" in rows["ort"]["reasons"][0]
     assert not rows["openvino"]["passed"] and "Incorrect weights in bin file" in rows["openvino"]["reasons"][0]
+    for fmt in ("litert", "ncnn", "mnn"):
+        assert not rows[fmt]["passed"] and f"{fmt} cannot load it" in rows[fmt]["reasons"][0], rows[fmt]
     assert proc.stderr.startswith("verify failed") and proc.stderr.count("\n") == 1  # no runtime logs
     assert Path(report["report_path"]).is_file()
 
@@ -106,16 +112,20 @@ def test_a_malformed_model_description_is_one_line(root_copy: Path):
 def test_a_format_whose_package_is_missing_names_its_extra(root_copy: Path, tmp_path: Path):
     hide = tmp_path / "hide"
     hide.mkdir()
-    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['openvino'] = None\nsys.modules['executorch'] = None\n")
+    (hide / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in
+                                           ("openvino", "executorch", "ai_edge_litert", "ncnn", "pnnx", "MNN")))
     without = {"PYTHONPATH": str(hide)}
     before = tree_state(root_copy / "exports")
     assert_clean_error(cnnpipe(root_copy, "export", "lenet5", "--format", "openvino", env=without), 2,
                        "the openvino format needs the openvino package", 'pip install "cnnpipe[openvino]"')
+    assert_clean_error(cnnpipe(root_copy, "export", "lenet5", "--format", "onnx", "--format", "ncnn", env=without), 2,
+                       "the ncnn format needs the ncnn package", 'pip install "cnnpipe[ncnn]"')
     assert tree_state(root_copy / "exports") == before  # nothing written
 
     exported = cnnpipe_json(root_copy, "export", "lenet5", env=without)  # all: what is installed
     assert "openvino" not in exported["formats"] and "executorch" not in exported["formats"]
-    assert exported["not_installed"] == {"openvino": "openvino", "executorch": "executorch"}
+    assert exported["not_installed"] == {"openvino": "openvino", "executorch": "executorch", "litert": "litert",
+                                         "ncnn": "ncnn", "mnn": "mnn"}
     proc = cnnpipe(root_copy, "verify", "lenet5@v1", "--samples", "8", "--json", env=without)
     rows = {r["format"]: r for r in json.loads(proc.stdout)["formats"]}
     assert proc.returncode == 1 and rows["onnx"]["passed"]

@@ -13,7 +13,8 @@ import pytest
 from conftest import cnnpipe_here, cnnpipe_peak, resign
 
 FORMAT_FILES = ("model.onnx", "model.pt2", "model.safetensors", "model.openvino.xml", "model.openvino.bin",
-                "model.pte", "model.ort", "model.torchscript.pt")
+                "model.pte", "model.ort", "model.torchscript.pt", "model.tflite", "model.ncnn.param", "model.ncnn.bin",
+                "model.mnn")
 RUN = "models/lenet5/.runs/20260101T000000-00000000"
 # kind -> (the file of that kind, the command that reads it)
 KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
