@@ -1,6 +1,7 @@
 """Every registered network: one short epoch, export and a passing verify; every format for the layer kinds that
-matter to the exporters (batch norm and residual blocks in resnet18, dropout), the two core formats for the
-rest (``benchmarks/conformance.py`` takes every torchvision architecture through every format)."""
+matter to the exporters (batch norm and residual blocks in resnet18, dropout), the two core formats and the edge
+formats converted from ONNX (LiteRT, NCNN, MNN) for the rest (``benchmarks/conformance.py`` takes every torchvision
+architecture through these)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from conftest import cnnpipe_json
 
 CLASSES, PER_CLASS = ("airplane", "cat", "ship"), 16
 EVERY_FORMAT = {"resnet18", "dropout-cnn"}
-CORE_FORMATS = ("onnx", "pt2")
+CORE_FORMATS = ("onnx", "pt2", "litert", "ncnn", "mnn")  # the edge formats: converted from model.onnx
 
 
 def _cifar_jpegs(folder: Path) -> bool:
