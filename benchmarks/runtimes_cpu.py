@@ -1,6 +1,7 @@
 """`cnnpipe bench` on this CPU for lenet5 (1x28x28) and resnet18 (3x32x32): PyTorch eager vs
 TorchScript vs pt2 (and its AOTInductor package) vs onnxruntime (fp32, fp16, int8, and the
-.ort file) vs OpenVINO (fp32, fp16 weights) vs ExecuTorch (XNNPACK), p50/p99 latency at
+.ort file) vs OpenVINO (fp32, fp16 weights) vs ExecuTorch (XNNPACK) vs LiteRT (XNNPACK) vs
+NCNN vs MNN, p50/p99 latency at
 batch 1 and throughput at a large batch, with each format's file size and the fastest
 runtime per batch size.
 
@@ -36,7 +37,7 @@ from cnnpipe.verification.signing import Trust
 NETWORKS = {"lenet5": 1, "resnet18": 3}  # name: channels (lenet5 at 28x28, resnet18 at 32x32)
 OWN = Trust(native=True)  # the bundles this script builds itself: their AOTInductor code is its own
 COMPILED = ("aoti (cpu)", "onnxruntime (cpu)", "onnxruntime fp16 (cpu)", "onnxruntime int8 (cpu)", "onnxruntime .ort (cpu)",
-            "openvino (cpu)", "openvino fp16 (cpu)", "executorch (cpu)")
+            "openvino (cpu)", "openvino fp16 (cpu)", "executorch (cpu)", "litert (xnnpack) (cpu)", "ncnn (cpu)", "mnn (cpu)")
 
 
 def make_folder(root: Path, channels: int, size: int, per_class: int = 12) -> None:
@@ -79,7 +80,8 @@ def main() -> None:
             for batch in (1, args.batch):
                 rows = [r for r in result.rows if r.batch == batch]
                 best = max(rows, key=lambda r: r.images_per_s)
-                print(f"fastest at batch {batch}: {best.runtime} ({best.images_per_s:,.0f} images/s)")
+                print(f"fastest at batch {batch}: {best.runtime} ({best.images_per_s:,.0f} images/s); recommended "
+                      f"(an int8 file only when it kept its limit): {result.recommended.get(str(batch), '-')}")
             rounds = [result.rows] + [bench(bundle.ref, BenchOptions("1", args.seconds, args.threads), root, trust=OWN).rows
                                       for _ in range(args.rounds - 1)]
             for runtime in COMPILED:

@@ -109,3 +109,19 @@ def test_int8_without_nncf_names_the_extra(tmp_path: Path):
     proc = cnnpipe(root, "export", "lenet5", "--int8", env=env)
     assert_clean_error(proc, 2, "--int8 needs the nncf package", 'cnnpipe[int8]')
     assert list(root.iterdir()) == []
+
+
+def test_calibration_batches_are_of_one_size_so_histogram_calibrators_take_any_count(pipeline_root: Path, tmp_path: Path):
+    """120 training images (not a multiple of 32) through the Entropy calibrator: a ragged last batch made
+    onnxruntime's histogram collector fail (``inhomogeneous shape``) in benchmarks/runtimes_cpu.py."""
+    import numpy as np
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    from cnnpipe.formats.onnx import CalibrationReader
+
+    images = np.random.default_rng(0).standard_normal((120, 1, 28, 28)).astype(np.float32)
+    sizes = {len(b["input"]) for b in CalibrationReader(images).batches}
+    assert sizes == {30}
+    quantize_static(str(pipeline_root / "exports/lenet5/v1/model.onnx"), str(tmp_path / "int8.onnx"),
+                    CalibrationReader(images), quant_format=QuantFormat.QDQ, calibrate_method=CalibrationMethod.Entropy)
+    assert (tmp_path / "int8.onnx").stat().st_size > 0

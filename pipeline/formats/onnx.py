@@ -185,10 +185,13 @@ def write_onnx_fp16(ctx: ExportContext, path: Path) -> dict[str, Any]:
     return variant
 
 
-class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over batches of normalized images."""
+class CalibrationReader:
+    """onnxruntime's CalibrationDataReader protocol over batches of normalized images, all of one size (the
+    largest divisor of the count up to ``batch``): the Entropy and Percentile calibrators stack each tensor's
+    batches into one array and fail on a ragged last batch (120 images in batches of 32 did)."""
 
     def __init__(self, images: np.ndarray, batch: int = 32):
+        batch = max(d for d in range(1, max(1, min(batch, len(images))) + 1) if len(images) % d == 0)
         self.batches = iter([{INPUT_NAME: images[i : i + batch]} for i in range(0, len(images), batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -215,7 +218,7 @@ def _quantize(rung: Rung, source: Path, target: Path, images: np.ndarray, keep_f
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         with quiet():
             quantize_static(
-                str(prepared), str(target), _Reader(images), quant_format=QuantFormat.QDQ,
+                str(prepared), str(target), CalibrationReader(images), quant_format=QuantFormat.QDQ,
                 per_channel=rung.option("per_channel", True), reduce_range=rung.option("reduce_range", False),
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=getattr(CalibrationMethod, rung.option("method", "MinMax")), nodes_to_exclude=keep_float,
