@@ -129,8 +129,8 @@ def test_predict_refuses_bad_images_in_one_line(pipeline_root: Path, tmp_path: P
 
 def test_variants_and_triton_layout_are_exported_and_verified(root_copy: Path):
     exported = cnnpipe_json(root_copy, "export", "lenet5", "--fp16", "--int8", "--layout", "triton")
-    assert exported["formats"] == ["onnx", "pt2", "safetensors", "openvino", "executorch", "ort", "torchscript",
-                                   "onnx-fp16", "onnx-int8", "openvino-fp16", "openvino-int8"]
+    assert exported["formats"] == ["onnx", "pt2", "safetensors", "openvino", "executorch", "ort", "litert", "ncnn", "mnn",
+                                   "torchscript", "onnx-fp16", "onnx-int8", "openvino-fp16", "openvino-int8"]
     bundle = Path(exported["path"])
     assert exported["triton"] == ["triton/lenet5/config.pbtxt", "triton/lenet5/1/model.onnx"]
     assert (bundle / "triton/lenet5/1/model.onnx").read_bytes() == (bundle / "model.onnx").read_bytes()

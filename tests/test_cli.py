@@ -20,7 +20,8 @@ def test_run_twice_gives_v1_then_v2_and_leaves_v1_untouched(root_copy: Path, pip
     verdict = first["verify"]
     assert verdict["passed"] and verdict["integrity"] == "ok"
     by_format = {f["format"]: f for f in verdict["formats"]}
-    assert set(by_format) == {"onnx", "pt2", "safetensors", "openvino", "executorch", "ort", "torchscript"}
+    assert set(by_format) == {"onnx", "pt2", "safetensors", "openvino", "executorch", "ort", "litert", "ncnn", "mnn",
+                              "torchscript"}
     assert by_format["onnx"]["max_abs_diff"] <= 1e-4
     assert all(f["top1_agreement"] == 1.0 for f in verdict["formats"])
     assert set(by_format["onnx"]["by_batch_size"]) == {"1", "2", "7", "64"}

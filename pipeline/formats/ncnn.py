@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CnnpipeError, ExportFailed
+from ..fs import writing
 from .base import ExportContext, Format, LoadContext, Runner, Tolerance, native_quiet, register
 
 PARAM_MAGIC = "7767517"  # the first line of every ncnn .param file
@@ -28,22 +29,24 @@ def write_ncnn(ctx: ExportContext, path: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".ncnn-") as tmp:
         work = Path(tmp)
         shutil.copyfile(ctx.parent_file("onnx"), work / "model.onnx")
-        try:
-            done = subprocess.run([pnnx.EXEC_PATH, "model.onnx", f"inputshape=[{shape}]", "fp16=0"], cwd=work,
-                                  capture_output=True, text=True, timeout=PNNX_SECONDS, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            raise ExportFailed(f"ncnn export failed: pnnx ran for more than {PNNX_SECONDS} s") from None
-        param, weights = work / "model.ncnn.param", work / "model.ncnn.bin"
-        if done.returncode != 0 or not param.is_file() or not weights.is_file():
-            said = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-            raise ExportFailed(f"ncnn export failed: pnnx exited with {done.returncode} and wrote "
-                               f"{'no ' if not param.is_file() else ''}model.ncnn.param ({said[-1] if said else 'no message'})")
-        if not param.read_text(errors="replace").startswith(PARAM_MAGIC):
-            raise ExportFailed("ncnn export failed: pnnx wrote a model.ncnn.param that is not an ncnn graph")
-        try:
-            open_net(param, weights, 1)
-        except CnnpipeError as e:
-            raise ExportFailed(f"ncnn export failed: ncnn cannot load what pnnx wrote ({e})") from None
+        with writing(path.parent):  # judged before the folder is cleaned up: pnnx on a full disk writes nothing
+            try:
+                done = subprocess.run([pnnx.EXEC_PATH, "model.onnx", f"inputshape=[{shape}]", "fp16=0"], cwd=work,
+                                      capture_output=True, text=True, timeout=PNNX_SECONDS, stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                raise ExportFailed(f"ncnn export failed: pnnx ran for more than {PNNX_SECONDS} s") from None
+            param, weights = work / "model.ncnn.param", work / "model.ncnn.bin"
+            if done.returncode != 0 or not param.is_file() or not weights.is_file():
+                said = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+                missing = " and ".join(p.name for p in (param, weights) if not p.is_file()) or "nothing missing"
+                raise ExportFailed(f"ncnn export failed: pnnx exited with {done.returncode}, without {missing} "
+                                   f"({said[-1] if said else 'no message'})")
+            if not param.read_text(errors="replace").startswith(PARAM_MAGIC):
+                raise ExportFailed("ncnn export failed: pnnx wrote a model.ncnn.param that is not an ncnn graph")
+            try:
+                open_net(param, weights, 1)
+            except CnnpipeError as e:
+                raise ExportFailed(f"ncnn export failed: ncnn cannot load what pnnx wrote ({e})") from None
         os.replace(weights, path.with_suffix(".bin"))
         os.replace(param, path)
     return {"converter": "pnnx (ONNX front end)", "batch": "one image per extraction; batches run image by image"}

@@ -1,7 +1,7 @@
 """``model.onnx`` translated to a LiteRT (TFLite) flatbuffer, op by op, without TensorFlow or litert-torch.
 
 The converters that would do this (litert-torch, its nightly, onnx2tf) cannot be installed beside
-the project's torch (README, "Export formats"), so this module writes the flatbuffer itself with
+the project's torch (README, "Export formats"), so this module writes the flatbuffer itself (``tflite_builder``) with
 the schema bindings that the LiteRT runtime ships (``ai_edge_litert.schema_py_generated``). It
 covers the operators of CNN classifiers (convolution, depthwise convolution, pooling, the usual
 activations, elementwise arithmetic, reductions, concatenation, the flattening reshape, the dense
