@@ -84,7 +84,7 @@ def main() -> None:
                       f"(an int8 file only when it kept its limit): {result.recommended.get(str(batch), '-')}")
             rounds = [result.rows] + [bench(bundle.ref, BenchOptions("1", args.seconds, args.threads), root, trust=OWN).rows
                                       for _ in range(args.rounds - 1)]
-            for runtime in COMPILED:
+            for runtime in (r for r in COMPILED if any(row.runtime == r for row in result.rows)):  # int8 may be refused
                 ratios = []
                 for rows in rounds:
                     p50 = {r.runtime: r.p50_ms for r in rows if r.batch == 1}
