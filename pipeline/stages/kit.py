@@ -31,12 +31,13 @@ from ..options.commands import KIT_FORMATS, KitOptions
 from ..progress import step
 from ..store.version import SIGNATURE, Version
 from ..store.workspace import Workspace
+from ..verification.kitcheck import SIGNATURE as KIT_SIGNATURE
+from ..verification.kitcheck import UNSIGNED as KIT_UNSIGNED
 from ..verification.signing import Trust, check_signature, public_half, sign_tree
 from ..verification.worker import Workers
 from .predict import normalized
 from .proof import source_model
 
-KIT_SIGNATURE, KIT_UNSIGNED = "kit.sig", ("kit.sig", "report.json", "__pycache__")  # as check.py reads them
 KIT_SCHEMA = 1
 
 
@@ -60,7 +61,8 @@ def kit(bundle_ref: str, options: KitOptions, root: Path = Path("."), *, trust: 
     bundle = ws.exports.resolve(bundle_ref)
     (trust or Trust()).admit(bundle)
     bundle.rehash()
-    formats = _chosen(bundle, options)
+    bundle_json = read_bundle_json(bundle)
+    formats = _chosen(bundle, bundle_json, options)
     key = Path(options.sign_key) if options.sign_key else None
     _same_key(bundle, key)
     source = source_model(ws, bundle)
@@ -80,7 +82,7 @@ def kit(bundle_ref: str, options: KitOptions, root: Path = Path("."), *, trust: 
             logits = workers.run(_reference, (source, work / "inputs.npy", trust_code), options.timeout,
                                  f"{source.ref}'s reference network", None)
         np.save(work / "logits.npy", logits.astype(np.float32), allow_pickle=False)
-        records = _copy_formats(bundle, work, formats)
+        records = _copy_formats(bundle, bundle_json, work, formats)
         shutil.copyfile(bundle.file(MODEL_JSON), work / MODEL_JSON)
         (work / "check.py").write_text(importlib.resources.files("cnnpipe.verification").joinpath("kitcheck.py").read_text())
         (work / "README.md").write_text(_readme(bundle, formats))
@@ -95,9 +97,9 @@ def kit(bundle_ref: str, options: KitOptions, root: Path = Path("."), *, trust: 
     return KitResult(bundle.ref, source.ref, str(out), formats, count, key is not None)
 
 
-def _chosen(bundle: Version, options: KitOptions) -> list[str]:
+def _chosen(bundle: Version, bundle_json: dict[str, Any], options: KitOptions) -> list[str]:
     """The formats asked for (default: every one of the bundle that check.py runs), each in the bundle."""
-    present = list(read_bundle_json(bundle).get("formats", []))
+    present = list(bundle_json.get("formats", []))
     if options.formats:
         missing = [f for f in options.formats if f not in present]
         if missing:
@@ -165,9 +167,9 @@ def _reference(source: Version, inputs: Path, trust_code: bool) -> np.ndarray:
         return torch.cat([model(x[i:i + 256]) for i in range(0, len(x), 256)]).numpy()
 
 
-def _copy_formats(bundle: Version, work: Path, formats: list[str]) -> dict[str, dict[str, Any]]:
+def _copy_formats(bundle: Version, bundle_json: dict[str, Any], work: Path, formats: list[str]) -> dict[str, dict[str, Any]]:
     """Each format's files copied from the bundle, and its record for kit.json."""
-    variants = read_bundle_json(bundle).get("variants", {})
+    variants = bundle_json.get("variants", {})
     records = {}
     (work / "model").mkdir()
     for name in formats:

@@ -29,7 +29,8 @@ from typing import Any, Callable
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-UNSIGNED = ("kit.sig", "report.json", "__pycache__")  # the signature itself and what a check adds
+SIGNATURE = "kit.sig"
+UNSIGNED = (SIGNATURE, "report.json", "__pycache__")  # the signature itself and what a check adds
 RUNTIME_MODULES = {"onnxruntime": "onnxruntime", "litert": "ai_edge_litert", "ncnn": "ncnn", "mnn": "MNN",
                    "openvino": "openvino"}
 
@@ -143,12 +144,12 @@ def check_signature(kit: Path, public_key: Path) -> None:
         raise Refused("--public-key needs the model-signing package: pip install model-signing", 2)
     import model_signing
 
-    if not (kit / "kit.sig").is_file():
+    if not (kit / SIGNATURE).is_file():
         raise Refused("the kit is not signed (no kit.sig)")
     try:
         config = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=public_key)
         hashing = model_signing.hashing.Config().set_ignored_paths(paths=list(UNSIGNED), ignore_git_paths=False)
-        config.set_hashing_config(hashing).verify(kit, kit / "kit.sig")
+        config.set_hashing_config(hashing).verify(kit, kit / SIGNATURE)
     except Exception as e:  # noqa: BLE001 - a changed, added or removed file, another key: refused
         raise Refused(f"the kit's signature does not verify with {public_key.name}: {str(e).splitlines()[0][:300]}") from None
 
